@@ -1,0 +1,53 @@
+# Two commands matter: `make run` (set up, then serve the demo model) and
+# `make test` (set up, then run every check CI runs).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+PROTOS := $(wildcard protos/serving/v1/*.proto)
+
+.PHONY: setup run test lint generate check-generated model bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.deps: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+$(BUF):
+	npm install --silent --no-save --no-package-lock --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+run: setup
+	$(PY) -m server
+
+generate: $(VENV)/.deps
+	rm -rf generated && mkdir -p generated
+	$(PY) -m grpc_tools.protoc -I protos -I third_party/googleapis \
+		--python_out=generated --pyi_out=generated --grpc_python_out=generated $(PROTOS)
+	touch generated/serving/__init__.py generated/serving/v1/__init__.py
+
+check-generated: generate
+	@git status --porcelain -- generated | grep . && \
+		{ echo "generated/ is stale: run 'make generate' and commit it"; exit 1; } || true
+
+lint: $(BUF)
+	$(BUF) lint
+
+model: setup
+	$(PY) models/train_digits.py --out models/digits/1
+
+test: setup lint check-generated
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .tools
