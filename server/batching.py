@@ -1,0 +1,265 @@
+"""The Batcher: merges concurrent requests into one model call.
+
+Many RPC threads call `submit()`; one worker thread per model version takes
+what is queued, concatenates the inputs along axis 0, runs the model once,
+and hands each caller exactly its own rows.
+
+- It never waits while the model is idle: as soon as the model is free it takes
+  everything queued (up to `max_batch_size` rows). `max_batch_delay` may hold a
+  batch open briefly for more requests to arrive.
+- The queue is bounded: a full queue raises `ResourceExhausted` at once.
+- A request whose deadline has passed is dropped before it runs.
+- With `allowed_batch_sizes` a batch is padded (repeating its last row) to the
+  next allowed size, so a compiled model sees few shapes.
+- Requests are validated before `submit()`; if a batch fails anyway, each of its
+  requests is run alone so only the failing one gets the error.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from server.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, ServingError, Unavailable
+
+log = logging.getLogger(__name__)
+
+Arrays = Mapping[str, np.ndarray]
+BatchFunction = Callable[[Arrays], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How requests are merged (see the module docstring)."""
+
+    max_batch_size: int = 512
+    max_batch_delay_s: float = 0.0
+    allowed_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+
+
+@dataclass
+class BatchStats:
+    """Counters for tests, metadata and metrics."""
+
+    batches: int = 0
+    rows: int = 0
+    padded_rows: int = 0
+    expired: int = 0
+    rejected: int = 0
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+@dataclass
+class _Pending:
+    inputs: Arrays
+    rows: int
+    key: tuple  # non-batch shapes: only requests with equal keys are merged
+    deadline: float | None  # time.monotonic() value
+    future: Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Batches calls of `run_batch` for one model version."""
+
+    def __init__(self, run_batch: BatchFunction, config: BatchingConfig, name: str = "model") -> None:
+        self._run_batch = run_batch
+        self.config = config
+        self.name = name
+        self.stats = BatchStats()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    # -- callers ---------------------------------------------------------
+
+    def submit(self, inputs: Arrays, deadline: float | None = None) -> Future:
+        """Queue validated inputs (all with the same rows on axis 0).
+
+        Returns a future resolving to this request's output rows. `deadline` is a
+        `time.monotonic()` value after which the request is not run.
+        """
+        rows = _rows_of(inputs)
+        if rows > self.config.max_batch_size:
+            raise InvalidArgument(
+                f"inputs: {rows} rows exceed max_batch_size {self.config.max_batch_size} "
+                f"of model '{self.name}'; split the request"
+            )
+        key = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()))
+        pending = _Pending(inputs, rows, key, deadline, Future())
+        with self._cond:
+            if self._closed:
+                raise Unavailable(f"model '{self.name}' is shutting down")
+            if len(self._queue) >= self.config.max_queue_size:
+                self.stats.rejected += 1
+                raise ResourceExhausted(
+                    f"model '{self.name}' queue is full ({self.config.max_queue_size} requests); retry later"
+                )
+            self._queue.append(pending)
+            self._cond.notify()
+        return pending.future
+
+    def run(self, inputs: Arrays, deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Submit and wait for the result (until the deadline)."""
+        future = self.submit(inputs, deadline)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded(f"deadline exceeded waiting for model '{self.name}'") from None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop taking requests; run (or with `drain=False` fail) what is queued."""
+        with self._cond:
+            self._closed = True
+            if not drain:
+                while self._queue:
+                    _fail(self._queue.popleft().future, Unavailable(f"model '{self.name}' was unloaded"))
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # -- worker ----------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if batch:
+                self._execute(batch)
+
+    def _take_batch(self) -> list[_Pending] | None:
+        """Wait for work, then take one batch; None when closed and empty."""
+        config = self.config
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            if config.max_batch_delay_s > 0 and not self._closed:
+                until = self._queue[0].enqueued + config.max_batch_delay_s
+                while _queued_rows(self._queue) < config.max_batch_size and not self._closed:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            return self._pop_batch()
+
+    def _pop_batch(self) -> list[_Pending]:
+        """Take up to max_batch_size rows of requests shaped like the first one."""
+        now = time.monotonic()
+        batch: list[_Pending] = []
+        kept: list[_Pending] = []
+        rows = 0
+        key = None
+        while self._queue:
+            item = self._queue.popleft()
+            if item.deadline is not None and item.deadline <= now:
+                self.stats.expired += 1
+                _fail(item.future, DeadlineExceeded(f"deadline passed while queued for model '{self.name}'"))
+                continue
+            if key is None:
+                key = item.key
+            if item.key != key or rows + item.rows > self.config.max_batch_size:
+                kept.append(item)
+                if rows >= self.config.max_batch_size:
+                    break
+                continue
+            if not item.future.set_running_or_notify_cancel():
+                continue  # the caller gave up
+            batch.append(item)
+            rows += item.rows
+        self._queue.extendleft(reversed(kept))
+        return batch
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            outputs, padded = self._call(batch)
+        except Exception as exc:  # the model failed: isolate the request that caused it
+            if len(batch) > 1:
+                for item in batch:
+                    self._execute([item])
+                return
+            _fail(batch[0].future, _as_serving_error(exc, self.name))
+            return
+        self._record(batch, padded)
+        offset = 0
+        for item in batch:
+            item.future.set_result({k: v[offset : offset + item.rows] for k, v in outputs.items()})
+            offset += item.rows
+
+    def _call(self, batch: list[_Pending]) -> tuple[dict[str, np.ndarray], int]:
+        rows = sum(item.rows for item in batch)
+        target = _padded_size(rows, self.config.allowed_batch_sizes)
+        names = batch[0].inputs.keys()
+        merged = {}
+        for name in names:
+            parts = [item.inputs[name] for item in batch]
+            if target > rows:
+                parts.append(np.repeat(parts[-1][-1:], target - rows, axis=0))
+            merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        outputs = self._run_batch(merged)
+        for out_name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != target:
+                raise Internal(
+                    f"model '{self.name}' output '{out_name}' has shape {list(value.shape)}; "
+                    f"expected {target} rows on axis 0"
+                )
+        return outputs, target - rows
+
+    def _record(self, batch: list[_Pending], padded: int) -> None:
+        rows = sum(item.rows for item in batch)
+        stats = self.stats
+        stats.batches += 1
+        stats.rows += rows
+        stats.padded_rows += padded
+        stats.batch_sizes[rows] += 1
+
+
+def _rows_of(inputs: Arrays) -> int:
+    sizes = {v.shape[0] if v.ndim else 0 for v in inputs.values()}
+    if len(sizes) != 1:
+        raise InvalidArgument(f"inputs: every input needs the same number of rows, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _queued_rows(queue: collections.deque[_Pending]) -> int:
+    return sum(item.rows for item in queue)
+
+
+def _padded_size(rows: int, allowed: tuple[int, ...]) -> int:
+    if not allowed:
+        return rows
+    return allowed[bisect.bisect_left(allowed, rows)]
+
+
+def _fail(future: Future, exc: BaseException) -> None:
+    if not future.done():
+        try:
+            future.set_exception(exc)
+        except Exception:  # cancelled concurrently
+            pass
+
+
+def _as_serving_error(exc: Exception, name: str) -> ServingError:
+    if isinstance(exc, ServingError):
+        return exc
+    log.error("model %s failed", name, exc_info=exc)
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return Internal(f"model '{name}' failed: {first_line}")

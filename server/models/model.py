@@ -1,0 +1,215 @@
+"""One loaded model version: a SavedModel signature, its specs, labels and batcher.
+
+Life cycle (KServe's template, without the async branching):
+load -> warm up -> (validate -> batch -> predict -> postprocess)* -> close.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from server.batching import Batcher, BatchingConfig
+from server.errors import InvalidArgument
+from server.models import codec, images
+from serving.v1 import model_pb2, tensor_pb2
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+LABELS_FILE = "labels.txt"
+SERVING_CONFIG = "serving.json"  # per-model batching overrides, in models/<name>/
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, numpy dtype and shape (-1: any size) of an input or output."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def data_type(self) -> int:
+        return codec.data_type_of(np.empty(0, self.dtype))
+
+    def describe(self) -> str:
+        return f"{codec.dtype_name(self.data_type)} {list(self.shape)}"
+
+    def to_proto(self) -> tensor_pb2.TensorSpec:
+        return tensor_pb2.TensorSpec(name=self.name, dtype=self.data_type, shape=self.shape)
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready to serve."""
+
+    name: str
+    version: int
+    path: Path
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    labels: list[str]
+    device: str
+    batching: BatchingConfig
+    signature: object = field(repr=False)
+    saved_model: object = field(repr=False)  # keeps the variables alive
+    batcher: Batcher = field(init=False, repr=False)
+    load_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.run_batch, self.batching, name=self.name)
+
+    @property
+    def image_inputs(self) -> list[str]:
+        return [n for n, spec in self.inputs.items() if images.accepts_images(spec.shape, spec.dtype)]
+
+    @property
+    def classification_output(self) -> str | None:
+        """The output the labels apply to: the first [-1, len(labels)] output."""
+        if not self.labels:
+            return None
+        for name, spec in self.outputs.items():
+            if len(spec.shape) == 2 and spec.shape[1] == len(self.labels):
+                return name
+        return None
+
+    def run_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call of the model on a whole batch (used by the Batcher only)."""
+        with tf.device(self.device):
+            result = self.signature(**{k: tf.convert_to_tensor(v) for k, v in batch.items()})
+        return {k: v.numpy() for k, v in result.items()}
+
+    def warm_up(self) -> None:
+        """Run every batch size the model will see once, so no caller pays for it."""
+        sizes = self.batching.allowed_batch_sizes or (1,)
+        for size in sizes:
+            batch = {
+                name: np.zeros((size, *[max(d, 1) for d in spec.shape[1:]]), dtype=spec.dtype)
+                for name, spec in self.inputs.items()
+            }
+            self.run_batch(batch)
+
+    def validate(self, inputs: dict[str, np.ndarray]) -> None:
+        """Check names, dtypes and shapes against the signature before queueing."""
+        for name, array in inputs.items():
+            spec = self.inputs.get(name)
+            if spec is None:
+                raise InvalidArgument(
+                    f"inputs: unknown input '{name}'; model '{self.name}' takes {_quoted(self.inputs)}"
+                )
+            if array.dtype.newbyteorder("=") != spec.dtype.newbyteorder("="):
+                got = codec.dtype_name(codec.data_type_of(array))
+                raise InvalidArgument(
+                    f"input '{name}': dtype {got} does not match the model's {spec.describe()}"
+                )
+            if array.ndim != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape)
+            ):
+                raise InvalidArgument(
+                    f"input '{name}': shape {list(array.shape)} does not match the model's {spec.describe()}"
+                )
+            if array.shape[0] == 0:
+                raise InvalidArgument(f"input '{name}': batch dimension is 0; send at least one row")
+        missing = [n for n in self.inputs if n not in inputs]
+        if missing:
+            spec = self.inputs[missing[0]]
+            raise InvalidArgument(f"inputs: missing input '{spec.name}' ({spec.describe()})")
+
+    def metadata(self, available_versions: list[int]) -> model_pb2.ModelMetadata:
+        batching = self.batching
+        return model_pb2.ModelMetadata(
+            name=self.name,
+            version=self.version,
+            available_versions=available_versions,
+            platform=f"tensorflow_savedmodel (TensorFlow {tf.__version__})",
+            signature_name=SIGNATURE,
+            inputs=[s.to_proto() for s in self.inputs.values()],
+            outputs=[s.to_proto() for s in self.outputs.values()],
+            labels=self.labels,
+            classification_output=self.classification_output or "",
+            image_inputs=self.image_inputs,
+            batching=model_pb2.BatchingInfo(
+                max_batch_size=batching.max_batch_size,
+                max_batch_delay_ms=batching.max_batch_delay_s * 1000,
+                allowed_batch_sizes=batching.allowed_batch_sizes,
+                max_queue_size=batching.max_queue_size,
+            ),
+            device=self.device,
+            state=model_pb2.MODEL_STATE_READY,
+        )
+
+    def close(self, drain: bool = True) -> None:
+        self.batcher.close(drain=drain)
+
+
+def load_model(name: str, version: int, path: Path, device: str, defaults: BatchingConfig) -> LoadedModel:
+    """Load a SavedModel version, introspect its serving signature and warm it up."""
+    started = time.monotonic()
+    with tf.device(device):
+        loaded = tf.saved_model.load(str(path))
+    if SIGNATURE not in loaded.signatures:
+        raise ValueError(f"{path}: no '{SIGNATURE}' signature (found {sorted(loaded.signatures)})")
+    signature = loaded.signatures[SIGNATURE]
+    _, input_specs = signature.structured_input_signature
+    inputs = {k: _info(k, s) for k, s in sorted(input_specs.items())}
+    outputs = {k: _info(k, s) for k, s in sorted(signature.structured_outputs.items())}
+    model = LoadedModel(
+        name=name,
+        version=version,
+        path=path,
+        inputs=inputs,
+        outputs=outputs,
+        labels=_read_labels(path),
+        device=device,
+        batching=_batching_for(path.parent, defaults),
+        signature=signature,
+        saved_model=loaded,
+    )
+    model.warm_up()
+    model.load_seconds = time.monotonic() - started
+    log.info(
+        "loaded model %s version %d in %.2fs: inputs %s, outputs %s, %d labels",
+        name, version, model.load_seconds,
+        {k: v.describe() for k, v in inputs.items()},
+        {k: v.describe() for k, v in outputs.items()},
+        len(model.labels),
+    )
+    return model
+
+
+def _info(name: str, spec: tf.TensorSpec) -> TensorInfo:
+    shape = tuple(-1 if d is None else int(d) for d in spec.shape.as_list())
+    dtype = np.dtype(object) if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype)
+    return TensorInfo(name, dtype, shape)
+
+
+def _read_labels(path: Path) -> list[str]:
+    for candidate in (path / LABELS_FILE, path / "assets" / LABELS_FILE, path.parent / LABELS_FILE):
+        if candidate.is_file():
+            return [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
+    return []
+
+
+def _batching_for(model_root: Path, defaults: BatchingConfig) -> BatchingConfig:
+    config_file = model_root / SERVING_CONFIG
+    if not config_file.is_file():
+        return defaults
+    raw = json.loads(config_file.read_text())
+    merged = {
+        "max_batch_size": raw.get("max_batch_size", defaults.max_batch_size),
+        "max_batch_delay_s": raw.get("max_batch_delay_ms", defaults.max_batch_delay_s * 1000) / 1000,
+        "allowed_batch_sizes": tuple(raw.get("allowed_batch_sizes", defaults.allowed_batch_sizes)),
+        "max_queue_size": raw.get("max_queue_size", defaults.max_queue_size),
+    }
+    return BatchingConfig(**merged)
+
+
+def _quoted(names: dict[str, object]) -> str:
+    return ", ".join(f"'{n}'" for n in names)

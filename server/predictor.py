@@ -1,0 +1,137 @@
+"""The prediction core shared by every transport (unary, stream, HTTP, task workers).
+
+It takes and returns the API's messages but knows nothing of gRPC or HTTP:
+decode and validate the inputs, hand them to the model's Batcher, then turn
+the output rows into a response (tensors, top-k classes).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from typing import Callable
+
+import numpy as np
+
+from server.errors import DeadlineExceeded, InvalidArgument
+from server.models import codec, images
+from server.models.model import LoadedModel
+from server.models.repository import ModelRepository
+from serving.v1 import model_pb2, predict_pb2
+
+
+class PendingPrediction:
+    """A queued request; the response is built in the thread that asks for it."""
+
+    def __init__(self, predictor: Predictor, model: LoadedModel, request: predict_pb2.PredictRequest, rows: Future) -> None:
+        self.request = request
+        self._predictor = predictor
+        self._model = model
+        self._rows = rows
+
+    def result(self, timeout: float | None = None) -> predict_pb2.PredictResponse:
+        """Wait for the rows and build the response; DeadlineExceeded after `timeout`."""
+        try:
+            rows = self._rows.result(timeout=timeout)
+        except TimeoutError:
+            self._rows.cancel()
+            raise DeadlineExceeded(f"deadline exceeded waiting for model '{self._model.name}'") from None
+        return self._predictor.build_response(self._model, self.request, rows)
+
+    def cancel(self) -> None:
+        """Give up: the rows are dropped if they have not started running."""
+        self._rows.cancel()
+
+    def add_done_callback(self, callback: Callable[[PendingPrediction], None]) -> None:
+        self._rows.add_done_callback(lambda _: callback(self))
+
+
+class Predictor:
+    """Runs PredictRequests through the batching model repository."""
+
+    def __init__(self, repository: ModelRepository, default_top_k: int = 3) -> None:
+        self.repository = repository
+        self.default_top_k = default_top_k
+
+    def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
+        """Validate, batch, run and answer one request (blocks until done or the deadline)."""
+        pending = self.submit(request, deadline)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return pending.result(timeout)
+
+    def submit(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> PendingPrediction:
+        """Validate and queue a request.
+
+        Errors found before queueing (bad input, unknown model, full queue) are
+        raised here, so a bad request never reaches a batch.
+        """
+        model = self.repository.get(request.model, request.version)
+        arrays = self.decode_inputs(model, request)
+        model.validate(arrays)
+        unknown = [n for n in request.output_filter if n not in model.outputs]
+        if unknown:
+            raise InvalidArgument(
+                f"output_filter: unknown output '{unknown[0]}'; model '{model.name}' returns "
+                + ", ".join(f"'{n}'" for n in model.outputs)
+            )
+        rows = model.batcher.submit(arrays, deadline)
+        return PendingPrediction(self, model, request, rows)
+
+    @staticmethod
+    def decode_inputs(model: LoadedModel, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+        """Tensors via the codec; encoded images decoded to the input's shape."""
+        if not request.inputs:
+            expected = ", ".join(f"'{n}' ({s.describe()})" for n, s in model.inputs.items())
+            raise InvalidArgument(f"inputs: none given; model '{model.name}' takes {expected}")
+        arrays: dict[str, np.ndarray] = {}
+        for name, value in request.inputs.items():
+            kind = value.WhichOneof("kind")
+            if kind == "tensor":
+                try:
+                    arrays[name] = codec.to_numpy(value.tensor, f"input '{name}'")
+                except codec.TensorCodecError as exc:
+                    raise InvalidArgument(str(exc)) from None
+            elif kind == "images":
+                spec = model.inputs.get(name)
+                if spec is None or not images.accepts_images(spec.shape, spec.dtype):
+                    accepted = ", ".join(f"'{n}'" for n in model.image_inputs) or "none"
+                    raise InvalidArgument(
+                        f"input '{name}': does not accept encoded images; image inputs of "
+                        f"model '{model.name}': {accepted}"
+                    )
+                arrays[name] = images.decode_images(name, list(value.images.images), spec.shape, spec.dtype)
+            else:
+                raise InvalidArgument(f"input '{name}': set either tensor or images")
+        return arrays
+
+    def build_response(
+        self, model: LoadedModel, request: predict_pb2.PredictRequest, outputs: dict[str, np.ndarray]
+    ) -> predict_pb2.PredictResponse:
+        raw = request.output_encoding != predict_pb2.TENSOR_ENCODING_TYPED
+        wanted = request.output_filter or list(outputs)
+        response = predict_pb2.PredictResponse(
+            request_id=request.request_id,
+            model=model_pb2.ModelRef(name=model.name, version=model.version),
+        )
+        for name in wanted:
+            response.outputs[name].CopyFrom(codec.from_numpy(outputs[name], raw=raw))
+        top_k = self.default_top_k if request.top_k == 0 else request.top_k
+        scores_name = model.classification_output
+        if top_k > 0 and scores_name is not None:
+            response.classifications.extend(_top_k(outputs[scores_name], model.labels, top_k))
+        return response
+
+
+def _top_k(scores: np.ndarray, labels: list[str], k: int) -> list[predict_pb2.Classification]:
+    k = min(k, scores.shape[1])
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [
+        predict_pb2.Classification(
+            classes=[
+                predict_pb2.ClassScore(label=labels[i], index=int(i), score=float(row[i]))
+                for i in indices
+            ]
+        )
+        for row, indices in zip(scores, best)
+    ]
+

@@ -1,0 +1,58 @@
+"""PredictService: thin gRPC adapter over the Predictor core."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import grpc
+
+from server.errors import Unimplemented
+from server.models.repository import ModelRepository
+from server.predictor import Predictor
+from serving.v1 import predict_pb2, predict_pb2_grpc
+
+NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
+
+
+def request_id_for(request_id: str, context: grpc.ServicerContext) -> str:
+    """The request's own id, else `x-request-id` metadata, else a new one."""
+    if request_id:
+        return request_id
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and value:
+            return value
+    return uuid.uuid4().hex
+
+
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline as a time.monotonic() value (None: no deadline)."""
+    remaining = context.time_remaining()
+    # Without a deadline grpc reports a huge remaining time rather than None.
+    if remaining is None or remaining > NO_DEADLINE_SECONDS:
+        return None
+    return time.monotonic() + remaining
+
+
+class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
+    """Predict, GetModel and ListModels; PredictAsync arrives with the task queue."""
+
+    def __init__(self, predictor: Predictor, repository: ModelRepository) -> None:
+        self.predictor = predictor
+        self.repository = repository
+
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+        request.request_id = request_id_for(request.request_id, context)
+        return self.predictor.predict(request, deadline_of(context))
+
+    def PredictAsync(self, request: predict_pb2.PredictAsyncRequest, context: grpc.ServicerContext) -> predict_pb2.PredictAsyncResponse:
+        raise Unimplemented("PredictAsync is not available on this server yet: it needs the task queue")
+
+    def GetModel(self, request: predict_pb2.GetModelRequest, context: grpc.ServicerContext) -> predict_pb2.GetModelResponse:
+        model = self.repository.get(request.model, request.version)
+        return predict_pb2.GetModelResponse(model=model.metadata(self.repository.versions[model.name]))
+
+    def ListModels(self, request: predict_pb2.ListModelsRequest, context: grpc.ServicerContext) -> predict_pb2.ListModelsResponse:
+        return predict_pb2.ListModelsResponse(
+            models=[m.metadata(self.repository.versions[m.name]) for m in self.repository.models()]
+        )
