@@ -89,11 +89,19 @@ class App:
 
     def start(self) -> None:
         """Listen, load and warm up every model, then report SERVING."""
+        self.listen()
+        self.load_models()
+
+    def listen(self) -> None:
+        """Start answering calls; health is NOT_SERVING until `load_models()`."""
         for name in READY_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self.server.start()
         log.info("gRPC listening on %s (health NOT_SERVING until the models are ready)", self.address)
+
+    def load_models(self) -> None:
+        """Load and warm up every model, then report SERVING."""
         self.repository.load_all()
         for name in READY_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -63,8 +63,8 @@ class ModelRepository:
         """The loaded model; NotFound for unknown names or versions not served."""
         model = self._models.get(name)
         if model is None:
-            if name in self.versions and not self.ready.is_set():
-                raise Unavailable(f"model '{name}' is still loading; retry shortly")
+            if not self.ready.is_set():
+                raise Unavailable(f"models are still loading; model '{name}' cannot be served yet")
             known = ", ".join(f"'{n}'" for n in self.versions) or "none"
             raise NotFound(f"model '{name}' not found; available models: {known}")
         if version and version != model.version:

@@ -1,0 +1,78 @@
+"""Shared fixtures: the real demo model, a real server subprocess, an in-process App."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.servers import MODEL_DIR, ServerProcess  # noqa: E402
+
+DIGITS = MODEL_DIR / "digits" / "1"
+
+
+@pytest.fixture(scope="session")
+def digits_reference():
+    """The demo model's own serving signature, loaded straight from disk."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(DIGITS)).signatures["serving_default"]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return signature(image=tf.constant(x))["probabilities"].numpy()
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One `python -m server` subprocess for the session."""
+    proc = ServerProcess(tmp_path_factory.mktemp("server") / "server.log")
+    try:
+        proc.wait_serving()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.target) as ch:
+        yield ch
+
+
+def digits_rows(n: int, seed: int = 0) -> np.ndarray:
+    """n random digit-shaped rows in [0, 1]."""
+    return np.random.default_rng(seed).random((n, 8, 8, 1), dtype=np.float32)
+
+
+@pytest.fixture
+def make_app(tmp_path: Path):
+    """Build in-process Apps (real gRPC server on a free loopback port); stopped after the test."""
+    from server.app import App
+    from server.config import Settings
+
+    apps = []
+
+    def make(listen_only: bool = False, **overrides) -> App:
+        settings = Settings(
+            _env_file=None, grpc_server_address="127.0.0.1:0", model_dir=MODEL_DIR, **overrides
+        )
+        app = App(settings)
+        apps.append(app)
+        if listen_only:
+            app.listen()
+        else:
+            app.start()
+        return app
+
+    yield make
+    for app in apps:
+        app.stop(grace=1)
