@@ -87,6 +87,7 @@ def test_models_and_health(fake_server: FakeServer) -> None:
         assert caught.value.code == grpc.StatusCode.NOT_FOUND
         assert client.health() == "SERVING"
         assert client.health("draining") == "NOT_SERVING"
+        assert client.health("serving.v1.Unknown") == "SERVICE_UNKNOWN"
 
 
 def test_predict_async_unimplemented(fake_server: FakeServer) -> None:
