@@ -47,7 +47,7 @@ test: setup lint check-generated
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m benchmarks.run
+	$(PY) -m tests.benchmarks.core
 
 clean:
 	rm -rf $(VENV) .tools

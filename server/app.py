@@ -54,7 +54,11 @@ class App:
             allowed_batch_sizes=tuple(settings.allowed_batch_sizes),
             max_queue_size=settings.max_queue_size,
         )
-        self.repository = ModelRepository(settings.model_dir, choose_device(), batching)
+        self.repository = ModelRepository(
+            settings.model_dir,
+            choose_device(settings.tf_intra_op_threads, settings.tf_inter_op_threads),
+            batching,
+        )
         self.predictor = Predictor(self.repository, settings.default_top_k)
         self.health = health.HealthServicer()
         self.server = grpc.server(

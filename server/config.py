@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # Models
     model_dir: Path = Path("./models")
     default_top_k: int = Field(3, ge=0)
+    tf_intra_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")
+    tf_inter_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")
 
     # Batching (defaults for every model; models/<name>/serving.json overrides them)
     max_batch_size: int = Field(512, ge=1)

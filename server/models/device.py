@@ -15,11 +15,20 @@ log = logging.getLogger(__name__)
 _chosen: str | None = None
 
 
-def choose_device() -> str:
-    """Configure GPUs once and return the device string models run on."""
+def choose_device(intra_op_threads: int = 0, inter_op_threads: int = 0) -> str:
+    """Configure TensorFlow once and return the device string models run on.
+
+    Thread counts of 0 keep TensorFlow's defaults (one per core). A batching
+    server on few cores often does better with 1: TensorFlow's idle pool threads
+    spin and take CPU from the RPC threads.
+    """
     global _chosen
     if _chosen is not None:
         return _chosen
+    if intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    if inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
