@@ -7,7 +7,6 @@ the output rows into a response (tensors, top-k classes).
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import Future
 from typing import Callable
 
@@ -55,9 +54,8 @@ class Predictor:
 
     def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
         """Validate, batch, run and answer one request (blocks until done or the deadline)."""
-        pending = self.submit(request, deadline)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return pending.result(timeout)
+        model, arrays = self.prepare(request)
+        return self.build_response(model, request, model.batcher.run(arrays, deadline))
 
     def submit(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> PendingPrediction:
         """Validate and queue a request.
@@ -65,6 +63,11 @@ class Predictor:
         Errors found before queueing (bad input, unknown model, full queue) are
         raised here, so a bad request never reaches a batch.
         """
+        model, arrays = self.prepare(request)
+        return PendingPrediction(self, model, request, model.batcher.submit(arrays, deadline))
+
+    def prepare(self, request: predict_pb2.PredictRequest) -> tuple[LoadedModel, dict[str, np.ndarray]]:
+        """Find the model and decode and validate the inputs (before anything is queued)."""
         model = self.repository.get(request.model, request.version)
         arrays = self.decode_inputs(model, request)
         model.validate(arrays)
@@ -74,8 +77,7 @@ class Predictor:
                 f"output_filter: unknown output '{unknown[0]}'; model '{model.name}' returns "
                 + ", ".join(f"'{n}'" for n in model.outputs)
             )
-        rows = model.batcher.submit(arrays, deadline)
-        return PendingPrediction(self, model, request, rows)
+        return model, arrays
 
     @staticmethod
     def decode_inputs(model: LoadedModel, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:

@@ -55,6 +55,7 @@ class Call:
     rows: int
     shapes: dict[str, tuple[int, ...]]
     inputs: dict[str, np.ndarray]
+    thread: int = 0  # threading.get_ident() of the thread that ran the batch
 
 
 class FakeModel:
@@ -88,6 +89,7 @@ class FakeModel:
                     rows=x.shape[0],
                     shapes={k: tuple(v.shape) for k, v in inputs.items()},
                     inputs={k: np.array(v, copy=True) for k, v in inputs.items()},
+                    thread=threading.get_ident(),
                 )
             )
         self.started.set()

@@ -526,3 +526,44 @@ def test_random_concurrent_requests_get_their_own_rows(make_batcher: MakeBatcher
     # One batch held at least half of the 16 first requests: more rows than any one request.
     assert max(stats.batch_sizes) > 4
     assert stats.expired == stats.rejected == stats.padded_rows == 0
+
+
+def test_run_on_an_idle_model_executes_in_the_calling_thread(make_batcher):
+    model = FakeModel()
+    model.release()
+    batcher = make_batcher(model, max_batch_size=8)
+    x = rows(2, 1.0)
+    assert_own_rows(batcher.run({"x": x}), x)
+    assert model.calls[0].thread == threading.get_ident()
+
+
+def test_run_on_a_busy_model_is_queued_and_batched(make_batcher):
+    model = FakeModel(blocked=True)
+    batcher = make_batcher(model, max_batch_size=8)
+    _, first = occupy(batcher, model)
+    results: dict[int, dict[str, np.ndarray]] = {}
+    inputs = {i: rows(1, 100.0 * (i + 1)) for i in range(3)}
+
+    def caller(i: int) -> Callable[[], None]:
+        return lambda: results.__setitem__(i, batcher.run({"x": inputs[i]}, time.monotonic() + WAIT_S))
+
+    threads = [threading.Thread(target=caller(i)) for i in range(3)]
+    for t in threads:
+        t.start()
+    wait_for_queue(batcher, 3)
+    model.release()
+    for t in threads:
+        t.join(WAIT_S)
+    result_of(first)
+    assert model.batch_rows == [1, 3]
+    assert model.calls[1].thread != threading.get_ident()
+    for i, x in inputs.items():
+        assert_own_rows(results[i], x)
+
+
+def wait_for_queue(batcher: Batcher, depth: int) -> None:
+    """Poll (with a deadline) until `depth` requests are queued."""
+    deadline = time.monotonic() + WAIT_S
+    while batcher.queue_depth < depth:
+        assert time.monotonic() < deadline, f"queue depth {batcher.queue_depth}, expected {depth}"
+        time.sleep(0.001)

@@ -162,14 +162,14 @@ def test_sigterm_under_load_fails_no_in_flight_call(tmp_path):
             t.join(30)
     finally:
         proc.stop()
-    # A call is in flight at SIGTERM when it began (with a margin for the
-    # request to reach the server) before the signal and ended after it.
-    in_flight = [c for c in calls if c[0] < sigterm_at - 0.05 and c[1] > sigterm_at]
+    # Every call that began before the signal finishes OK, including those
+    # still running when it arrived; calls begun after it may be refused.
+    in_flight = [c for c in calls if c[0] < sigterm_at < c[1]]
     assert in_flight, "no call was in flight at SIGTERM"
-    print(f"in flight at SIGTERM: {len(in_flight)}, calls: {len(calls)}")
-    assert [c[2] for c in in_flight] == [grpc.StatusCode.OK] * len(in_flight)
-    before = [c for c in calls if c[0] < sigterm_at - 0.05]
-    assert all(c[2] == grpc.StatusCode.OK for c in before)
-    later = {c[2] for c in calls if c[0] >= sigterm_at - 0.05}
-    assert later <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+    before = [c for c in calls if c[0] < sigterm_at]
+    assert [c[2] for c in before] == [grpc.StatusCode.OK] * len(before)
+    later = {c[2] for c in calls if c[0] >= sigterm_at}
+    # UNAVAILABLE: refused by the closed listener; CANCELLED: accepted by the
+    # transport while the server was already stopping.
+    assert later <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert "shutting down" in proc.log() and "stopped" in proc.log()

@@ -64,15 +64,22 @@ def dtype_name(dtype: int) -> str:
         return f"<unknown dtype {dtype}>"
 
 
+_DATA_TYPES: Final[dict[tuple[str, int], int]] = {
+    (dtype.kind, dtype.itemsize): code
+    for code, dtype in NUMPY_DTYPES.items()
+    if code != tensor_pb2.DATA_TYPE_STRING
+}
+
+
 def data_type_of(array: np.ndarray) -> int:
     """The `DataType` of a numpy array (strings and bytes map to STRING)."""
     kind = array.dtype.kind
     if kind in "OSU":
         return tensor_pb2.DATA_TYPE_STRING
-    for code, dtype in NUMPY_DTYPES.items():
-        if code != tensor_pb2.DATA_TYPE_STRING and dtype == array.dtype.newbyteorder("<"):
-            return code
-    raise TensorCodecError(f"numpy dtype {array.dtype} has no serving.v1.DataType")
+    code = _DATA_TYPES.get((kind, array.dtype.itemsize))
+    if code is None:
+        raise TensorCodecError(f"numpy dtype {array.dtype} has no serving.v1.DataType")
+    return code
 
 
 def to_numpy(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
