@@ -22,21 +22,19 @@ from grpc_reflection.v1alpha import reflection
 
 from server.batching import BatchingConfig
 from server.config import Settings, load_settings, parse_args
+from server.dispatch import Dispatcher, HandlerRegistry
 from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
 from server.services.predict import PredictServicer
 from server.services.stream import StreamPredictServicer
-from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2, task_pb2_grpc
-from serving.v1 import upload_pb2, upload_pb2_grpc
+from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2_grpc, upload_pb2_grpc
 
 log = logging.getLogger("server")
 
 PREDICT_SERVICE = predict_pb2.DESCRIPTOR.services_by_name["PredictService"].full_name
 STREAM_SERVICE = stream_pb2.DESCRIPTOR.services_by_name["StreamPredictService"].full_name
-TASK_SERVICE = task_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
-UPLOAD_SERVICE = upload_pb2.DESCRIPTOR.services_by_name["UploadService"].full_name
 # Health names: "" (and "readiness") are SERVING once every model is loaded and
 # warmed up; "liveness" is SERVING while the process runs.
 READY_NAMES = ("", "readiness", PREDICT_SERVICE, STREAM_SERVICE)
@@ -61,30 +59,38 @@ class App:
         )
         self.predictor = Predictor(self.repository, settings.default_top_k)
         self.health = health.HealthServicer()
+        self.interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+        self.registry = self._register_services()
+        self.dispatcher = Dispatcher(self.registry, self.interceptors)
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.grpc_max_workers, thread_name_prefix="rpc"),
-            interceptors=[ErrorInterceptor()],
+            interceptors=self.interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
             ],
         )
-        predict_pb2_grpc.add_PredictServiceServicer_to_server(
-            PredictServicer(self.predictor, self.repository), self.server
-        )
-        stream_pb2_grpc.add_StreamPredictServiceServicer_to_server(StreamPredictServicer(self.predictor), self.server)
-        # Defined in the API, answered UNIMPLEMENTED until their parts exist.
-        task_pb2_grpc.add_TaskServiceServicer_to_server(task_pb2_grpc.TaskServiceServicer(), self.server)
-        upload_pb2_grpc.add_UploadServiceServicer_to_server(upload_pb2_grpc.UploadServiceServicer(), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.registry.install(self.server)
         if settings.reflection:
-            names = (PREDICT_SERVICE, STREAM_SERVICE, TASK_SERVICE, UPLOAD_SERVICE,
-                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            names = (*self.registry.methods, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.server)
         self.port = self.server.add_insecure_port(settings.grpc_server_address)
         if not self.port:
             raise SystemExit(f"cannot listen on {settings.grpc_server_address}")
         self.stopped = threading.Event()
+
+    def _register_services(self) -> HandlerRegistry:
+        """The API's servicers, collected once for the gRPC server and in-process dispatch."""
+        registry = HandlerRegistry()
+        predict_pb2_grpc.add_PredictServiceServicer_to_server(
+            PredictServicer(self.predictor, self.repository), registry
+        )
+        stream_pb2_grpc.add_StreamPredictServiceServicer_to_server(StreamPredictServicer(self.predictor), registry)
+        # Defined in the API, answered UNIMPLEMENTED until their parts exist.
+        task_pb2_grpc.add_TaskServiceServicer_to_server(task_pb2_grpc.TaskServiceServicer(), registry)
+        upload_pb2_grpc.add_UploadServiceServicer_to_server(upload_pb2_grpc.UploadServiceServicer(), registry)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+        return registry
 
     @property
     def address(self) -> str:
