@@ -7,7 +7,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 PROTOS := $(wildcard protos/serving/v1/*.proto)
 
-.PHONY: setup run test lint generate check-generated model bench clean
+.PHONY: setup run test lint generate check-generated check-deploy model bench clean
 
 setup: $(VENV)/.installed
 
@@ -40,10 +40,16 @@ check-generated: generate
 lint: $(BUF)
 	$(BUF) lint
 
+# Kubernetes manifests against the bundled schemas, and the Dockerfile lint; both offline.
+check-deploy: setup
+	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
+	$(VENV)/bin/hadolint Dockerfile
+
 model: setup
 	$(PY) models/train_digits.py --out models/digits/1
+	$(PY) models/train_digits_decoder.py --out models/digits_decoder/1
 
-test: setup lint check-generated
+test: setup lint check-generated check-deploy
 	$(PY) -m pytest -q
 
 bench: setup

@@ -18,16 +18,24 @@ def open_channel(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     tls: bool = False,
     root_certificates: bytes | None = None,
+    certificate_chain: bytes | None = None,
+    private_key: bytes | None = None,
     options: Sequence[tuple[str, object]] = (),
 ) -> grpc.Channel:
-    """A channel to `target`: TLS when `tls` or `root_certificates` is given, else plaintext."""
+    """A channel to `target`: TLS when `tls` or any certificate is given, else plaintext.
+
+    `certificate_chain` and `private_key` (PEM) are the client's own, for servers
+    that require client certificates (mutual TLS).
+    """
     all_options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         *options,
     ]
-    if tls or root_certificates is not None:
-        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    if tls or root_certificates is not None or certificate_chain is not None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
+        )
         return grpc.secure_channel(target, credentials, options=all_options)
     return grpc.insecure_channel(target, options=all_options)
 

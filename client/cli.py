@@ -1,12 +1,13 @@
 """The command line: `python -m client [--target HOST:PORT] COMMAND ...`.
 
-Commands: `models`, `model NAME`, `predict`, `health` and `bench`. Errors are
+Commands: `models`, `model NAME`, `predict`, `health`, `bench` and `upload FILE`. Errors are
 printed as `error: CODE: message` and exit with status 1 (130 on Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     health = _command(commands, "health", "check grpc.health.v1 (exit 0 if SERVING)", _health)
     health.add_argument("--service", default="", help="service name ('' is the whole server)")
 
+    upload = _command(commands, "upload", "stream a file to the server's object storage", _upload)
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--name", help="file name to store (default: the file's own)")
+    upload.add_argument("--content-type", default="", help="default: guessed from the name")
+    upload.add_argument("--key-prefix", default="", help="extra key prefix under the server's")
+    upload.add_argument("--task-id", default="", help="attach the file to this task")
+    upload.add_argument("--checksum", action="store_true", help="send the file's SHA-256 for the server to check")
+
     bench = _command(commands, "bench", "load-test Predict or StreamPredict", _bench)
     bench.add_argument("--model", default="digits")
     bench.add_argument("--version", type=int, default=0)
@@ -124,6 +133,11 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         metavar="PEM",
         help="trusted root certificates (implies --tls)",
     )
+    parser.add_argument(
+        "--client-cert", type=Path, default=default(None), metavar="PEM",
+        help="client certificate chain, for servers requiring client certificates (with --client-key)",
+    )
+    parser.add_argument("--client-key", type=Path, default=default(None), metavar="PEM", help="client private key")
 
 
 def _command(
@@ -147,6 +161,8 @@ def _client(args: argparse.Namespace) -> Client:
         timeout=args.timeout,
         tls=args.tls,
         root_certificates=_root_certificates(args),
+        certificate_chain=args.client_cert.read_bytes() if args.client_cert else None,
+        private_key=args.client_key.read_bytes() if args.client_key else None,
     )
 
 
@@ -208,6 +224,21 @@ def _health(args: argparse.Namespace) -> int:
         status = client.health(args.service)
     print(status)
     return 0 if status == "SERVING" else 1
+
+
+def _upload(args: argparse.Namespace) -> int:
+    """`upload FILE`: stream it and print where it was stored, as JSON."""
+    sha256 = ""
+    if args.checksum:
+        with args.file.open("rb") as file:
+            sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+    with _client(args) as client:
+        response = client.upload(
+            args.file, file_name=args.name, content_type=args.content_type,
+            key_prefix=args.key_prefix, task_id=args.task_id, sha256=sha256,
+        )
+    print(MessageToJson(response))
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -20,7 +20,10 @@ class Connection:
 
     `timeout` is the default deadline of each call in seconds (None: no deadline).
     `api_key` is sent as `authorization: Bearer <api_key>`, `metadata` with every
-    call. A `channel` passed in is used as is and left open by `close()`.
+    call. A `channel` passed in is used as is and left open by `close()`. With
+    `tls` (implied by any certificate) the channel is encrypted; `root_certificates`
+    replaces the system's trusted roots, and `certificate_chain` with `private_key`
+    (PEM) identify the client to servers that require client certificates.
     """
 
     def __init__(
@@ -34,6 +37,8 @@ class Connection:
         channel: grpc.Channel | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -45,6 +50,8 @@ class Connection:
             max_message_bytes=max_message_bytes,
             tls=tls,
             root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
         )
 
     def __enter__(self: C) -> C:

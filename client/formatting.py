@@ -53,7 +53,7 @@ def models_table(models: Sequence[model_pb2.ModelMetadata]) -> str:
 def prediction_text(result: PredictResult, row_names: Sequence[str]) -> str:
     """Per row: its name, best label and confidence, then the top classes.
 
-    Rows of models without labels show their output values instead.
+    Rows of models without labels show their output values (and file URLs) instead.
     """
     lines = []
     for i, name in enumerate(row_names):
@@ -69,6 +69,11 @@ def prediction_text(result: PredictResult, row_names: Sequence[str]) -> str:
                 f"  {output}: {_values_text(values[i])}"
                 for output, values in result.outputs.items()
                 if values.ndim and values.shape[0] == len(row_names)
+            )
+            lines.extend(
+                f"  {output}: {refs.files[i].presigned_url or refs.files[i].url}"
+                for output, refs in sorted(result.response.files.items() if result.response else ())
+                if i < len(refs.files)
             )
     return "\n".join(lines)
 

@@ -20,12 +20,15 @@ from client.messages import (
     tensor_inputs,
 )
 from client.results import PredictResult, StreamResult
+from client.uploads import DEFAULT_CHUNK_BYTES, UploadSource, upload_requests
 from serving.v1 import (
     model_pb2,
     predict_pb2,
     predict_pb2_grpc,
     stream_pb2_grpc,
     task_pb2,
+    upload_pb2,
+    upload_pb2_grpc,
 )
 
 
@@ -46,6 +49,8 @@ class Client(Connection):
         channel: grpc.Channel | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -56,10 +61,13 @@ class Client(Connection):
             channel=channel,
             tls=tls,
             root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
         )
         self._predict = predict_pb2_grpc.PredictServiceStub(self._channel)
         self._stream = stream_pb2_grpc.StreamPredictServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._upload = upload_pb2_grpc.UploadServiceStub(self._channel)
         self._models: dict[tuple[str, int], model_pb2.ModelMetadata] = {}
 
     def predict(
@@ -216,6 +224,41 @@ class Client(Connection):
                 return "SERVICE_UNKNOWN"
             raise
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def upload(
+        self,
+        source: UploadSource,
+        *,
+        file_name: str | None = None,
+        content_type: str = "",
+        size: int = 0,
+        sha256: str = "",
+        key_prefix: str = "",
+        task_id: str = "",
+        chunk_size: int = DEFAULT_CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> upload_pb2.UploadResponse:
+        """Stream a file (a path) or byte chunks to the server's object storage.
+
+        Returns the stored object's key, `uri`, `url` (and `presigned_url` when the
+        server signs URLs), size and SHA-256. A given `size` or `sha256` that does
+        not match the data fails the call (INVALID_ARGUMENT, DATA_LOSS) and nothing
+        is stored; `task_id` attaches the file to that task.
+        """
+        requests = upload_requests(
+            source,
+            file_name=file_name,
+            content_type=content_type,
+            size=size,
+            sha256=sha256,
+            key_prefix=key_prefix,
+            task_id=task_id,
+            chunk_size=chunk_size,
+        )
+        try:
+            return self._upload.Upload(requests, timeout=self._deadline(timeout), metadata=self._call_metadata())
+        except grpc.RpcError as error:
+            raise ClientError.from_rpc_error(error) from None
 
     def _cached_model(self, model: str, version: int) -> model_pb2.ModelMetadata:
         """Metadata from an earlier `get_model`, else fetched now."""

@@ -4,7 +4,7 @@ Start-up: the gRPC server starts listening at once with health NOT_SERVING
 (so probes get an answer), the models load and warm up, then health turns
 SERVING. Shutdown (SIGTERM/SIGINT): health NOT_SERVING, stop accepting calls,
 let in-flight calls finish within the grace period (their batches still run),
-then close the batchers.
+then close the batchers; last, flush the access log and the spans.
 """
 
 from __future__ import annotations
@@ -23,12 +23,20 @@ from grpc_reflection.v1alpha import reflection
 from server.batching import BatchingConfig
 from server.config import Settings, load_settings, parse_args
 from server.dispatch import Dispatcher, HandlerRegistry
+from server.gateway.server import HttpGateway
 from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
 from server.services.predict import PredictServicer
 from server.services.stream import StreamPredictServicer
+from server.services.tasks import TaskServicer
+from server.services.upload import UploadServicer
+from server.storage.factory import open_object_store
+from server.storage.uploads import Uploads
+from server.tasks.system import open_tasks
+from server.telemetry.telemetry import Telemetry
+from server.telemetry.tls import grpc_server_credentials, load_tls, server_ssl_context
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2_grpc, upload_pb2_grpc
 
 log = logging.getLogger("server")
@@ -44,22 +52,30 @@ LIVENESS = "liveness"
 class App:
     """The server process: build with settings, `start()`, then `stop()`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, mode: str = "serve") -> None:
         self.settings = settings
+        # "worker": only queue workers and gRPC health (python -m server worker)
+        self.worker_mode = mode == "worker"
+        self.telemetry = Telemetry(settings)
         batching = BatchingConfig(
             max_batch_size=settings.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
             allowed_batch_sizes=tuple(settings.allowed_batch_sizes),
             max_queue_size=settings.max_queue_size,
+            observer=self.telemetry.batch_observer,
         )
         self.repository = ModelRepository(
             settings.model_dir,
             choose_device(settings.tf_intra_op_threads, settings.tf_inter_op_threads),
             batching,
         )
-        self.predictor = Predictor(self.repository, settings.default_top_k)
+        self.object_store = open_object_store(settings)
+        self.predictor = Predictor(self.repository, settings.default_top_k, self.object_store)
+        self.tasks = open_tasks(settings, self.predictor, self.object_store, self.worker_mode, self.telemetry.tracing)
         self.health = health.HealthServicer()
-        self.interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+        self.telemetry.watch_batchers(lambda: [model.batcher for model in self.repository.models()])
+        # Outermost first: tracing, access log + metrics, auth (telemetry), then errors.
+        self.interceptors: list[grpc.ServerInterceptor] = [*self.telemetry.interceptors, ErrorInterceptor()]
         self.registry = self._register_services()
         self.dispatcher = Dispatcher(self.registry, self.interceptors)
         self.server = grpc.server(
@@ -74,21 +90,60 @@ class App:
         if settings.reflection:
             names = (*self.registry.methods, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(settings.grpc_server_address)
+        self.tls = load_tls(settings)
+        self.port = (
+            self.server.add_secure_port(settings.grpc_server_address, grpc_server_credentials(self.tls))
+            if self.tls is not None
+            else self.server.add_insecure_port(settings.grpc_server_address)
+        )
         if not self.port:
             raise SystemExit(f"cannot listen on {settings.grpc_server_address}")
+        self.health_server, self.health_port = self._health_only_server(settings.health_server_address)
+        self.gateway = self._http_gateway()
         self.stopped = threading.Event()
+
+    def _http_gateway(self) -> HttpGateway | None:
+        """The HTTP/JSON shim over the same dispatcher (None when HTTP_SERVER_ADDRESS is empty)."""
+        settings = self.settings
+        if not settings.http_server_address:
+            return None
+        return HttpGateway(
+            settings.http_server_address,
+            self.dispatcher,
+            self.registry.methods,
+            max_body_bytes=settings.max_http_body_bytes or settings.max_message_bytes,
+            max_workers=settings.http_max_workers,
+            metrics=self.telemetry.metrics.exposition,
+            files_root=None if settings.aws_bucket else settings.upload_dir,
+            ssl_context=server_ssl_context(settings),
+        )
+
+    def _health_only_server(self, address: str) -> tuple[grpc.Server | None, int]:
+        """A plaintext server answering only grpc.health.v1, for probes that cannot speak TLS."""
+        if not address:
+            return None, 0
+        server = grpc.server(ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        port = server.add_insecure_port(address)
+        if not port:
+            raise SystemExit(f"cannot listen on {address} (HEALTH_SERVER_ADDRESS)")
+        return server, port
 
     def _register_services(self) -> HandlerRegistry:
         """The API's servicers, collected once for the gRPC server and in-process dispatch."""
         registry = HandlerRegistry()
+        if self.worker_mode:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+            return registry
         predict_pb2_grpc.add_PredictServiceServicer_to_server(
-            PredictServicer(self.predictor, self.repository), registry
+            PredictServicer(self.predictor, self.repository, self.tasks.predictions), registry
         )
         stream_pb2_grpc.add_StreamPredictServiceServicer_to_server(StreamPredictServicer(self.predictor), registry)
-        # Defined in the API, answered UNIMPLEMENTED until their parts exist.
-        task_pb2_grpc.add_TaskServiceServicer_to_server(task_pb2_grpc.TaskServiceServicer(), registry)
-        upload_pb2_grpc.add_UploadServiceServicer_to_server(upload_pb2_grpc.UploadServiceServicer(), registry)
+        task_pb2_grpc.add_TaskServiceServicer_to_server(
+            TaskServicer(self.tasks.manager, self.tasks.exports), registry
+        )
+        uploads = Uploads(self.object_store, self.tasks.store)  # files sent with a task_id join its `files`
+        upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), registry)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
         return registry
 
@@ -96,6 +151,11 @@ class App:
     def address(self) -> str:
         host = self.settings.grpc_server_address.rsplit(":", 1)[0]
         return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{self.port}"
+
+    @property
+    def http_address(self) -> str | None:
+        """host:port of the HTTP shim once listening (None without one)."""
+        return self.gateway.address if self.gateway is not None else None
 
     def start(self) -> None:
         """Listen, load and warm up every model, then report SERVING."""
@@ -108,6 +168,13 @@ class App:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
+        if self.gateway is not None:
+            self.gateway.start()
+            log.info("HTTP/JSON shim listening on %s", self.gateway.address)
+        if not self.settings.http_server_address:
+            self.telemetry.serve_metrics()
         log.info("gRPC listening on %s (health NOT_SERVING until the models are ready)", self.address)
 
     def load_models(self) -> None:
@@ -116,6 +183,7 @@ class App:
         for name in READY_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in self.repository.models()))
+        self.tasks.start_workers()
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown in the documented order; safe to call twice."""
@@ -124,8 +192,16 @@ class App:
         grace = self.settings.grace_period_seconds if grace is None else grace
         log.info("shutting down: health NOT_SERVING, draining in-flight calls for up to %.1fs", grace)
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        drained = self.server.stop(grace)
+        if self.gateway is not None:
+            self.gateway.stop(grace)
+        drained.wait()
+        self.tasks.stop()
         self.repository.close(drain=True)
+        self.object_store.close()
+        self.telemetry.close()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         self.stopped.set()
         log.info("stopped")
 
@@ -138,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    app = App(settings)
+    app = App(settings, args.mode)
     stop_requested = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

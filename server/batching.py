@@ -14,6 +14,8 @@ and hands each caller exactly its own rows.
   next allowed size, so a compiled model sees few shapes.
 - Requests are validated before `submit()`; if a batch fails anyway, each of its
   requests is run alone so only the failing one gets the error.
+- An optional `BatchObserver` (metrics, tracing) hears of every request queued
+  and every model call, without the Batcher knowing what it does with them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -38,6 +40,28 @@ BatchFunction = Callable[[Arrays], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
+class BatchObservation:
+    """One successful model call: its model, sizes, times (monotonic) and requests."""
+
+    model: str
+    rows: int
+    padded_rows: int
+    started: float
+    finished: float
+    requests: tuple[tuple[object, float], ...]  # (token from request_queued, enqueued at)
+
+
+class BatchObserver(Protocol):
+    """Watches Batchers for metrics and tracing."""
+
+    def request_queued(self) -> object:
+        """Called in the caller's thread for every request; the value comes back in `batch_done`."""
+
+    def batch_done(self, observation: BatchObservation) -> None:
+        """Called after a model call, once its callers have their rows."""
+
+
+@dataclass(frozen=True)
 class BatchingConfig:
     """How requests are merged (see the module docstring)."""
 
@@ -45,6 +69,7 @@ class BatchingConfig:
     max_batch_delay_s: float = 0.0
     allowed_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024
+    observer: BatchObserver | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -67,6 +92,7 @@ class _Pending:
     deadline: float | None  # time.monotonic() value
     future: Future
     enqueued: float = field(default_factory=time.monotonic)
+    token: object = None  # from the observer's request_queued()
 
 
 class Batcher:
@@ -135,7 +161,9 @@ class Batcher:
                 f"of model '{self.name}'; split the request"
             )
         key = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()))
-        return _Pending(inputs, rows, key, deadline, Future())
+        observer = self.config.observer
+        token = observer.request_queued() if observer is not None else None
+        return _Pending(inputs, rows, key, deadline, Future(), token=token)
 
     def _enqueue(self, pending: _Pending) -> None:
         """Append to the queue (caller holds the lock) or refuse at once."""
@@ -223,6 +251,7 @@ class Batcher:
         return batch
 
     def _execute(self, batch: list[_Pending]) -> None:
+        started = time.monotonic()
         try:
             outputs, padded = self._call(batch)
         except Exception as exc:  # the model failed: isolate the request that caused it
@@ -232,11 +261,14 @@ class Batcher:
                 return
             _fail(batch[0].future, _as_serving_error(exc, self.name))
             return
+        finished = time.monotonic()
         self._record(batch, padded)
         offset = 0
         for item in batch:
             item.future.set_result({k: v[offset : offset + item.rows] for k, v in outputs.items()})
             offset += item.rows
+        if self.config.observer is not None:
+            self._observe(self.config.observer, batch, padded, started, finished)
 
     def _call(self, batch: list[_Pending]) -> tuple[dict[str, np.ndarray], int]:
         rows = sum(item.rows for item in batch)
@@ -264,6 +296,16 @@ class Batcher:
         stats.rows += rows
         stats.padded_rows += padded
         stats.batch_sizes[rows] += 1
+
+    def _observe(
+        self, observer: BatchObserver, batch: list[_Pending], padded: int, started: float, finished: float
+    ) -> None:
+        rows = sum(item.rows for item in batch)
+        requests = tuple((item.token, item.enqueued) for item in batch)
+        try:
+            observer.batch_done(BatchObservation(self.name, rows, padded, started, finished, requests))
+        except Exception:
+            log.exception("batch observer failed for model %s", self.name)
 
 
 def _rows_of(inputs: Arrays) -> int:

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Annotated, Any, Sequence
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -45,15 +45,68 @@ class Settings(BaseSettings):
 
     # Used by later parts of the server; named here so every setting has one home.
     http_server_address: str = "0.0.0.0:8080"
+    http_max_workers: int = Field(128, ge=1, description="threads running HTTP shim calls")
+    max_http_body_bytes: int = Field(0, ge=0, description="largest HTTP body or NDJSON line; 0: MAX_MESSAGE_BYTES")
     redis_address: str = ""
     redis_cluster_mode: bool = False
-    redis_key_duration: str = "12h"
+    redis_key_duration: float = Field(12 * 3600.0, gt=0, description="seconds; also 90s, 15m, 12h, 1d")
     aws_region: str = ""
     aws_bucket: str = ""
     aws_s3_use_accelerate: bool = False
     s3_endpoint_url: str = ""
 
+    # Object storage (server/storage): S3 when AWS_BUCKET is set, else UPLOAD_DIR.
+    # Credentials come from boto3's own chain (AWS_ACCESS_KEY_ID, ~/.aws, roles).
+    s3_key_prefix: str = Field("", description="prefix of every generated object key")
+    s3_max_attempts: int = Field(3, ge=1, description="attempts per S3 call (standard retry mode)")
+    upload_dir: Path = Field(Path("./data/uploads"), description="local object store without AWS_BUCKET")
+    upload_fsync: bool = Field(False, description="fsync local objects before they become visible")
+    upload_part_size: int = Field(8 * MiB, ge=5 * MiB, description="S3 multipart part size")
+    max_upload_bytes: int = Field(5 * 1024 * MiB, ge=1, description="largest object accepted")
+    presign_expiry_seconds: int = Field(0, ge=0, le=7 * 24 * 3600, description="0: no presigned URLs")
+    public_base_url: str = Field("", description="prefix of local file URLs (/files/<key>)")
+
+    # Tasks and async predictions (server/tasks)
+    task_workers: int = Field(2, ge=0, description="queue worker threads per process; 0: none")
+    task_visibility_timeout: float = Field(30.0, gt=0, description="seconds before another worker claims an entry")
+    task_max_time_in_queue_seconds: int = Field(0, ge=0, description="default queue limit; 0: none")
+    record_predictions: bool = False
+    webhook_secret: str = ""
+    webhook_max_attempts: int = Field(5, ge=1)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_allow_private: bool = False
+    webhook_workers: int = Field(4, ge=1, description="threads delivering webhooks")
+
+    # Security (server/telemetry): API keys, rate limit, TLS
+    api_keys: SecretStr = Field(SecretStr(""), description="name:key pairs, comma-separated")
+    api_keys_file: Path | None = Field(None, description="lines name:key or name:sha256:<hex>")
+    auth_exempt_reflection: bool = True
+    rate_limit_per_second: float = Field(0.0, ge=0, description="per API key; 0: no limit")
+    rate_limit_burst: int = Field(0, ge=0, description="0: one second's worth (at least 1)")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(None, description="require client certificates (mTLS)")
+    health_server_address: str = Field("", description="plaintext port serving only grpc.health.v1")
+
+    # Telemetry (server/telemetry): access log, metrics, tracing
+    access_log_path: str = Field("logs/access.log", description="empty: no access log")
+    access_log_max_bytes: int = Field(100 * MiB, ge=1024)
+    access_log_backup_count: int = Field(5, ge=0)
+    metrics_address: str = Field("0.0.0.0:9090", description="metrics port without the HTTP shim; empty: none")
+    otel_service_name: str = "tf-grpc-serving"
+    otel_exporter_otlp_endpoint: str = Field("", description="OTLP/gRPC collector; empty: spans are not exported")
+
     log_level: str = "INFO"
+
+    @field_validator("redis_key_duration", "task_visibility_timeout", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("allowed_batch_sizes", mode="before")
     @classmethod
@@ -61,6 +114,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [int(v) for v in value.replace(" ", "").split(",") if v]
         return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        return self
 
     @model_validator(mode="after")
     def _check_batching(self) -> Settings:
@@ -76,10 +137,25 @@ class Settings(BaseSettings):
         return self
 
 
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90s`, `15m`, `12h`, `1d`, `250ms` or a bare number of seconds."""
+    value = text.strip().lower()
+    unit = next((u for u in sorted(DURATION_UNITS, key=len, reverse=True) if value.endswith(u)), "")
+    number = value[: len(value) - len(unit)] if unit else value
+    try:
+        return float(number) * DURATION_UNITS.get(unit, 1.0)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (expected e.g. 90s, 15m, 12h, 1d)") from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags of `python -m server [worker]`."""
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n")[0])
-    parser.add_argument("mode", nargs="?", default="serve", choices=["serve"], help="what to run")
+    parser.add_argument("mode", nargs="?", default="serve", choices=["serve", "worker"],
+                        help="serve: the API; worker: only queue workers (plus gRPC health)")
     parser.add_argument("--config", type=Path, help="KEY=VALUE settings file (like .env)")
     parser.add_argument("--port", type=int, help="gRPC port (host from GRPC_SERVER_ADDRESS)")
     parser.add_argument("--model-dir", type=Path, help="model repository (MODEL_DIR)")

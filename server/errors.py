@@ -12,6 +12,7 @@
     ├── PermissionDenied         credentials lack the right (PERMISSION_DENIED, 403)
     ├── Unimplemented            the RPC is not served here (UNIMPLEMENTED, 501)
     ├── Unavailable              try again later: loading, draining, backend down (UNAVAILABLE, 503)
+    ├── DataLoss                 stored or received data is corrupt, e.g. a checksum mismatch (DATA_LOSS, 500)
     └── Internal                 a bug or a model failure (INTERNAL, 500)
 
 The gRPC code is the single source of truth; the HTTP status is derived from it
@@ -103,6 +104,12 @@ class Unavailable(ServingError):
     """Temporarily unable to serve: loading, shutting down, a backend is down."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(ServingError):
+    """Data arrived or was found corrupt: a checksum does not match."""
+
+    code = grpc.StatusCode.DATA_LOSS
 
 
 class Internal(ServingError):

@@ -2,7 +2,8 @@
 
 It takes and returns the API's messages but knows nothing of gRPC or HTTP:
 decode and validate the inputs, hand them to the model's Batcher, then turn
-the output rows into a response (tensors, top-k classes).
+the output rows into a response (tensors, top-k classes, and for a model's
+file outputs one stored file per row, unless the request asks for them inline).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import numpy as np
 
 from server.errors import DeadlineExceeded, InvalidArgument
 from server.models import codec, images
+from server.models.file_outputs import FileOutput
 from server.models.model import LoadedModel
 from server.models.repository import ModelRepository
+from server.storage.store import ObjectStore
 from serving.v1 import model_pb2, predict_pb2
 
 
@@ -48,9 +51,10 @@ class PendingPrediction:
 class Predictor:
     """Runs PredictRequests through the batching model repository."""
 
-    def __init__(self, repository: ModelRepository, default_top_k: int = 3) -> None:
+    def __init__(self, repository: ModelRepository, default_top_k: int = 3, store: ObjectStore | None = None) -> None:
         self.repository = repository
         self.default_top_k = default_top_k
+        self.store = store  # where file outputs go; None returns them as tensors
 
     def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
         """Validate, batch, run and answer one request (blocks until done or the deadline)."""
@@ -116,12 +120,32 @@ class Predictor:
             model=model_pb2.ModelRef(name=model.name, version=model.version),
         )
         for name in wanted:
-            response.outputs[name].CopyFrom(codec.from_numpy(outputs[name], raw=raw))
+            file_output = model.file_outputs.get(name)
+            if file_output is not None and self.store is not None and not request.inline_files:
+                prefix = f"outputs/{model.name}/{request.request_id}"
+                response.files[name].files.extend(_store_files(self.store, prefix, file_output, outputs[name]))
+            else:
+                response.outputs[name].CopyFrom(codec.from_numpy(outputs[name], raw=raw))
         top_k = self.default_top_k if request.top_k == 0 else request.top_k
         scores_name = model.classification_output
         if top_k > 0 and scores_name is not None:
             response.classifications.extend(_top_k(outputs[scores_name], model.labels, top_k))
         return response
+
+
+def _store_files(store: ObjectStore, prefix: str, output: FileOutput, rows: np.ndarray) -> list[predict_pb2.FileRef]:
+    """Encode and store each row as `<prefix>/<id>-<output>-<row>.<format>`."""
+    refs = []
+    for index, row in enumerate(rows):
+        key = store.new_key(f"{output.name}-{index}.{output.format}", prefix)
+        stored = store.put_bytes(key, output.encode(row), content_type=output.content_type)
+        refs.append(
+            predict_pb2.FileRef(
+                uri=stored.uri, url=stored.url, presigned_url=stored.presigned_url,
+                content_type=stored.content_type, size=stored.size, sha256=stored.sha256, key=stored.key,
+            )
+        )
+    return refs
 
 
 def _top_k(scores: np.ndarray, labels: list[str], k: int) -> list[predict_pb2.Classification]:

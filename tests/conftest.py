@@ -62,6 +62,8 @@ def make_app(tmp_path: Path):
     apps = []
 
     def make(listen_only: bool = False, **overrides) -> App:
+        overrides.setdefault("http_server_address", "127.0.0.1:0")  # the HTTP shim on a free port
+        overrides.setdefault("access_log_path", str(tmp_path / f"access-{len(apps)}.log"))
         settings = Settings(
             _env_file=None, grpc_server_address="127.0.0.1:0", model_dir=MODEL_DIR, **overrides
         )

@@ -54,6 +54,10 @@ class ServerProcess:
         self.log_path = log_path
         full_env = dict(os.environ)
         full_env.update({"GRPC_SERVER_ADDRESS": f"127.0.0.1:{self.port}", "MODEL_DIR": str(MODEL_DIR)})
+        self.http_port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
+        full_env["HTTP_SERVER_ADDRESS"] = f"127.0.0.1:{self.http_port}"
+        full_env["ACCESS_LOG_PATH"] = str(log_path.with_name(log_path.stem + "-access.log"))
         full_env.update(env or {})
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from server.models.codec import from_numpy
-from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2_grpc, task_pb2, task_pb2_grpc, tensor_pb2
-from serving.v1 import upload_pb2, upload_pb2_grpc
+from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -112,18 +111,6 @@ def test_get_model_unknown(channel):
     with pytest.raises(grpc.RpcError) as info:
         predict_pb2_grpc.PredictServiceStub(channel).GetModel(predict_pb2.GetModelRequest(model="x"), timeout=10)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-def test_unimplemented_services_answer_unimplemented(channel):
-    calls = [
-        lambda: predict_pb2_grpc.PredictServiceStub(channel).PredictAsync(predict_pb2.PredictAsyncRequest(), timeout=10),
-        lambda: task_pb2_grpc.TaskServiceStub(channel).GetTask(task_pb2.GetTaskRequest(id="x"), timeout=10),
-        lambda: upload_pb2_grpc.UploadServiceStub(channel).Upload(iter([upload_pb2.UploadRequest()]), timeout=10),
-    ]
-    for call in calls:
-        with pytest.raises(grpc.RpcError) as info:
-            call()
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_stream_bad_message_gets_an_error_and_the_stream_goes_on(channel, digits_reference):

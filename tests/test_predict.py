@@ -153,7 +153,10 @@ def test_get_model_reports_the_signature(stub):
 
 def test_list_models(stub):
     models = stub.ListModels(predict_pb2.ListModelsRequest(), timeout=10).models
-    assert [m.name for m in models] == ["digits"]
+    assert [m.name for m in models] == ["digits", "digits_decoder"]
+    decoder = models[1]
+    assert [(s.name, list(s.shape)) for s in decoder.inputs] == [("digit", [-1])]
+    assert [(s.name, list(s.shape)) for s in decoder.outputs] == [("image", [-1, 32, 32, 1])]
 
 
 def test_large_messages_are_accepted(stub):

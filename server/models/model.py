@@ -18,13 +18,14 @@ import tensorflow as tf
 from server.batching import Batcher, BatchingConfig
 from server.errors import InvalidArgument
 from server.models import codec, images
+from server.models.file_outputs import FileOutput, parse_file_outputs
 from serving.v1 import model_pb2, tensor_pb2
 
 log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 LABELS_FILE = "labels.txt"
-SERVING_CONFIG = "serving.json"  # per-model batching overrides, in models/<name>/
+SERVING_CONFIG = "serving.json"  # per-model batching overrides and file outputs, in models/<name>/
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class LoadedModel:
     saved_model: object = field(repr=False)  # keeps the variables alive
     batcher: Batcher = field(init=False, repr=False)
     load_seconds: float = 0.0
+    file_outputs: dict[str, FileOutput] = field(default_factory=dict)  # stored as files, by output
 
     def __post_init__(self) -> None:
         self.batcher = Batcher(self.run_batch, self.batching, name=self.name)
@@ -160,6 +162,7 @@ def load_model(name: str, version: int, path: Path, device: str, defaults: Batch
     _, input_specs = signature.structured_input_signature
     inputs = {k: _info(k, s) for k, s in sorted(input_specs.items())}
     outputs = {k: _info(k, s) for k, s in sorted(signature.structured_outputs.items())}
+    config = _serving_config(path.parent)
     model = LoadedModel(
         name=name,
         version=version,
@@ -168,7 +171,8 @@ def load_model(name: str, version: int, path: Path, device: str, defaults: Batch
         outputs=outputs,
         labels=_read_labels(path),
         device=device,
-        batching=_batching_for(path.parent, defaults),
+        batching=_batching_for(config, defaults),
+        file_outputs=parse_file_outputs(config.get("file_outputs"), outputs, str(path.parent / SERVING_CONFIG)),
         signature=signature,
         saved_model=loaded,
     )
@@ -197,18 +201,25 @@ def _read_labels(path: Path) -> list[str]:
     return []
 
 
-def _batching_for(model_root: Path, defaults: BatchingConfig) -> BatchingConfig:
+def _serving_config(model_root: Path) -> dict:
+    """The model's serving.json ({} when there is none)."""
     config_file = model_root / SERVING_CONFIG
     if not config_file.is_file():
-        return defaults
+        return {}
     raw = json.loads(config_file.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config_file}: expected a JSON object")
+    return raw
+
+
+def _batching_for(raw: dict, defaults: BatchingConfig) -> BatchingConfig:
     merged = {
         "max_batch_size": raw.get("max_batch_size", defaults.max_batch_size),
         "max_batch_delay_s": raw.get("max_batch_delay_ms", defaults.max_batch_delay_s * 1000) / 1000,
         "allowed_batch_sizes": tuple(raw.get("allowed_batch_sizes", defaults.allowed_batch_sizes)),
         "max_queue_size": raw.get("max_queue_size", defaults.max_queue_size),
     }
-    return BatchingConfig(**merged)
+    return BatchingConfig(**merged, observer=defaults.observer)
 
 
 def _quoted(names: dict[str, object]) -> str:

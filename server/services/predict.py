@@ -7,9 +7,9 @@ import uuid
 
 import grpc
 
-from server.errors import Unimplemented
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
+from server.tasks.predictions import PredictionTasks
 from serving.v1 import predict_pb2, predict_pb2_grpc
 
 NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
@@ -35,18 +35,22 @@ def deadline_of(context: grpc.ServicerContext) -> float | None:
 
 
 class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
-    """Predict, GetModel and ListModels; PredictAsync arrives with the task queue."""
+    """Predict (optionally recorded as a task), PredictAsync (a queued task), GetModel and ListModels."""
 
-    def __init__(self, predictor: Predictor, repository: ModelRepository) -> None:
+    def __init__(self, predictor: Predictor, repository: ModelRepository, tasks: PredictionTasks) -> None:
         self.predictor = predictor
         self.repository = repository
+        self.tasks = tasks
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
         request.request_id = request_id_for(request.request_id, context)
+        if self.tasks.wants_record(request):
+            return self.tasks.predict_recorded(request, deadline_of(context))
         return self.predictor.predict(request, deadline_of(context))
 
     def PredictAsync(self, request: predict_pb2.PredictAsyncRequest, context: grpc.ServicerContext) -> predict_pb2.PredictAsyncResponse:
-        raise Unimplemented("PredictAsync is not available on this server yet: it needs the task queue")
+        request.request.request_id = request_id_for(request.request.request_id, context)
+        return predict_pb2.PredictAsyncResponse(task=self.tasks.submit(request))
 
     def GetModel(self, request: predict_pb2.GetModelRequest, context: grpc.ServicerContext) -> predict_pb2.GetModelResponse:
         model = self.repository.get(request.model, request.version)

@@ -1,0 +1,111 @@
+"""Predictions that become tasks: PredictAsync submissions, and synchronous Predicts recorded as tasks."""
+
+from __future__ import annotations
+
+import logging
+
+from google.protobuf import timestamp_pb2
+
+from server.errors import InvalidArgument, ServingError, Unavailable
+from server.predictor import Predictor
+from server.tasks import records, status
+from server.tasks.manager import TaskManager
+from server.tasks.worker import task_error
+from serving.v1 import predict_pb2, task_pb2
+
+log = logging.getLogger(__name__)
+
+
+class PredictionTasks:
+    """Queues async predictions and records synchronous ones."""
+
+    def __init__(self, manager: TaskManager, predictor: Predictor, default_max_time_in_queue_s: int,
+                 record_predictions: bool) -> None:
+        self.manager = manager
+        self.store = manager.store
+        self.queue = manager.queue
+        self.predictor = predictor
+        self.default_max_time_in_queue_s = default_max_time_in_queue_s
+        self.record_predictions = record_predictions
+
+    def submit(self, request: predict_pb2.PredictAsyncRequest) -> task_pb2.Task:
+        """PredictAsync: validate everything now (nothing is stored for a bad request), store, queue."""
+        inner = request.request
+        model, _ = self.predictor.prepare(inner)
+        for name in ("max_attempts", "initial_delay_ms", "max_delay_ms"):
+            if getattr(request.retry, name) < 0:
+                raise InvalidArgument(f"retry.{name}: must be 0 or more")
+        if request.max_time_in_queue_seconds < 0:
+            raise InvalidArgument("max_time_in_queue_seconds: must be 0 (server default) or more")
+        self.manager.check_webhook(request.webhook_url, "webhook_url")
+        task = self.manager.new_record(request.task_id, "task_id")
+        task.model, task.model_version = model.name, model.version
+        task.status = status.QUEUED
+        task.request_id = inner.request_id
+        task.retry.CopyFrom(request.retry)
+        task.max_time_in_queue_seconds = request.max_time_in_queue_seconds or self.default_max_time_in_queue_s
+        task.metadata.update(request.metadata)
+        if request.webhook_url:
+            task.webhook.url = request.webhook_url
+        for name, value in inner.inputs.items():
+            task.inputs[name].CopyFrom(value)
+        options = predict_pb2.PredictRequest(
+            output_filter=inner.output_filter,
+            top_k=inner.top_k,
+            request_id=inner.request_id,
+            # Task records are JSON: readable typed values unless raw bytes are asked for.
+            output_encoding=inner.output_encoding or predict_pb2.TENSOR_ENCODING_TYPED,
+            inline_files=inner.inline_files,
+        )
+        created = self.store.create(task)
+        try:
+            self.queue.push(task.id, options.SerializeToString())
+        except Unavailable:
+            self._forget(task.id)
+            raise
+        return created
+
+    def _forget(self, task_id: str) -> None:
+        try:
+            self.store.delete(task_id)
+        except ServingError:
+            log.warning("task %s was stored but could not be queued nor removed", task_id)
+
+    def wants_record(self, request: predict_pb2.PredictRequest) -> bool:
+        return self.record_predictions or request.record_task
+
+    def predict_recorded(self, request: predict_pb2.PredictRequest, deadline: float | None) -> predict_pb2.PredictResponse:
+        """Predict, then store the outcome as a finished task (when the store is down: log and answer anyway)."""
+        started = records.now()
+        try:
+            response = self.predictor.predict(request, deadline)
+        except ServingError as exc:
+            self._record(request, started, None, exc)
+            raise
+        response.task_id = self._record(request, started, response, None)
+        return response
+
+    def _record(self, request: predict_pb2.PredictRequest, started: timestamp_pb2.Timestamp,
+                response: predict_pb2.PredictResponse | None, error: ServingError | None) -> str:
+        task = self.manager.new_record("")
+        task.model = request.model
+        task.model_version = response.model.version if response is not None else request.version
+        task.request_id = request.request_id
+        task.create_time.CopyFrom(started)
+        task.status = status.RUNNING
+        task.start_time.CopyFrom(started)
+        task.attempts = 1
+        status.move(task, status.SUCCEEDED if response is not None else status.FAILED)
+        if response is not None:
+            for name, tensor in response.outputs.items():
+                task.outputs[name].CopyFrom(tensor)
+            for name, files in response.files.items():
+                for ref in files.files:
+                    task.files.add(name=name, uri=ref.uri, url=ref.url, content_type=ref.content_type, size=ref.size)
+        if error is not None:
+            task.error.CopyFrom(task_error(error))
+        try:
+            return self.store.create(task).id
+        except ServingError as exc:
+            log.warning("prediction %s not recorded as a task: %s", request.request_id, exc.message)
+            return ""

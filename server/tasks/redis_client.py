@@ -1,0 +1,85 @@
+"""Connecting to Redis or Redis Cluster, and turning Redis failures into `server.errors`.
+
+REDIS_ADDRESS is `host:port`, or a URL: `redis://[:password@]host:port[/db]`,
+`rediss://...` for TLS. With REDIS_CLUSTER_MODE the address is any node of the
+cluster. redis-py keeps a connection pool and reconnects on its own after an
+outage, so the server recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import redis
+import redis.cluster
+import redis.exceptions
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from server.errors import Internal, Unavailable
+
+MAX_CONNECTIONS = 256
+SOCKET_TIMEOUT_S = 5.0
+
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.SlotNotCoveredError,
+    OSError,
+)
+
+Client = redis.Redis | redis.cluster.RedisCluster
+
+
+def display_address(address: str) -> str:
+    """The address without a password, for messages."""
+    if "://" not in address:
+        return address
+    parts = urlsplit(address)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path if parts.path not in ('', '/') else ''}"
+
+
+def connect(address: str, cluster: bool) -> Client:
+    """A client with a connection pool; nothing is contacted until the first command."""
+    options = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": SOCKET_TIMEOUT_S,
+        "health_check_interval": 15,
+        "decode_responses": True,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+    }
+    if "://" in address:
+        if urlsplit(address).scheme not in ("redis", "rediss"):
+            raise ValueError(f"REDIS_ADDRESS: '{display_address(address)}' must be host:port, redis:// or rediss://")
+        if cluster:
+            return redis.cluster.RedisCluster.from_url(address, max_connections=MAX_CONNECTIONS, **options)
+        pool = redis.ConnectionPool.from_url(address, max_connections=MAX_CONNECTIONS, **options)
+        return redis.Redis(connection_pool=pool)
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"REDIS_ADDRESS: '{address}' must be host:port, redis:// or rediss://")
+    if cluster:
+        return redis.cluster.RedisCluster(host=host, port=int(port), max_connections=MAX_CONNECTIONS, **options)
+    pool = redis.ConnectionPool(host=host, port=int(port), max_connections=MAX_CONNECTIONS, **options)
+    return redis.Redis(connection_pool=pool)
+
+
+@contextlib.contextmanager
+def translated(address: str) -> Iterator[None]:
+    """Raise Unavailable('task store unavailable: <address>: <reason>') for connection trouble."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        reason = str(exc) or type(exc).__name__
+        raise Unavailable(f"task store unavailable: {address}: {reason}") from None
+    except redis.exceptions.RedisError as exc:
+        raise Internal(f"task store error: {address}: {exc}") from None

@@ -1,0 +1,140 @@
+"""HTTP/JSON shim benchmark: JSON Predict through the shim beside gRPC unary, on one server.
+
+    .venv/bin/python -m tests.benchmarks.http [--rounds 3] [--duration 5]
+
+One `python -m server` (default settings, the demo model `digits`) serves
+both transports. At each concurrency (8 and 64) and in each round, the gRPC
+load generator (`python -m client bench`, a separate process, raw tensors)
+and this module's HTTP load generator (aiohttp client in this process, one
+keep-alive connection per caller, JSON `floatVal` input and typed output)
+take turns, each in a closed loop of 1-row requests; medians over the rounds
+are reported. Only loopback is targeted; every run stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from client.bench_result import latency_summary
+from tests.benchmarks.core import client_bench
+from tests.servers import ServerProcess
+
+CONCURRENCY = [8, 64]
+REQUEST_TIMEOUT_S = 10.0
+
+
+def predict_body(seed: int = 0) -> bytes:
+    """One 8x8x1 row as a JSON PredictRequest (typed floats, the JSON caller's way)."""
+    x = np.random.default_rng(seed).random((1, 8, 8, 1), dtype=np.float32)
+    tensor = {"dtype": "DATA_TYPE_FLOAT32", "shape": list(x.shape), "floatVal": [round(float(v), 6) for v in x.ravel()]}
+    return json.dumps({"inputs": {"image": {"tensor": tensor}}}).encode()
+
+
+async def http_bench(url: str, concurrency: int, duration: float, warmup: float = 1.0) -> dict:
+    """Closed-loop JSON Predict at `concurrency`; requests/s and latency over the measured window."""
+    body = predict_body()
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + warmup
+    stop_at = measure_from + duration
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def caller() -> None:
+            while (started := loop.time()) < stop_at:
+                try:
+                    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as reply:
+                        await reply.read()
+                        outcome = "OK" if reply.status == 200 else str(reply.status)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    outcome = type(exc).__name__
+                if started >= measure_from:
+                    if outcome == "OK":
+                        latencies.append((loop.time() - started) * 1000)
+                    else:
+                        errors[outcome] += 1
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    measured = len(latencies) + sum(errors.values())
+    return {"requests_per_s": measured / duration, "errors": dict(errors), **latency_summary(latencies)}
+
+
+def runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict]]:
+    results: dict[tuple[str, int], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"UPLOAD_DIR": str(Path(tmp) / "uploads"), "ACCESS_LOG_PATH": str(Path(tmp) / "access.log")}
+        server = ServerProcess(Path(tmp) / "server.log", env=env)
+        try:
+            server.wait_serving()
+            url = f"{server.http_url}/v1/models/digits:predict"
+            for _ in range(rounds):
+                for concurrency in CONCURRENCY:
+                    results.setdefault(("gRPC unary", concurrency), []).append(
+                        client_bench(server.target, concurrency, duration)
+                    )
+                    results.setdefault(("HTTP JSON", concurrency), []).append(
+                        asyncio.run(http_bench(url, concurrency, duration))
+                    )
+        finally:
+            server.stop()
+    return results
+
+
+def report(results: dict[tuple[str, int], list[dict]], rounds: int, duration: float) -> str:
+    def median(key: tuple[str, int], field: str) -> float:
+        return statistics.median(r[field] for r in results[key])
+
+    lines = [
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, CPU only. "
+        f"One server (default settings), {rounds} interleaved rounds of {duration:.0f} s per cell, medians shown; "
+        "load generators on the same machine.",
+        "",
+        "| concurrency | transport | requests/s | p50 ms | p99 ms | non-OK |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for concurrency in CONCURRENCY:
+        for transport in ("gRPC unary", "HTTP JSON"):
+            key = (transport, concurrency)
+            errors = sum(sum(r["errors"].values()) for r in results[key])
+            lines.append(
+                f"| {concurrency} | {transport} | {median(key, 'requests_per_s'):,.0f} | "
+                f"{median(key, 'p50_ms'):.2f} | {median(key, 'p99_ms'):.2f} | {errors} |"
+            )
+    ratios = ", ".join(
+        f"{median(('HTTP JSON', c), 'requests_per_s') / median(('gRPC unary', c), 'requests_per_s'):.2f}x "
+        f"at concurrency {c}"
+        for c in CONCURRENCY
+    )
+    lines += ["", f"HTTP JSON / gRPC unary requests/s (same run): {ratios} (target: at least 0.5x)."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    args = parser.parse_args()
+    started = time.monotonic()
+    results = runs(args.rounds, args.duration)
+    print(report(results, args.rounds, args.duration))
+    print(f"\n(benchmark took {time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

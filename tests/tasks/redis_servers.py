@@ -1,0 +1,103 @@
+"""Real redis-server processes for tests: a single node and a 3-master cluster, on free loopback ports."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import redis
+
+from tests.servers import free_port, wait_for
+
+
+class RedisServer:
+    """`redis-server` on a free port, nothing kept on disk; stop() and start() again on the same port."""
+
+    def __init__(self, folder: Path, *extra: str, port: int | None = None) -> None:
+        self.folder = folder
+        self.extra = extra
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    def start(self) -> None:
+        log = open(self.folder / f"redis-{self.port}.log", "ab")
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--dir", str(self.folder), *self.extra],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        try:
+            wait_for(self._answers, 10, f"redis-server on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"redis-server on port {self.port} exited with {self.process.returncode}")
+        try:
+            with redis.Redis(port=self.port, socket_timeout=1) as client:
+                return bool(client.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class RedisClusterServers:
+    """Three cluster-enabled redis-servers joined with `redis-cli --cluster create` (no replicas)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.nodes: list[RedisServer] = []
+        try:
+            self._create(folder)
+        except BaseException:
+            self.stop()
+            raise
+        self.address = self.nodes[0].address
+
+    def _create(self, folder: Path) -> None:
+        for n in range(3):
+            port = free_port()
+            self.nodes.append(RedisServer(folder / f"node-{n}", "--cluster-enabled", "yes", "--cluster-config-file",
+                                          str(folder / f"nodes-{port}.conf"), "--cluster-node-timeout", "5000",
+                                          "--cluster-port", str(free_port()), port=port))
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(n.address for n in self.nodes), "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        wait_for(self._ready, 30, "the redis cluster to report cluster_state:ok")
+
+    def _ready(self) -> bool:
+        for node in self.nodes:
+            with redis.Redis(port=node.port, decode_responses=True) as client:
+                info = client.execute_command("CLUSTER INFO")
+                text = info if isinstance(info, str) else str(info)
+                if "cluster_state:ok" not in text and not (isinstance(info, dict) and info.get("cluster_state") == "ok"):
+                    return False
+        return True
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            with node.client() as client:
+                client.flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
