@@ -76,7 +76,7 @@ class CallTelemetryInterceptor(grpc.ServerInterceptor):
             transport=transport,
             peer=context.peer(),
             route=getattr(context, "route", None),
-            trace_id=current_trace_id(),
+            trace_id=current_trace_id() or _incoming_trace_id(context),
         )
         self.metrics.call_started(transport)
         return record
@@ -87,6 +87,13 @@ class CallTelemetryInterceptor(grpc.ServerInterceptor):
         if self.access_log is not None:
             request_id = record.request_field("request_id") or _metadata_value(context, "x-request-id")
             self.access_log.write(access_entry(record, code, request_id, record.request_field("model")))
+
+
+def _incoming_trace_id(context: grpc.ServicerContext) -> str | None:
+    """The trace id of an incoming W3C `traceparent` (used when spans are off)."""
+    traceparent = _metadata_value(context, "traceparent")
+    parts = traceparent.split("-") if traceparent else []
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def _metadata_value(context: grpc.ServicerContext, name: str) -> str | None:

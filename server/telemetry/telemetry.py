@@ -3,7 +3,7 @@
 `Telemetry` is built once from the settings in the composition root. Its
 `interceptors` go in front of the ErrorInterceptor, outermost first:
 
-1. tracing: a SERVER span per call (parented by an incoming `traceparent`);
+1. tracing (when enabled): a SERVER span per call (parented by an incoming `traceparent`);
 2. calls: in-flight gauge, request metrics, one access-log line per call;
 3. auth: API key and rate limit.
 
@@ -48,7 +48,7 @@ class Telemetry:
         self.authenticator = _authenticator(settings)
         self.batch_observer = BatchTelemetry(self.metrics, self.tracing.tracer)
         self.interceptors: list[grpc.ServerInterceptor] = [
-            self.tracing.server_interceptor(),
+            *([self.tracing.server_interceptor()] if self.tracing.enabled else []),
             CallTelemetryInterceptor(self.metrics, self.access_log),
             AuthInterceptor(self.authenticator),
         ]

@@ -2,9 +2,11 @@
 
 The provider is configured from the standard `OTEL_*` environment variables
 (service name, resource attributes, sampler, OTLP endpoint, headers, TLS);
-spans are exported over OTLP/gRPC only when `OTEL_EXPORTER_OTLP_ENDPOINT` is
-set, and are made but not exported otherwise (their trace ids still tie the
-access log together).
+spans are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+Server spans are made only when tracing is enabled (`TRACING_ENABLED`; by
+default exactly when an OTLP endpoint is set), since the instrumentation costs
+about 0.2 ms of GIL time per call; without them the access log takes trace ids
+from incoming `traceparent` headers.
 
 Server spans come from opentelemetry-instrumentation-grpc's interceptor, for
 gRPC calls and for HTTP requests dispatched in process alike. An async task's
@@ -50,6 +52,8 @@ class Tracing:
 
             self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self.tracer = self.provider.get_tracer("server")
+        enabled = settings.tracing_enabled
+        self.enabled = bool(settings.otel_exporter_otlp_endpoint) if enabled is None else enabled
 
     def server_interceptor(self) -> grpc.ServerInterceptor:
         """A SERVER span around every call, parented by an incoming `traceparent`."""

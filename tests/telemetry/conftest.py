@@ -18,13 +18,14 @@ def access_log_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def telemetry_app(make_app, access_log_path: Path) -> Callable[..., Any]:
-    """make_app with the access log in tmp_path and metrics on a free loopback port (no HTTP shim)."""
+    """make_app with the access log in tmp_path, metrics on a free loopback port, spans on (no HTTP shim)."""
 
     def make(**overrides: Any) -> Any:
         settings = {
             "access_log_path": str(access_log_path),
             "http_server_address": "",
             "metrics_address": "127.0.0.1:0",
+            "tracing_enabled": True,
             **overrides,
         }
         return make_app(**settings)

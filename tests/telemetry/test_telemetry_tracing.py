@@ -126,3 +126,19 @@ def test_task_trace_helpers_continue_the_task_trace():
 def test_traceparent_for_task_needs_a_uuid4_hex(bad):
     with pytest.raises(ValueError, match="is not 32 lowercase hex digits"):
         traceparent_for_task(bad)
+
+
+def test_spans_are_off_without_an_exporter_but_the_access_log_keeps_incoming_trace_ids(
+    telemetry_app, read_access_log
+):
+    app = telemetry_app(tracing_enabled=None)
+    assert not app.telemetry.tracing.enabled
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with grpc.insecure_channel(app.address) as channel:
+        predict_pb2_grpc.PredictServiceStub(channel).Predict(
+            predict_request(1), metadata=[("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")], timeout=10
+        )
+        predict_pb2_grpc.PredictServiceStub(channel).Predict(predict_request(1), timeout=10)
+    with_parent, without = read_access_log(2, "/serving.v1.PredictService/Predict")
+    assert with_parent["trace_id"] == trace_id
+    assert without["trace_id"] is None
