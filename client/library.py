@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET
+from client.channel import DEFAULT_TARGET
 from client.connection import Connection
 from client.errors import ClientError
 from client.messages import (
@@ -38,32 +39,8 @@ class Client(Connection):
     Every call raises `ClientError` when the server answers with an error.
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        api_key: str | None = None,
-        timeout: float | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        channel: grpc.Channel | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-    ) -> None:
-        super().__init__(
-            target,
-            api_key=api_key,
-            timeout=timeout,
-            metadata=metadata,
-            max_message_bytes=max_message_bytes,
-            channel=channel,
-            tls=tls,
-            root_certificates=root_certificates,
-            certificate_chain=certificate_chain,
-            private_key=private_key,
-        )
+    def __init__(self, target: str = DEFAULT_TARGET, **options: Any) -> None:
+        super().__init__(target, **options)
         self._predict = predict_pb2_grpc.PredictServiceStub(self._channel)
         self._stream = stream_pb2_grpc.StreamPredictServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

@@ -142,7 +142,9 @@ class App:
         task_pb2_grpc.add_TaskServiceServicer_to_server(
             TaskServicer(self.tasks.manager, self.tasks.exports), registry
         )
-        uploads = Uploads(self.object_store, self.tasks.store)  # files sent with a task_id join its `files`
+        tracing = self.telemetry.tracing
+        # Files sent with a task_id join its `files`; an `upload` span when tracing is on.
+        uploads = Uploads(self.object_store, self.tasks.store, tracing.tracer if tracing.enabled else None)
         upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), registry)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
         return registry

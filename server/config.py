@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_http_body_bytes: int = Field(0, ge=0, description="largest HTTP body or NDJSON line; 0: MAX_MESSAGE_BYTES")
     redis_address: str = ""
     redis_cluster_mode: bool = False
+    redis_tls_ca_file: Path | None = Field(None, description="CA certificates (PEM) for a rediss:// address")
     redis_key_duration: float = Field(12 * 3600.0, gt=0, description="seconds; also 90s, 15m, 12h, 1d")
     aws_region: str = ""
     aws_bucket: str = ""
@@ -106,7 +107,8 @@ class Settings(BaseSettings):
     def _parse_duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
 
-    @field_validator("api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before")
+    @field_validator("api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "redis_tls_ca_file",
+                     mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value

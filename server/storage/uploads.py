@@ -10,8 +10,11 @@ feed it messages.
 from __future__ import annotations
 
 import mimetypes
+import contextlib
 import re
 from collections.abc import Iterable, Iterator
+
+from opentelemetry import trace
 
 from server.errors import FailedPrecondition, InvalidArgument
 from server.storage.store import DEFAULT_CONTENT_TYPE, ObjectStore, StoredObject, check_sha256
@@ -24,9 +27,10 @@ _CONTENT_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+(\s*;\s*[\w.+-]+=[\w.+\"-]+)*", re
 class Uploads:
     """Stores uploaded files; `tasks` (optional) is where `task_id` files are recorded."""
 
-    def __init__(self, store: ObjectStore, tasks: TaskStore | None = None) -> None:
+    def __init__(self, store: ObjectStore, tasks: TaskStore | None = None, tracer: trace.Tracer | None = None) -> None:
         self.store = store
         self.tasks = tasks
+        self.tracer = tracer  # an `upload` span around storing the bytes, when given
 
     def upload(self, messages: Iterable[upload_pb2.UploadRequest]) -> upload_pb2.UploadResponse:
         """Store one file streamed as metadata + chunks; nothing is stored if anything fails."""
@@ -42,12 +46,20 @@ class Uploads:
         if metadata.task_id:
             self._task_store().get(metadata.task_id)  # NotFound before anything is stored
         key = self.store.new_key(metadata.file_name, metadata.key_prefix)
-        stored = self.store.put(
-            key, _chunks(stream), content_type=content_type, size=metadata.size or None, sha256=sha256
-        )
+        with self._span(key) as span:
+            stored = self.store.put(
+                key, _chunks(stream), content_type=content_type, size=metadata.size or None, sha256=sha256
+            )
+            if span is not None:
+                span.set_attribute("upload.bytes", stored.size)
         if metadata.task_id:
             self._attach(metadata.task_id, metadata.file_name, stored)
         return upload_response(stored)
+
+    def _span(self, key: str) -> contextlib.AbstractContextManager[trace.Span | None]:
+        if self.tracer is None:
+            return contextlib.nullcontext()
+        return self.tracer.start_as_current_span("upload", attributes={"upload.key": key})
 
     def _task_store(self) -> TaskStore:
         if self.tasks is None:

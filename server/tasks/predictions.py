@@ -6,7 +6,7 @@ import logging
 
 from google.protobuf import timestamp_pb2
 
-from server.errors import InvalidArgument, ServingError, Unavailable
+from server.errors import AlreadyExists, InvalidArgument, ServingError, Unavailable
 from server.predictor import Predictor
 from server.tasks import records, status
 from server.tasks.manager import TaskManager
@@ -39,6 +39,10 @@ class PredictionTasks:
             raise InvalidArgument("max_time_in_queue_seconds: must be 0 (server default) or more")
         self.manager.check_webhook(request.webhook_url, "webhook_url")
         task = self.manager.new_record(request.task_id, "task_id")
+        traced = None if request.task_id else records.current_trace_context()
+        if traced is not None:  # the task id is the trace id: the calling span is the root of the task's trace
+            task.id = task.trace_id = traced[0]
+            task.traceparent = traced[1]
         task.model, task.model_version = model.name, model.version
         task.status = status.QUEUED
         task.request_id = inner.request_id
@@ -57,7 +61,15 @@ class PredictionTasks:
             output_encoding=inner.output_encoding or predict_pb2.TENSOR_ENCODING_TYPED,
             inline_files=inner.inline_files,
         )
-        created = self.store.create(task)
+        try:
+            created = self.store.create(task)
+        except AlreadyExists:
+            if traced is None:
+                raise
+            # Another task already took this trace's id (two PredictAsync calls in one caller's trace).
+            fresh = self.manager.new_record("")
+            task.id, task.trace_id, task.traceparent = fresh.id, fresh.trace_id, fresh.traceparent
+            created = self.store.create(task)
         try:
             self.queue.push(task.id, options.SerializeToString())
         except Unavailable:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from google.protobuf import json_format, timestamp_pb2
 
 from server.errors import InvalidArgument
-from server.telemetry.tracing import traceparent_for_task
+from server.telemetry.tracing import current_trace_id, current_traceparent, traceparent_for_task
 from serving.v1 import task_pb2
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -36,6 +36,12 @@ def trace_context(task_id: str) -> tuple[str, str]:
     """(trace id, W3C traceparent): the trace id is the task id when that is 32 hex digits."""
     trace_id = task_id if _TRACE_ID.fullmatch(task_id) and task_id != "0" * 32 else new_id()
     return trace_id, traceparent_for_task(trace_id)
+
+
+def current_trace_context() -> tuple[str, str] | None:
+    """(trace id, W3C traceparent) of the current span, to make a task part of it; None outside a trace."""
+    trace_id, traceparent = current_trace_id(), current_traceparent()
+    return (trace_id, traceparent) if trace_id and traceparent else None
 
 
 def now() -> timestamp_pb2.Timestamp:

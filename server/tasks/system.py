@@ -60,7 +60,7 @@ def open_tasks(settings: Settings, predictor: Predictor, objects: ObjectStore, w
     queue: TaskQueue
     if settings.redis_address:
         try:
-            client = connect(settings.redis_address, settings.redis_cluster_mode)
+            client = connect(settings.redis_address, settings.redis_cluster_mode, settings.redis_tls_ca_file)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         store = RedisTaskStore(client, settings.redis_address, ttl, settings.redis_cluster_mode)
@@ -76,7 +76,8 @@ def open_tasks(settings: Settings, predictor: Predictor, objects: ObjectStore, w
         raise SystemExit("worker mode needs TASK_WORKERS of 1 or more")
     manager = TaskManager(store, queue, settings.webhook_allow_private)
     sender = WebhookSender(store, settings.webhook_secret, settings.webhook_max_attempts,
-                           settings.webhook_timeout_seconds, settings.webhook_allow_private, settings.webhook_workers)
+                           settings.webhook_timeout_seconds, settings.webhook_allow_private, settings.webhook_workers,
+                           tracing)
     workers = None
     if settings.task_workers:
         workers = WorkerPool(store, queue, predictor, sender, settings.task_workers, settings.task_visibility_timeout,

@@ -1,8 +1,10 @@
 """Webhooks: POST a finished task as JSON, signed, with retries, on threads of their own.
 
-Each request carries `Content-Type: application/json`, the task's
-`traceparent`, and `X-Signature-SHA256: sha256=<hex HMAC-SHA256 of the body>`
-keyed with WEBHOOK_SECRET (no signature header when the secret is empty).
+Each request carries `Content-Type: application/json`, a `traceparent` in
+the task's trace (the attempt's `webhook.deliver` span's when tracing is on,
+else the one stored with the task), and
+`X-Signature-SHA256: sha256=<hex HMAC-SHA256 of the body>` keyed with
+WEBHOOK_SECRET (no signature header when the secret is empty).
 Connection errors, timeouts, 429 and 5xx are retried with exponential backoff
 and jitter up to WEBHOOK_MAX_ATTEMPTS; any 2xx is delivered; any other answer
 gives up at once. Every attempt is recorded in the task's `webhook` field.
@@ -13,6 +15,7 @@ submission and again before each attempt).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -20,7 +23,7 @@ import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import requests
@@ -29,6 +32,7 @@ from server.errors import InvalidArgument, NotFound, ServingError
 from server.tasks import records
 from server.tasks.scheduler import Scheduler, backoff_delay
 from server.tasks.store import TaskStore
+from server.telemetry.tracing import Tracing, current_traceparent
 from serving.v1 import task_pb2
 
 log = logging.getLogger(__name__)
@@ -81,8 +85,9 @@ class WebhookSender:
     """Delivers webhooks on its own small thread pool; retries wait on a timer thread."""
 
     def __init__(self, store: TaskStore, secret: str, max_attempts: int, timeout_s: float,
-                 allow_private: bool, workers: int) -> None:
+                 allow_private: bool, workers: int, tracing: Tracing | None = None) -> None:
         self.store = store
+        self.tracing = tracing
         self.secret = secret
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s
@@ -108,7 +113,12 @@ class WebhookSender:
                 done(True)
                 return
             number = task.webhook.attempts + 1
-            http_status, error, retryable = self._post(task)
+            with self._span(task, number) as span:
+                http_status, error, retryable = self._post(task)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", http_status)
+                    if error:
+                        span.set_attribute("error.type", error[:200])
             delivered = 200 <= http_status < 300
             gave_up = not delivered and (not retryable or number >= self.max_attempts)
             self.store.update(task_id, lambda t: _record(t, number, http_status, error, delivered, gave_up))
@@ -131,10 +141,19 @@ class WebhookSender:
         delay = backoff_delay(number, FIRST_RETRY_S, MAX_RETRY_S)
         self._timers.call_later(delay, lambda: self._pool.submit(self._attempt, task_id, done))
 
+    def _span(self, task: task_pb2.Task, number: int) -> contextlib.AbstractContextManager[Any]:
+        """A `webhook.deliver` span continuing the task's trace (from its stored traceparent), when tracing is on."""
+        if self.tracing is None or not self.tracing.enabled or not task.traceparent:
+            return contextlib.nullcontext()
+        attributes = {"task.id": task.id, "webhook.attempt": number,
+                      "server.address": urlsplit(task.webhook.url).hostname or ""}
+        return self.tracing.start_span_from_traceparent("webhook.deliver", task.traceparent, attributes)
+
     def _post(self, task: task_pb2.Task) -> tuple[int, str, bool]:
         """(HTTP status or 0, error text, worth retrying) of one POST."""
         body = records.to_json(task).encode()
-        headers = {"Content-Type": "application/json", "traceparent": task.traceparent}
+        traceparent = current_traceparent() or task.traceparent
+        headers = {"Content-Type": "application/json", "traceparent": traceparent}
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(body, self.secret)
         try:

@@ -1,9 +1,12 @@
-"""Real redis-server processes for tests: a single node and a 3-master cluster, on free loopback ports."""
+"""Real redis-server processes for tests: a single node (optionally with a password or TLS only) and a
+3-master cluster, on free loopback ports."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -11,12 +14,19 @@ from tests.servers import free_port, wait_for
 
 
 class RedisServer:
-    """`redis-server` on a free port, nothing kept on disk; stop() and start() again on the same port."""
+    """`redis-server` on a free port, nothing kept on disk; stop() and start() again on the same port.
 
-    def __init__(self, folder: Path, *extra: str, port: int | None = None) -> None:
+    `password`: `--requirepass`. `tls`: (cert, key, CA) PEM files; the port then speaks only TLS
+    (`--port 0 --tls-port`) and clients are not asked for certificates.
+    """
+
+    def __init__(self, folder: Path, *extra: str, port: int | None = None, password: str | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
         self.folder = folder
         self.extra = extra
         self.port = port or free_port()
+        self.password = password
+        self.tls = tls
         self.address = f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         folder.mkdir(parents=True, exist_ok=True)
@@ -25,7 +35,7 @@ class RedisServer:
     def start(self) -> None:
         log = open(self.folder / f"redis-{self.port}.log", "ab")
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", *self._listen_args(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--daemonize", "no", "--dir", str(self.folder), *self.extra],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -36,17 +46,35 @@ class RedisServer:
             self.stop()
             raise
 
+    def _listen_args(self) -> list[str]:
+        args = ["--port", str(self.port)]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file",
+                    str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
+        return args
+
+    def _client_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "password": self.password}
+        if self.tls is not None:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls[2]))
+        return options
+
     def _answers(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"redis-server on port {self.port} exited with {self.process.returncode}")
         try:
-            with redis.Redis(port=self.port, socket_timeout=1) as client:
+            with redis.Redis(socket_timeout=1, **self._client_options()) as client:
                 return bool(client.ping())
+        except redis.exceptions.AuthenticationError:
+            raise
         except redis.exceptions.ConnectionError:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True)
+        return redis.Redis(decode_responses=True, **self._client_options())
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -101,3 +129,9 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def redis_tls_supported() -> bool:
+    """Whether the installed redis-server has TLS built in (it then links OpenSSL: `SSL_CTX_new`)."""
+    path = shutil.which("redis-server")
+    return path is not None and b"SSL_CTX_new" in Path(path).read_bytes()
