@@ -71,7 +71,9 @@ class App:
         )
         self.object_store = open_object_store(settings)
         self.predictor = Predictor(self.repository, settings.default_top_k, self.object_store)
-        self.tasks = open_tasks(settings, self.predictor, self.object_store, self.worker_mode, self.telemetry.tracing)
+        self.tasks = open_tasks(settings, self.predictor, self.object_store, self.worker_mode, self.telemetry.tracing,
+                                self.telemetry.metrics)
+        self.telemetry.metrics.watch_task_queue_length(self.tasks.queue.length)
         self.health = health.HealthServicer()
         self.telemetry.watch_batchers(lambda: [model.batcher for model in self.repository.models()])
         # Outermost first: tracing, access log + metrics, auth (telemetry), then errors.
@@ -144,7 +146,8 @@ class App:
         )
         tracing = self.telemetry.tracing
         # Files sent with a task_id join its `files`; an `upload` span when tracing is on.
-        uploads = Uploads(self.object_store, self.tasks.store, tracing.tracer if tracing.enabled else None)
+        uploads = Uploads(self.object_store, self.tasks.store, tracing.tracer if tracing.enabled else None,
+                          self.telemetry.metrics.uploaded)
         upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), registry)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
         return registry

@@ -12,7 +12,7 @@ from __future__ import annotations
 import mimetypes
 import contextlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from opentelemetry import trace
 
@@ -25,10 +25,15 @@ _CONTENT_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+(\s*;\s*[\w.+-]+=[\w.+\"-]+)*", re
 
 
 class Uploads:
-    """Stores uploaded files; `tasks` (optional) is where `task_id` files are recorded."""
+    """Stores uploaded files; `tasks` (optional) is where `task_id` files are recorded.
 
-    def __init__(self, store: ObjectStore, tasks: TaskStore | None = None, tracer: trace.Tracer | None = None) -> None:
+    `uploaded(nbytes)` (optional, e.g. the metrics) is called once per file stored successfully.
+    """
+
+    def __init__(self, store: ObjectStore, tasks: TaskStore | None = None, tracer: trace.Tracer | None = None,
+                 uploaded: Callable[[int], None] | None = None) -> None:
         self.store = store
+        self.uploaded = uploaded
         self.tasks = tasks
         self.tracer = tracer  # an `upload` span around storing the bytes, when given
 
@@ -54,6 +59,8 @@ class Uploads:
                 span.set_attribute("upload.bytes", stored.size)
         if metadata.task_id:
             self._attach(metadata.task_id, metadata.file_name, stored)
+        if self.uploaded is not None:
+            self.uploaded(stored.size)
         return upload_response(stored)
 
     def _span(self, key: str) -> contextlib.AbstractContextManager[trace.Span | None]:

@@ -14,6 +14,7 @@ from google.protobuf import field_mask_pb2
 
 from server.errors import InvalidArgument, NotFound
 from server.tasks import records, status
+from server.tasks.observer import NO_OBSERVER, TaskObserver, outcome
 from server.tasks.queue import TaskQueue
 from server.tasks.store import TaskStore
 from server.tasks.webhooks import check_url, pending
@@ -31,8 +32,10 @@ UPDATABLE = ("status", "model_version", "start_time", "finish_time", "running_ti
 class TaskManager:
     """Record keeping over a TaskStore (the queue is only used to settle webhooks)."""
 
-    def __init__(self, store: TaskStore, queue: TaskQueue, allow_private_webhooks: bool) -> None:
+    def __init__(self, store: TaskStore, queue: TaskQueue, allow_private_webhooks: bool,
+                 observer: TaskObserver = NO_OBSERVER) -> None:
         self.store = store
+        self.observer = observer
         self.queue = queue
         self.allow_private_webhooks = allow_private_webhooks
 
@@ -89,8 +92,10 @@ class TaskManager:
         if "status" in paths and patch.status not in status.ALL:
             raise InvalidArgument(f"task.status: {patch.status} is not a task status")
         other = field_mask_pb2.FieldMask(paths=[p for p in paths if p != "status"])
+        finishing = [False]  # whether this update moves the task to a final status (the last try's answer)
 
         def change(task: task_pb2.Task) -> None:
+            finishing[0] = not status.is_finished(task.status) and "status" in paths and status.is_finished(patch.status)
             status.move(task, patch.status if "status" in paths else task.status)
             other.MergeMessage(patch, task, replace_message_field=True, replace_repeated_field=True)
             if "running_time_ms" not in paths and task.HasField("start_time") and task.HasField("finish_time"):
@@ -98,6 +103,8 @@ class TaskManager:
                 task.running_time_ms = max(0.0, elapsed / 1000.0)
 
         updated = self.store.update(patch.id, change)
+        if finishing[0]:
+            self.observer.task_finished(outcome(status.name(updated.status)))
         self._settle_webhook(updated)
         return updated
 
@@ -124,6 +131,7 @@ class TaskManager:
     def cancel(self, task_id: str) -> task_pb2.Task:
         """CancelTask: QUEUED -> CANCELLED; FailedPrecondition once it started or finished."""
         cancelled = self.store.update(records.check_id(task_id), lambda t: status.move(t, status.CANCELLED, same_ok=False))
+        self.observer.task_finished("cancelled")
         self._settle_webhook(cancelled)
         return cancelled
 

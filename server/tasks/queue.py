@@ -51,6 +51,10 @@ class TaskQueue(ABC):
     @abstractmethod
     def ack(self, entry_id: str) -> None: ...
 
+    @abstractmethod
+    def length(self) -> float:
+        """Entries waiting for a worker (not yet taken) plus delayed retries; read at each metrics scrape."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -116,6 +120,10 @@ class MemoryTaskQueue(TaskQueue):
     def ack(self, entry_id: str) -> None:
         with self._cond:
             self._pending.pop(entry_id, None)
+
+    def length(self) -> float:
+        with self._cond:
+            return len(self._ready) + len(self._delayed)
 
     def close(self) -> None:
         with self._cond:

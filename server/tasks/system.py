@@ -11,6 +11,7 @@ from server.storage.store import ObjectStore
 from server.tasks.exports import TaskExports
 from server.tasks.manager import TaskManager
 from server.tasks.memory import MemoryTaskStore
+from server.tasks.observer import NO_OBSERVER, TaskObserver
 from server.tasks.predictions import PredictionTasks
 from server.tasks.queue import MemoryTaskQueue, TaskQueue
 from server.tasks.redis_client import connect, display_address
@@ -53,8 +54,11 @@ class Tasks:
 
 
 def open_tasks(settings: Settings, predictor: Predictor, objects: ObjectStore, worker_mode: bool = False,
-               tracing: Tracing | None = None) -> Tasks:
-    """Redis (or Redis Cluster) when REDIS_ADDRESS is set, else the in-memory store and queue."""
+               tracing: Tracing | None = None, observer: TaskObserver = NO_OBSERVER) -> Tasks:
+    """Redis (or Redis Cluster) when REDIS_ADDRESS is set, else the in-memory store and queue.
+
+    `observer` (the App's metrics) is told of task outcomes and webhook attempts.
+    """
     ttl = settings.redis_key_duration
     store: TaskStore
     queue: TaskQueue
@@ -74,14 +78,14 @@ def open_tasks(settings: Settings, predictor: Predictor, objects: ObjectStore, w
         queue = MemoryTaskQueue()
     if worker_mode and settings.task_workers == 0:
         raise SystemExit("worker mode needs TASK_WORKERS of 1 or more")
-    manager = TaskManager(store, queue, settings.webhook_allow_private)
+    manager = TaskManager(store, queue, settings.webhook_allow_private, observer)
     sender = WebhookSender(store, settings.webhook_secret, settings.webhook_max_attempts,
                            settings.webhook_timeout_seconds, settings.webhook_allow_private, settings.webhook_workers,
-                           tracing)
+                           tracing, observer)
     workers = None
     if settings.task_workers:
         workers = WorkerPool(store, queue, predictor, sender, settings.task_workers, settings.task_visibility_timeout,
-                             tracing)
+                             tracing, observer)
     return Tasks(
         store=store,
         queue=queue,

@@ -30,6 +30,7 @@ import requests
 
 from server.errors import InvalidArgument, NotFound, ServingError
 from server.tasks import records
+from server.tasks.observer import NO_OBSERVER, TaskObserver
 from server.tasks.scheduler import Scheduler, backoff_delay
 from server.tasks.store import TaskStore
 from server.telemetry.tracing import Tracing, current_traceparent
@@ -85,8 +86,10 @@ class WebhookSender:
     """Delivers webhooks on its own small thread pool; retries wait on a timer thread."""
 
     def __init__(self, store: TaskStore, secret: str, max_attempts: int, timeout_s: float,
-                 allow_private: bool, workers: int, tracing: Tracing | None = None) -> None:
+                 allow_private: bool, workers: int, tracing: Tracing | None = None,
+                 observer: TaskObserver = NO_OBSERVER) -> None:
         self.store = store
+        self.observer = observer
         self.tracing = tracing
         self.secret = secret
         self.max_attempts = max_attempts
@@ -134,12 +137,14 @@ class WebhookSender:
             done(False)
             return
         if delivered or gave_up:
+            self.observer.webhook_delivered("delivered" if delivered else "failed")
             log.log(logging.INFO if delivered else logging.WARNING, "webhook of task %s %s after %d attempt(s)",
                     task_id, "delivered" if delivered else "given up", number)
             done(True)
             return
         delay = backoff_delay(number, FIRST_RETRY_S, MAX_RETRY_S)
         self._timers.call_later(delay, lambda: self._pool.submit(self._attempt, task_id, done))
+        self.observer.webhook_delivered("retried")
 
     def _span(self, task: task_pb2.Task, number: int) -> contextlib.AbstractContextManager[Any]:
         """A `webhook.deliver` span continuing the task's trace (from its stored traceparent), when tracing is on."""

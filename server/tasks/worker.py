@@ -31,6 +31,7 @@ import time
 from server.errors import DeadlineExceeded, FailedPrecondition, Internal, ServingError
 from server.predictor import Predictor
 from server.tasks import status, webhooks
+from server.tasks.observer import NO_OBSERVER, TaskObserver, outcome
 from server.tasks.queue import QueueEntry, TaskQueue
 from server.tasks.records import age_seconds, now
 from server.tasks.scheduler import backoff_delay
@@ -56,8 +57,10 @@ class WorkerPool:
     """`workers` threads taking entries from the queue, plus one heartbeat thread."""
 
     def __init__(self, store: TaskStore, queue: TaskQueue, predictor: Predictor, sender: webhooks.WebhookSender,
-                 workers: int, visibility_s: float, tracing: Tracing | None = None) -> None:
+                 workers: int, visibility_s: float, tracing: Tracing | None = None,
+                 observer: TaskObserver = NO_OBSERVER) -> None:
         self.store = store
+        self.observer = observer
         self.tracing = tracing
         self.queue = queue
         self.predictor = predictor
@@ -235,7 +238,10 @@ class WorkerPool:
 
     def _finish(self, task_id: str, new: int, *, error: task_pb2.TaskError | None = None,
                 response: predict_pb2.PredictResponse | None = None) -> task_pb2.Task:
+        finishing = [False]  # not already finished (a same-status "move" passes the state machine)
+
         def change(t: task_pb2.Task) -> None:
+            finishing[0] = not status.is_finished(t.status)
             status.move(t, new)
             if error is not None:
                 t.error.CopyFrom(error)
@@ -250,9 +256,12 @@ class WorkerPool:
                         t.files.add(name=name, uri=ref.uri, url=ref.url, content_type=ref.content_type, size=ref.size)
 
         try:
-            return self.store.update(task_id, change)
+            finished = self.store.update(task_id, change)
         except FailedPrecondition:  # finished by someone else first: theirs stands
             return self.store.get(task_id)
+        if finishing[0]:
+            self.observer.task_finished(outcome(status.name(new)))
+        return finished
 
 
 def _start_attempt(task: task_pb2.Task) -> None:

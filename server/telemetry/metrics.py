@@ -93,7 +93,9 @@ class Metrics:
     # -- tasks, webhooks, uploads ----------------------------------------
 
     def set_task_queue_length(self, length: int) -> None:
-        self.task_queue_length.set(length)
+        """Report a fixed length (replacing a watched function, which the App registers)."""
+        fixed = float(length)
+        self.task_queue_length.set_function(lambda: fixed)
 
     def watch_task_queue_length(self, length: Callable[[], float]) -> None:
         """Read the task queue length from `length()` at each scrape instead."""

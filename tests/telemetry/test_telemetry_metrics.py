@@ -112,3 +112,67 @@ def test_exposition_for_the_http_shim_and_separate_registries(telemetry_app):
     assert value(samples(body.decode()), "serving_upload_bytes_total") == 5
     body, _ = second.telemetry.metrics.exposition()
     assert value(samples(body.decode()), "serving_upload_bytes_total") == 0
+
+
+def _outcomes(parsed: dict, name: str) -> dict[str, float]:
+    return {dict(labels)["outcome"]: v for (sample, labels), v in parsed.items() if sample == name}
+
+
+def test_tasks_webhooks_and_uploads_of_a_real_app_are_counted(telemetry_app, tmp_path):
+    from tests.tasks.task_helpers import async_request
+    from tests.tasks.webhook_receiver import WebhookReceiver
+    from serving.v1 import task_pb2, task_pb2_grpc, upload_pb2, upload_pb2_grpc
+
+    receiver = WebhookReceiver().start()
+    try:
+        app = telemetry_app(webhook_allow_private=True, upload_dir=str(tmp_path / "uploads"))
+        with grpc.insecure_channel(app.address) as channel:
+            submitted = predict_pb2_grpc.PredictServiceStub(channel).PredictAsync(
+                async_request(receiver.url), timeout=10).task
+            receiver.wait_count(1, 30)
+            wait_for(lambda: _outcomes(samples(scrape(app)), "serving_webhook_deliveries_total").get("delivered"),
+                     10, "the webhook delivery to be counted")
+            tasks = task_pb2_grpc.TaskServiceStub(channel)
+            assert tasks.GetTask(task_pb2.GetTaskRequest(id=submitted.id), timeout=10).task.status \
+                == task_pb2.TASK_STATUS_SUCCEEDED
+            chunks = [b"x" * 1000, b"y" * 234]
+            messages = [upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(file_name="a.bin"))]
+            messages += [upload_pb2.UploadRequest(chunk=chunk) for chunk in chunks]
+            uploaded = upload_pb2_grpc.UploadServiceStub(channel).Upload(iter(messages), timeout=10)
+            assert uploaded.size == 1234
+            with pytest.raises(grpc.RpcError):  # refused before storing: not counted
+                bad = [upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(file_name="b.bin", size=-1))]
+                upload_pb2_grpc.UploadServiceStub(channel).Upload(iter(bad), timeout=10)
+    finally:
+        receiver.stop()
+
+    parsed = samples(scrape(app))
+    assert _outcomes(parsed, "serving_tasks_total") == {"succeeded": 1}
+    assert _outcomes(parsed, "serving_webhook_deliveries_total") == {"delivered": 1}
+    assert value(parsed, "serving_upload_bytes_total") == 1234
+    assert value(parsed, "serving_task_queue_length") == 0
+
+
+def test_cancelled_tasks_and_the_queue_length_are_counted(telemetry_app):
+    from tests.tasks.task_helpers import async_request
+    from serving.v1 import task_pb2, task_pb2_grpc
+
+    app = telemetry_app(task_workers=0)  # nothing takes the entries: they stay queued
+    with grpc.insecure_channel(app.address) as channel:
+        predict = predict_pb2_grpc.PredictServiceStub(channel)
+        first = predict.PredictAsync(async_request(), timeout=10).task
+        predict.PredictAsync(async_request(), timeout=10)
+        assert value(samples(scrape(app)), "serving_task_queue_length") == 2
+        tasks = task_pb2_grpc.TaskServiceStub(channel)
+        cancelled = tasks.CancelTask(task_pb2.CancelTaskRequest(id=first.id), timeout=10).task
+        assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED
+        with pytest.raises(grpc.RpcError) as info:  # cancelling twice finishes nothing
+            tasks.CancelTask(task_pb2.CancelTaskRequest(id=first.id), timeout=10)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        app.tasks.queue.delay("later", b"", 2e9)  # a delayed retry counts as waiting too
+    parsed = samples(scrape(app))
+    assert _outcomes(parsed, "serving_tasks_total") == {"cancelled": 1}
+    assert _outcomes(parsed, "serving_webhook_deliveries_total") == {}
+    assert value(parsed, "serving_upload_bytes_total") == 0
+    # the cancelled task's entry stays in the queue until a worker acknowledges it
+    assert value(parsed, "serving_task_queue_length") == 3
