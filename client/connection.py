@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -23,7 +23,9 @@ class Connection:
     call. A `channel` passed in is used as is and left open by `close()`. With
     `tls` (implied by any certificate) the channel is encrypted; `root_certificates`
     replaces the system's trusted roots, and `certificate_chain` with `private_key`
-    (PEM) identify the client to servers that require client certificates.
+    (PEM) identify the client to servers that require client certificates. With
+    an OpenTelemetry `tracer_provider` every call gets a CLIENT span whose trace
+    continues on the server.
     """
 
     def __init__(
@@ -39,13 +41,14 @@ class Connection:
         root_certificates: bytes | None = None,
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self._api_key = api_key
         self._metadata = tuple(metadata)
         self._owns_channel = channel is None
-        self._channel = channel or open_channel(
+        self._raw_channel = channel or open_channel(
             target,
             max_message_bytes=max_message_bytes,
             tls=tls,
@@ -53,6 +56,12 @@ class Connection:
             certificate_chain=certificate_chain,
             private_key=private_key,
         )
+        self._channel = self._raw_channel
+        if tracer_provider is not None:
+            # A CLIENT span per call; its W3C traceparent goes in the metadata.
+            from opentelemetry.instrumentation.grpc import client_interceptor, intercept_channel
+
+            self._channel = intercept_channel(self._raw_channel, client_interceptor(tracer_provider=tracer_provider))
 
     def __enter__(self: C) -> C:
         return self
@@ -68,7 +77,7 @@ class Connection:
     def close(self) -> None:
         """Close the channel, unless it was passed in."""
         if self._owns_channel:
-            self._channel.close()
+            self._raw_channel.close()
 
     def _call(
         self,

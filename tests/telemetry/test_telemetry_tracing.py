@@ -142,3 +142,23 @@ def test_spans_are_off_without_an_exporter_but_the_access_log_keeps_incoming_tra
     with_parent, without = read_access_log(2, "/serving.v1.PredictService/Predict")
     assert with_parent["trace_id"] == trace_id
     assert without["trace_id"] is None
+
+
+def test_client_spans_continue_on_the_server(traced_app):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from client import Client
+
+    app, exporter = traced_app
+    client_provider = TracerProvider()
+    client_exporter = InMemorySpanExporter()
+    client_provider.add_span_processor(SimpleSpanProcessor(client_exporter))
+    with Client(app.address, timeout=10, tracer_provider=client_provider) as client:
+        client.predict("digits", {"image": digits_rows(1)})
+    (client_span,) = [s for s in client_exporter.get_finished_spans() if s.name == PREDICT]
+    assert client_span.kind == trace.SpanKind.CLIENT
+    (server_span,) = spans_named(exporter, PREDICT, 1)
+    assert server_span.kind == trace.SpanKind.SERVER
+    assert server_span.context.trace_id == client_span.context.trace_id
+    assert server_span.parent.span_id == client_span.context.span_id
+    client_provider.shutdown()
