@@ -20,4 +20,4 @@ class UploadServicer(upload_pb2_grpc.UploadServiceServicer):
     def Upload(
         self, request_iterator: Iterator[upload_pb2.UploadRequest], context: grpc.ServicerContext
     ) -> upload_pb2.UploadResponse:
-        return self.uploads.upload(request_iterator)
+        return self.uploads.upload(request_iterator, context.is_active)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from opentelemetry import trace
 
-from server.errors import FailedPrecondition, InvalidArgument
+from server.errors import Cancelled, FailedPrecondition, InvalidArgument
 from server.storage.store import DEFAULT_CONTENT_TYPE, ObjectStore, StoredObject, check_sha256
 from server.tasks.store import TaskStore
 from serving.v1 import task_pb2, upload_pb2
@@ -37,8 +37,16 @@ class Uploads:
         self.tasks = tasks
         self.tracer = tracer  # an `upload` span around storing the bytes, when given
 
-    def upload(self, messages: Iterable[upload_pb2.UploadRequest]) -> upload_pb2.UploadResponse:
-        """Store one file streamed as metadata + chunks; nothing is stored if anything fails."""
+    def upload(
+        self, messages: Iterable[upload_pb2.UploadRequest], is_active: Callable[[], bool] = lambda: True
+    ) -> upload_pb2.UploadResponse:
+        """Store one file streamed as metadata + chunks; nothing is stored if anything fails.
+
+        `is_active()` tells whether the caller is still there. A cancelled call can
+        look like a normal end of the stream to the handler (gRPC reports "no more
+        messages" before the cancellation), so the end is trusted only while the
+        call is active, and a file stored as the caller went away is removed again.
+        """
         stream = iter(messages)
         first = next(stream, None)
         if first is None or first.WhichOneof("part") != "metadata":
@@ -53,8 +61,12 @@ class Uploads:
         key = self.store.new_key(metadata.file_name, metadata.key_prefix)
         with self._span(key) as span:
             stored = self.store.put(
-                key, _chunks(stream), content_type=content_type, size=metadata.size or None, sha256=sha256
+                key, _chunks(stream, is_active), content_type=content_type, size=metadata.size or None,
+                sha256=sha256,
             )
+            if not is_active():
+                self.store.delete(stored.key)
+                raise Cancelled("the caller cancelled the upload; nothing was stored")
             if span is not None:
                 span.set_attribute("upload.bytes", stored.size)
         if metadata.task_id:
@@ -111,9 +123,11 @@ def upload_response(stored: StoredObject) -> upload_pb2.UploadResponse:
     )
 
 
-def _chunks(messages: Iterator[upload_pb2.UploadRequest]) -> Iterator[bytes]:
+def _chunks(messages: Iterator[upload_pb2.UploadRequest], is_active: Callable[[], bool]) -> Iterator[bytes]:
     """The bytes of the messages after the first; a second metadata message is an error."""
     for index, message in enumerate(messages, start=1):
         if message.WhichOneof("part") == "metadata":
             raise InvalidArgument(f"message {index}: metadata may only be sent in the first message")
         yield message.chunk
+    if not is_active():
+        raise Cancelled("the caller cancelled the upload; nothing was stored")

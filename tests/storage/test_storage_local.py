@@ -102,3 +102,22 @@ def test_missing_objects(store: LocalObjectStore) -> None:
 def test_nothing_is_created_before_the_first_write(tmp_path: Path) -> None:
     LocalObjectStore(tmp_path / "never", max_bytes=10)
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("gone_at", ["end_of_stream", "after_store"])
+def test_an_upload_whose_caller_went_away_stores_nothing(tmp_path: Path, gone_at: str) -> None:
+    """gRPC may report a cancelled stream as a normal end: the end only counts while the call is active."""
+    from server.errors import Cancelled
+    from server.storage.uploads import Uploads
+    from serving.v1 import upload_pb2
+
+    root = tmp_path / "uploads"
+    uploads = Uploads(LocalObjectStore(root, max_bytes=1 << 20))
+    checks = iter([True, False] if gone_at == "after_store" else [False, False])
+    messages = [
+        upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(file_name="x.bin")),
+        upload_pb2.UploadRequest(chunk=b"partial"),
+    ]
+    with pytest.raises(Cancelled):
+        uploads.upload(iter(messages), lambda: next(checks))
+    assert not root.exists() or local_files(root) == []
