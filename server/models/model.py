@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +69,11 @@ class LoadedModel:
     def __post_init__(self) -> None:
         self.batcher = Batcher(self.run_batch, self.batching, name=self.name)
 
-    @property
+    @cached_property
     def image_inputs(self) -> list[str]:
         return [n for n, spec in self.inputs.items() if images.accepts_images(spec.shape, spec.dtype)]
 
-    @property
+    @cached_property
     def classification_output(self) -> str | None:
         """The output the labels apply to: the first [-1, len(labels)] output."""
         if not self.labels:
