@@ -50,7 +50,7 @@ class BenchResult:
         return "\n".join(
             [
                 f"{self.mode} bench of '{self.model}' at {self.target}: "
-                f"{self.concurrency} threads, {self.channels} channel(s), "
+                f"{self.concurrency} workers, {self.channels} channel(s), "
                 f"{self.rows} row(s) per request, {self.elapsed_s:.2f} s measured",
                 f"requests     {self.requests} ({self.ok} OK)",
                 f"requests/s   {self.requests_per_s:.1f}",

@@ -1,9 +1,11 @@
-"""Senders used by the bench: one request per call, answered with its status code."""
+"""Senders used by the bench: one request per call, answered with its status code.
+
+They use `grpc.aio` channels and run in the bench's event loop.
+"""
 
 from __future__ import annotations
 
-import queue
-import threading
+import asyncio
 from typing import Protocol
 
 import grpc
@@ -12,18 +14,15 @@ from client.channel import Metadata
 from client.errors import status_code
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc
 
-_Message = stream_pb2.StreamPredictRequest
-_Reply = stream_pb2.StreamPredictResponse | grpc.StatusCode
-
 
 class Sender(Protocol):
     """Sends the same prediction again and again, one at a time."""
 
-    def __call__(self) -> grpc.StatusCode:
+    async def __call__(self) -> grpc.StatusCode:
         """Send once, wait for the answer and return its status code."""
         ...
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Release what the sender holds open."""
         ...
 
@@ -33,98 +32,86 @@ class UnarySender:
 
     def __init__(
         self,
-        stub: predict_pb2_grpc.PredictServiceStub,
+        channel: grpc.aio.Channel,
         request: predict_pb2.PredictRequest,
         metadata: Metadata,
         timeout: float,
     ) -> None:
-        self._stub = stub
+        self._predict = predict_pb2_grpc.PredictServiceStub(channel).Predict  # type: ignore[arg-type]
         self._request = request
         self._metadata = metadata
         self._timeout = timeout
 
-    def __call__(self) -> grpc.StatusCode:
+    async def __call__(self) -> grpc.StatusCode:
         """Call `Predict` and return OK or the error's code."""
         try:
-            self._stub.Predict(self._request, timeout=self._timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            return error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            await self._predict(self._request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
         return grpc.StatusCode.OK
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Nothing is held between calls."""
 
 
 class StreamSender:
     """One long `StreamPredict` call; each send writes a message and waits for its answer.
 
+    Only one message is unanswered at a time, so the next answer is its answer.
     A message unanswered after `timeout` seconds counts as DEADLINE_EXCEEDED and
-    the call is cancelled; a failed or cancelled call is reopened on the next send.
+    the call is cancelled; a failed call counts its code (UNKNOWN if it ended OK)
+    on the send that finds it broken. The next send opens a new call.
     """
 
     def __init__(
         self,
-        stub: stream_pb2_grpc.StreamPredictServiceStub,
+        channel: grpc.aio.Channel,
         request: predict_pb2.PredictRequest,
         metadata: Metadata,
         timeout: float,
     ) -> None:
-        self._stub = stub
+        self._stub = stream_pb2_grpc.StreamPredictServiceStub(channel)  # type: ignore[arg-type]
         self._message = stream_pb2.StreamPredictRequest(request=request)
         self._metadata = metadata
         self._timeout = timeout
-        self._call: grpc.Call | None = None
-        self._outbox: queue.SimpleQueue[_Message | None] = queue.SimpleQueue()
-        self._inbox: queue.SimpleQueue[_Reply] = queue.SimpleQueue()
-        self._reader: threading.Thread | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
 
-    def __call__(self) -> grpc.StatusCode:
+    async def __call__(self) -> grpc.StatusCode:
         """Write the message and return OK, the message's error code or the call's."""
         if self._call is None:
-            self._open()
-        self._outbox.put(self._message)
+            self._call = self._stub.StreamPredict(metadata=self._metadata)
+        call = self._call
         try:
-            reply = self._inbox.get(timeout=self._timeout)
-        except queue.Empty:
-            self._cancel()
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        if isinstance(reply, grpc.StatusCode):
-            self._cancel()
-            return reply
-        if reply.WhichOneof("result") == "error":
-            return status_code(reply.error.code)
-        return grpc.StatusCode.OK
-
-    def close(self) -> None:
-        """Half-close the call, give the server `timeout` seconds to end it, then cancel."""
-        if self._call is not None and self._reader is not None:
-            self._outbox.put(None)
-            self._reader.join(self._timeout)
+            async with asyncio.timeout(self._timeout):
+                if not call.done():  # a finished call only has its status to read
+                    await call.write(self._message)
+                reply = await call.read()
+        except TimeoutError:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+        else:
+            if reply is not grpc.aio.EOF:
+                if reply.WhichOneof("result") == "error":
+                    return status_code(reply.error.code)
+                return grpc.StatusCode.OK
+            code = grpc.StatusCode.UNKNOWN
         self._cancel()
+        return code
 
-    def _open(self) -> None:
-        """Start the call and the thread that reads its answers."""
-        self._outbox = queue.SimpleQueue()
-        self._inbox = queue.SimpleQueue()
-        call = self._stub.StreamPredict(iter(self._outbox.get, None), metadata=self._metadata)
-        self._call = call
-        self._reader = threading.Thread(target=_read, args=(call, self._inbox), daemon=True)
-        self._reader.start()
+    async def close(self) -> None:
+        """Half-close the call, give the server `timeout` seconds to end it, then cancel."""
+        if self._call is not None:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._call.done_writing()
+                    await self._call.code()
+            except TimeoutError:
+                pass
+            self._cancel()
 
     def _cancel(self) -> None:
-        """Cancel the call, if open; the next send opens a new one."""
+        """Cancel the call, if still open; the next send opens a new one."""
         if self._call is not None:
             self._call.cancel()
         self._call = None
-        self._reader = None
-
-
-def _read(call: grpc.Call, inbox: queue.SimpleQueue[_Reply]) -> None:
-    """Move a call's answers to `inbox`, then its final status (UNKNOWN if it ended OK)."""
-    try:
-        for message in call:  # type: ignore[attr-defined]
-            inbox.put(message)
-    except grpc.RpcError as error:
-        inbox.put(error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN)
-        return
-    inbox.put(grpc.StatusCode.UNKNOWN)

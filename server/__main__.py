@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up noise out of the log
-
-from server.app import main  # noqa: E402
+from server.app import main  # server/__init__.py sets TensorFlow's environment first
 
 sys.exit(main())

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.batching import BatchingConfig
 from server.config import Settings, load_settings, parse_args
-from server.dispatch import Dispatcher, HandlerRegistry
+from server.dispatch import Dispatcher, HandlerRegistry, InterceptorChain
 from server.gateway.server import HttpGateway
 from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
@@ -82,7 +82,8 @@ class App:
         self.dispatcher = Dispatcher(self.registry, self.interceptors)
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.grpc_max_workers, thread_name_prefix="rpc"),
-            interceptors=self.interceptors,
+            # Its own chain: the in-process dispatcher may not reach what only grpc serves (reflection).
+            interceptors=[InterceptorChain(self.interceptors)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),

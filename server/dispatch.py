@@ -8,7 +8,8 @@ transport needs its own copy of those concerns.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+import threading
+from typing import Any, Callable, NamedTuple, Sequence
 
 import grpc
 
@@ -55,19 +56,46 @@ class HandlerRegistry:
         return None
 
 
+class InterceptorChain(grpc.ServerInterceptor):
+    """The server's interceptors as one, composed once per method instead of on every call.
+
+    grpc runs every interceptor's `intercept_service` for every call, and each
+    of ours wraps the handler anew (closures, a namedtuple copy). What they
+    return depends only on the method name: per-call data (metadata, peer,
+    deadline) is read from the context when the wrapped behavior runs. So the
+    chain is composed the first time a method is called and reused after.
+    Interceptors added here must keep to that rule.
+    """
+
+    def __init__(self, interceptors: Sequence[grpc.ServerInterceptor]) -> None:
+        self.interceptors = tuple(interceptors)
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = self._compose(0, continuation)(handler_call_details)
+            if handler is not None:  # unknown names are not kept: callers choose them
+                with self._lock:
+                    handler = self._handlers.setdefault(method, handler)
+        return handler
+
+    def _compose(self, index: int, last: Callable) -> Callable[[grpc.HandlerCallDetails], Any]:
+        if index == len(self.interceptors):
+            return last
+        interceptor = self.interceptors[index]
+        inner = self._compose(index + 1, last)
+        return lambda details: interceptor.intercept_service(inner, details)
+
+
 class Dispatcher:
     """Looks up handlers through the interceptor chain, outermost first (as grpc does)."""
 
     def __init__(self, registry: HandlerRegistry, interceptors: Sequence[grpc.ServerInterceptor]) -> None:
         self.registry = registry
-        self.interceptors = tuple(interceptors)
+        self.chain = InterceptorChain(interceptors)
 
     def handler(self, method: str, metadata: Sequence[tuple[str, str]] = ()) -> grpc.RpcMethodHandler | None:
-        details = CallDetails(method, tuple(metadata))
-        return self._continue(0)(details)
-
-    def _continue(self, index: int) -> Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None]:
-        if index == len(self.interceptors):
-            return self.registry.find
-        interceptor = self.interceptors[index]
-        return lambda details: interceptor.intercept_service(self._continue(index + 1), details)
+        return self.chain.intercept_service(self.registry.find, CallDetails(method, tuple(metadata)))

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
+from typing import Iterator
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import grpc
+import numpy as np
+import pytest
 
-from pathlib import Path  # noqa: E402
-from typing import Iterator  # noqa: E402
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from tests.servers import MODEL_DIR, ServerProcess  # noqa: E402
+import server  # noqa: F401  (sets TensorFlow's environment, as the server does, before any test imports it)
+from tests.servers import MODEL_DIR, ServerProcess
 
 DIGITS = MODEL_DIR / "digits" / "1"
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -65,8 +66,12 @@ class LoadedModel:
     batcher: Batcher = field(init=False, repr=False)
     load_seconds: float = 0.0
     file_outputs: dict[str, FileOutput] = field(default_factory=dict)  # stored as files, by output
+    # The signature called with tensors by input name; `flat_caller` may replace it at load.
+    call: Callable[[dict[str, tf.Tensor]], Mapping[str, tf.Tensor]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.call is None:
+            self.call = lambda tensors: self.signature(**tensors)
         self.batcher = Batcher(self.run_batch, self.batching, name=self.name)
 
     @cached_property
@@ -86,7 +91,7 @@ class LoadedModel:
     def run_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of the model on a whole batch (used by the Batcher only)."""
         with tf.device(self.device):
-            result = self.signature(**{k: tf.convert_to_tensor(v) for k, v in batch.items()})
+            result = self.call({k: tf.convert_to_tensor(v) for k, v in batch.items()})
         return {k: v.numpy() for k, v in result.items()}
 
     def warm_up(self) -> None:
@@ -177,6 +182,7 @@ def load_model(name: str, version: int, path: Path, device: str, defaults: Batch
         signature=signature,
         saved_model=loaded,
     )
+    model.call = flat_caller(signature, inputs, model.call)
     model.warm_up()
     model.load_seconds = time.monotonic() - started
     log.info(
@@ -187,6 +193,54 @@ def load_model(name: str, version: int, path: Path, device: str, defaults: Batch
         len(model.labels),
     )
     return model
+
+
+def flat_caller(
+    signature: object, inputs: dict[str, TensorInfo], public: Callable[[dict[str, tf.Tensor]], Mapping[str, tf.Tensor]]
+) -> Callable[[dict[str, tf.Tensor]], Mapping[str, tf.Tensor]]:
+    """The signature's function called with its flat argument list, else `public`.
+
+    Calling a loaded signature binds and checks its keyword arguments against
+    the function type on every call, which for a small model is about a third
+    of the call (0.2 ms of 0.6 ms for the digits model at batch 1). The flat
+    call skips that, as TF Serving's C++ does: our own validation has already
+    checked names, dtypes and shapes. It goes through TensorFlow internals
+    (`_inference_function.call_flat`), so it is used only when they exist and
+    give the same outputs as the public call on random inputs at load time.
+    """
+    try:
+        function = signature._inference_function  # type: ignore[attr-defined]
+        captured = list(signature.captured_inputs)  # type: ignore[attr-defined]
+        structure = signature.structured_outputs  # type: ignore[attr-defined]
+        names = sorted(inputs)  # keyword arguments are flattened in sorted order
+
+        def call(tensors: dict[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+            flat = function.call_flat(*[tensors[name] for name in names], *captured)
+            return tf.nest.pack_sequence_as(structure, flat, expand_composites=True)
+
+        rng = np.random.default_rng(0)
+        sample = {
+            name: tf.convert_to_tensor(_random_rows(rng, spec, 2))
+            for name, spec in inputs.items()
+        }
+        want, got = public(sample), call(sample)
+        if set(want) == set(got) and all(np.array_equal(want[k].numpy(), got[k].numpy()) for k in want):
+            return call
+        log.warning("flat signature call gives other outputs than the public call; using the public call")
+    except Exception as exc:  # other TensorFlow versions, other signatures
+        log.info("flat signature call unavailable (%s: %s); using the public call", type(exc).__name__, exc)
+    return public
+
+
+def _random_rows(rng: np.random.Generator, spec: TensorInfo, rows: int) -> np.ndarray:
+    shape = (rows, *[max(d, 1) for d in spec.shape[1:]])
+    if spec.dtype.kind == "f":
+        return rng.random(shape).astype(spec.dtype)
+    if spec.dtype.kind in "iu":
+        return rng.integers(0, 2, shape).astype(spec.dtype)
+    if spec.dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    return np.full(shape, b"", dtype=object)
 
 
 def _info(name: str, spec: tf.TensorSpec) -> TensorInfo:

@@ -1,10 +1,11 @@
 """The access log: one JSON line per gRPC call or HTTP request, in a rotated file.
 
-Request threads only put the entry on an in-memory queue; a writer thread
-wakes every `FLUSH_SECONDS`, encodes what has queued up as JSON lines and
-writes them to the `RotatingFileHandler`. Neither the disk nor the encoding
-holds up a call, and a busy server does not pay a thread wake-up (a GIL
-hand-off) per call. `close()` writes what is queued and closes the file.
+Request threads only put the call's record on an in-memory queue; a writer
+thread wakes every `FLUSH_SECONDS`, builds and encodes what has queued up as
+JSON lines and hands them to the `RotatingFileHandler` in chunks of many lines
+(one write, one size check per chunk, not per line). Neither the disk nor the
+encoding holds up a call, and a busy server does not pay a thread wake-up (a
+GIL hand-off) per call. `close()` writes what is queued and closes the file.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ import json
 import logging
 import queue
 import threading
+import time
 from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import grpc
 
 from server.telemetry.calls import CallRecord
 
 FLUSH_SECONDS = 0.2
+CHUNK_BYTES = 64 * 1024  # at most this much (and half of max_bytes) per write
+
+_CallLine = tuple[CallRecord, str, Union[str, None], Union[str, None], float, float]
 
 
 class AccessLog:
@@ -33,7 +38,8 @@ class AccessLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
         self._file.setFormatter(logging.Formatter("%(message)s"))
-        self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._chunk_bytes = min(CHUNK_BYTES, max_bytes // 2) if max_bytes > 0 else CHUNK_BYTES
+        self._queue: queue.SimpleQueue[dict[str, Any] | _CallLine] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._writer.start()
@@ -43,6 +49,11 @@ class AccessLog:
         """Queue one line (never blocks on the disk)."""
         if not self._closed:
             self._queue.put(entry)
+
+    def write_call(self, record: CallRecord, code: grpc.StatusCode, request_id: str | None, model: str | None) -> None:
+        """Queue the line of a call that just ended; it is built in the writer thread."""
+        if not self._closed:
+            self._queue.put((record, code.name, request_id, model, time.time(), record.elapsed_ms()))
 
     def close(self) -> None:
         """Write what is queued, then close the file; later writes are dropped."""
@@ -59,27 +70,40 @@ class AccessLog:
             self._drain()
 
     def _drain(self) -> None:
+        chunk: list[str] = []
+        size = 0
         while True:
             try:
-                entry = self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
+            entry = access_entry(*item) if isinstance(item, tuple) else item
             line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
-            self._file.handle(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+            if chunk and size + len(line) + 1 > self._chunk_bytes:
+                self._emit(chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line) + 1
+        if chunk:
+            self._emit(chunk)
+
+    def _emit(self, lines: list[str]) -> None:
+        """Write lines at once (the handler adds the last newline and rotates by size before writing)."""
+        self._file.handle(logging.makeLogRecord({"msg": "\n".join(lines), "levelno": logging.INFO}))
 
 
 def access_entry(
-    record: CallRecord, code: grpc.StatusCode, request_id: str | None, model: str | None
+    record: CallRecord, status: str, request_id: str | None, model: str | None, ended: float, latency_ms: float
 ) -> dict[str, Any]:
-    """The fields of one access-log line (the API key's name, never the key)."""
+    """The fields of one access-log line (the API key's name, never the key); `ended` is a time.time()."""
     entry: dict[str, Any] = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": datetime.fromtimestamp(ended, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "key": record.key_name,
         "peer": record.peer,
         "transport": record.transport,
         "method": record.method,
-        "status": code.name,
-        "latency_ms": round(record.elapsed_ms(), 3),
+        "status": status,
+        "latency_ms": round(latency_ms, 3),
         "request_bytes": record.request_bytes,
         "response_bytes": record.response_bytes,
         "request_id": request_id,

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
-from server.telemetry.accesslog import AccessLog, access_entry
+from server.telemetry.accesslog import AccessLog
 from server.telemetry.calls import Behavior, CallRecord, run_in_call, transport_of, wrap_handler
 from server.telemetry.metrics import Metrics
 from server.telemetry.tracing import current_trace_id
@@ -86,7 +86,9 @@ class CallTelemetryInterceptor(grpc.ServerInterceptor):
         self.metrics.call_finished(record.method, record.transport, code.name, record.elapsed_ms() / 1000)
         if self.access_log is not None:
             request_id = record.request_field("request_id") or _metadata_value(context, "x-request-id")
-            self.access_log.write(access_entry(record, code, request_id, record.request_field("model")))
+            model = record.request_field("model")
+            record.first_request = None  # the log holds the record until its writer runs, not the request
+            self.access_log.write_call(record, code, request_id, model)
 
 
 def _incoming_trace_id(context: grpc.ServicerContext) -> str | None:

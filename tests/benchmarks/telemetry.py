@@ -87,7 +87,8 @@ def observer_us(telemetry: Telemetry, requests: int, repeats: int) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(
-            _env_file=None, api_keys="bench:bench-key", access_log_path=str(Path(folder) / "access.log")
+            _env_file=None, api_keys="bench:bench-key", access_log_path=str(Path(folder) / "access.log"),
+            tracing_enabled=True,
         )
         telemetry = Telemetry(settings)
         tracing, calls, auth = telemetry.interceptors

@@ -1,18 +1,37 @@
-"""Bench reporting, input generation and short runs against the fake server."""
+"""Bench reporting, input generation and short runs against real gRPC servers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
-from fake_serving import DIGITS, FakeServer
+from fake_serving import DIGITS, FakePredict, FakeServer, FakeStream
 
 from client.bench import random_inputs, run_bench
 from client.bench_result import BenchResult, latency_summary
+from client.bench_senders import UnarySender
 from client.cli import main
-from serving.v1 import model_pb2, tensor_pb2
+from serving.v1 import (
+    model_pb2,
+    predict_pb2,
+    predict_pb2_grpc,
+    stream_pb2,
+    stream_pb2_grpc,
+    tensor_pb2,
+)
+from tests.telemetry.certs import CertificateAuthority
+
+IMAGE = {"image": np.zeros((1, 4), np.float32)}
 
 
 def test_latency_summary() -> None:
@@ -50,7 +69,7 @@ def test_bench_result_rates_and_formats() -> None:
     assert result.requests_per_s == 55.0
     assert result.samples_per_s == 200.0
     text = result.format()
-    assert "8 threads, 2 channel(s), 4 row(s) per request" in text
+    assert "8 workers, 2 channel(s), 4 row(s) per request" in text
     assert "requests/s   55.0" in text and "samples/s    200.0" in text
     assert "p50 1.50  p95 3.25  p99 4.00  max 9.00" in text
     assert "errors       UNAVAILABLE 10" in text
@@ -133,3 +152,152 @@ def test_bench_command_json(fake_server: FakeServer, capsys: pytest.CaptureFixtu
     data = json.loads(capsys.readouterr().out)
     assert (data["requests"], data["ok"], data["model"]) == (10, 10, DIGITS.name)
     assert data["requests_per_s"] > 0 and data["p99_ms"] >= data["p50_ms"]
+
+
+def test_run_bench_sends_api_key_and_metadata(fake_server: FakeServer) -> None:
+    result = run_bench(
+        fake_server.target, count=3, warmup=0.0, api_key="k", metadata=[("X-Team", "a")]
+    )
+    assert (result.requests, result.ok) == (3, 3)
+    assert fake_server.predict.get_model_calls == 1
+    assert len(fake_server.predict.metadata) == 3
+    for sent in fake_server.predict.metadata:
+        assert (sent["authorization"], sent["x-team"]) == ("Bearer k", "a")
+
+
+def test_run_bench_from_a_thread_without_event_loop(fake_server: FakeServer) -> None:
+    with futures.ThreadPoolExecutor(1) as pool:
+        result = pool.submit(
+            run_bench, fake_server.target, mode="stream", concurrency=3, count=7, warmup=0.0
+        ).result()
+    assert (result.requests, result.ok, result.errors) == (7, 7, {})
+
+
+def _until_cancelled(context: grpc.ServicerContext) -> None:
+    """Block until the call ends (the client cancels it or its deadline passes)."""
+    ended = threading.Event()
+    if context.add_callback(ended.set):
+        ended.wait()
+
+
+class PeerPredict(predict_pb2_grpc.PredictServiceServicer):
+    """Records the peer (the client's connection) of each call; model `mute` never answers."""
+
+    def __init__(self) -> None:
+        self.peers: list[str] = []
+
+    def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        self.peers.append(context.peer())
+        if request.model == "mute":
+            _until_cancelled(context)
+        return predict_pb2.PredictResponse()
+
+
+class FlakyStream(stream_pb2_grpc.StreamPredictServiceServicer):
+    """Answers a call's first message and fails the call with UNAVAILABLE on the second.
+
+    Model `mute` gets no answer.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def StreamPredict(
+        self, requests: Iterator[stream_pb2.StreamPredictRequest], context: grpc.ServicerContext
+    ) -> Iterator[stream_pb2.StreamPredictResponse]:
+        self.calls += 1
+        for n, message in enumerate(requests):
+            if message.request.model == "mute":
+                _until_cancelled(context)
+                return
+            if n == 1:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "gone")
+            yield stream_pb2.StreamPredictResponse(response=predict_pb2.PredictResponse())
+
+
+@contextmanager
+def serving(
+    predict: predict_pb2_grpc.PredictServiceServicer,
+    stream: stream_pb2_grpc.StreamPredictServiceServicer,
+    credentials: grpc.ServerCredentials | None = None,
+) -> Iterator[str]:
+    """A server with these services on a free loopback port; yields its target."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    predict_pb2_grpc.add_PredictServiceServicer_to_server(predict, server)
+    stream_pb2_grpc.add_StreamPredictServiceServicer_to_server(stream, server)
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_each_channel_has_its_own_connection(channels: int) -> None:
+    predict = PeerPredict()
+    with serving(predict, FlakyStream()) as target:
+        result = run_bench(
+            target, concurrency=3, channels=channels, count=30, warmup=0.0, inputs=IMAGE
+        )
+    assert (result.requests, result.ok, result.channels) == (30, 30, channels)
+    assert len(predict.peers) == 30 and len(set(predict.peers)) == channels
+
+
+def test_broken_streams_are_counted_and_reopened() -> None:
+    stream = FlakyStream()
+    with serving(PeerPredict(), stream) as target:
+        result = run_bench(target, mode="stream", count=6, warmup=0.0, inputs=IMAGE)
+    assert (result.requests, result.ok, result.errors) == (6, 3, {"UNAVAILABLE": 3})
+    assert stream.calls == 3
+
+
+@pytest.mark.parametrize("mode", ["unary", "stream"])
+def test_unanswered_requests_time_out(mode: str) -> None:
+    with serving(PeerPredict(), FlakyStream()) as target:
+        result = run_bench(
+            target, model="mute", mode=mode, concurrency=2, count=4, warmup=0.0, timeout=0.2,
+            inputs=IMAGE,
+        )
+    assert (result.requests, result.ok, result.errors) == (4, 0, {"DEADLINE_EXCEEDED": 4})
+    assert result.elapsed_s >= 0.4 and result.p50_ms is None
+
+
+@pytest.mark.parametrize("mode", ["unary", "stream"])
+def test_run_bench_over_tls(tmp_path: Path, mode: str) -> None:
+    ca = CertificateAuthority(tmp_path)
+    issued = ca.issue("localhost", server=True)
+    credentials = grpc.ssl_server_credentials([(issued.key_pem, issued.cert_pem)])
+    with serving(FakePredict(), FakeStream(), credentials) as target:
+        result = run_bench(
+            target, mode=mode, channels=2, concurrency=2, count=5, warmup=0.0,
+            root_certificates=ca.pem.read_bytes(),
+        )
+    assert (result.requests, result.ok, result.errors) == (5, 5, {})
+
+
+def test_ctrl_c_cancels_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[UnarySender] = []
+    cancelled: list[UnarySender] = []
+    send = UnarySender.__call__
+
+    async def interrupted(self: UnarySender) -> grpc.StatusCode:
+        started.append(self)
+        if len(started) == 1:
+            signal.raise_signal(signal.SIGINT)
+        try:
+            return await send(self)
+        except asyncio.CancelledError:
+            cancelled.append(self)
+            raise
+
+    monkeypatch.setattr(UnarySender, "__call__", interrupted)
+    with serving(PeerPredict(), FlakyStream()) as target:
+        with pytest.raises(KeyboardInterrupt):
+            run_bench(target, model="mute", concurrency=3, count=10, warmup=0.0, inputs=IMAGE)
+    assert len(started) == 3 and cancelled == started
