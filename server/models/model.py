@@ -151,6 +151,10 @@ class LoadedModel:
             ),
             device=self.device,
             state=model_pb2.MODEL_STATE_READY,
+            file_outputs=[
+                model_pb2.FileOutputInfo(output=f.name, format=f.format, content_type=f.content_type)
+                for f in self.file_outputs.values()
+            ],
         )
 
     def close(self, drain: bool = True) -> None:

@@ -19,11 +19,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,7 +71,18 @@ def client_bench(target: str, concurrency: int, duration: float) -> dict:
     return json.loads(out.stdout)
 
 
+def batch_counters(proc: ServerProcess) -> dict[str, float]:
+    """The digits model's batch and model-time counters, scraped from the server's /metrics."""
+    text = urllib.request.urlopen(proc.http_url + "/metrics", timeout=10).read().decode()
+    found = dict.fromkeys(("batch_size_count", "batch_size_sum", "model_execution_seconds_sum"), 0.0)
+    for name, value in re.findall(r'^serving_(\w+)\{model="digits"\} (\S+)$', text, re.M):
+        if name in found:
+            found[name] = float(value)
+    return found
+
+
 def server_runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict]]:
+    """Per (server, concurrency): the bench results, each with the batches it caused."""
     results: dict[tuple[str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         servers = {name: ServerProcess(Path(tmp) / f"{i}.log", env=env) for i, (name, env) in enumerate(CONFIGS.items())}
@@ -79,9 +92,16 @@ def server_runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict
             for _ in range(rounds):
                 for concurrency in CONCURRENCY:
                     for name, proc in servers.items():
-                        results.setdefault((name, concurrency), []).append(
-                            client_bench(proc.target, concurrency, duration)
+                        before = batch_counters(proc)
+                        run = client_bench(proc.target, concurrency, duration)
+                        after = batch_counters(proc)
+                        batches = after["batch_size_count"] - before["batch_size_count"]
+                        run["rows_per_batch"] = (after["batch_size_sum"] - before["batch_size_sum"]) / max(batches, 1)
+                        run["model_ms_per_batch"] = (
+                            (after["model_execution_seconds_sum"] - before["model_execution_seconds_sum"])
+                            * 1000 / max(batches, 1)
                         )
+                        results.setdefault((name, concurrency), []).append(run)
         finally:
             for proc in servers.values():
                 proc.stop()
@@ -108,8 +128,8 @@ def report(model_rows, runs, rounds: int, duration: float) -> str:
         "",
         "Unary Predict through the server, 1 row per request (`python -m client bench`):",
         "",
-        "| concurrency | server | requests/s | p50 ms | p99 ms | non-OK |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
+        "| concurrency | server | requests/s | p50 ms | p99 ms | non-OK | rows per model call | ms per model call |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for concurrency in CONCURRENCY:
         for name in CONFIGS:
@@ -117,7 +137,8 @@ def report(model_rows, runs, rounds: int, duration: float) -> str:
             errors = sum(sum(x["errors"].values()) for x in r)
             lines.append(
                 f"| {concurrency} | {name} | {median(r, 'requests_per_s'):,.0f} | "
-                f"{median(r, 'p50_ms'):.2f} | {median(r, 'p99_ms'):.2f} | {errors} |"
+                f"{median(r, 'p50_ms'):.2f} | {median(r, 'p99_ms'):.2f} | {errors} | "
+                f"{median(r, 'rows_per_batch'):.2f} | {median(r, 'model_ms_per_batch'):.2f} |"
             )
     ratio = {c: median(runs[("batching", c)], "requests_per_s") / median(runs[("no batching", c)], "requests_per_s")
              for c in CONCURRENCY}

@@ -123,6 +123,15 @@ def test_async_tasks_record_the_files(s3_app: App, moto: MotoServer, drawn) -> N
     np.testing.assert_array_equal(png_pixels(data), drawn[9])
 
 
+def test_get_model_reports_the_file_outputs(s3_app: App) -> None:
+    with grpc.insecure_channel(s3_app.address) as channel:
+        stub = predict_pb2_grpc.PredictServiceStub(channel)
+        decoder = stub.GetModel(predict_pb2.GetModelRequest(model="digits_decoder"), timeout=10).model
+        classifier = stub.GetModel(predict_pb2.GetModelRequest(model="digits"), timeout=10).model
+    assert [(f.output, f.format, f.content_type) for f in decoder.file_outputs] == [("image", "png", "image/png")]
+    assert list(classifier.file_outputs) == []
+
+
 def test_the_classifier_is_unchanged(s3_app: App) -> None:
     tensor = from_numpy(np.zeros((1, 8, 8, 1), np.float32))
     reply = predict(s3_app, predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=tensor)}))

@@ -42,7 +42,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., allowed_batch_sizes: _Optional[_Iterable[int]] = ..., max_queue_size: _Optional[int] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("name", "version", "available_versions", "platform", "signature_name", "inputs", "outputs", "labels", "classification_output", "image_inputs", "batching", "device", "state")
+    __slots__ = ("name", "version", "available_versions", "platform", "signature_name", "inputs", "outputs", "labels", "classification_output", "image_inputs", "batching", "device", "state", "file_outputs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class ModelMetadata(_message.Message):
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    FILE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     available_versions: _containers.RepeatedScalarFieldContainer[int]
@@ -69,4 +70,15 @@ class ModelMetadata(_message.Message):
     batching: BatchingInfo
     device: str
     state: ModelState
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., platform: _Optional[str] = ..., signature_name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., classification_output: _Optional[str] = ..., image_inputs: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., device: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ...) -> None: ...
+    file_outputs: _containers.RepeatedCompositeFieldContainer[FileOutputInfo]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., platform: _Optional[str] = ..., signature_name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., classification_output: _Optional[str] = ..., image_inputs: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., device: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., file_outputs: _Optional[_Iterable[_Union[FileOutputInfo, _Mapping]]] = ...) -> None: ...
+
+class FileOutputInfo(_message.Message):
+    __slots__ = ("output", "format", "content_type")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    output: str
+    format: str
+    content_type: str
+    def __init__(self, output: _Optional[str] = ..., format: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
