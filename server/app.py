@@ -68,6 +68,8 @@ class App:
             settings.model_dir,
             choose_device(settings.tf_intra_op_threads, settings.tf_inter_op_threads),
             batching,
+            poll_seconds=settings.model_poll_seconds,
+            retire_seconds=settings.grace_period_seconds,
         )
         self.object_store = open_object_store(settings)
         self.predictor = Predictor(self.repository, settings.default_top_k, self.object_store)
@@ -189,6 +191,7 @@ class App:
         for name in READY_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in self.repository.models()))
+        self.repository.start_polling()
         self.tasks.start_workers()
 
     def stop(self, grace: float | None = None) -> None:

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
 
     # Models
     model_dir: Path = Path("./models")
+    model_poll_seconds: float = Field(0.0, ge=0, description="look for new model versions this often; 0: never")
     default_top_k: int = Field(3, ge=0)
     tf_intra_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")
     tf_inter_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")

@@ -61,9 +61,8 @@ def make_app(tmp_path: Path):
     def make(listen_only: bool = False, **overrides) -> App:
         overrides.setdefault("http_server_address", "127.0.0.1:0")  # the HTTP shim on a free port
         overrides.setdefault("access_log_path", str(tmp_path / f"access-{len(apps)}.log"))
-        settings = Settings(
-            _env_file=None, grpc_server_address="127.0.0.1:0", model_dir=MODEL_DIR, **overrides
-        )
+        overrides.setdefault("model_dir", MODEL_DIR)
+        settings = Settings(_env_file=None, grpc_server_address="127.0.0.1:0", **overrides)
         app = App(settings)
         apps.append(app)
         if listen_only:
