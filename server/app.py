@@ -77,7 +77,7 @@ class App:
                                 self.telemetry.metrics)
         self.telemetry.metrics.watch_task_queue_length(self.tasks.queue.length)
         self.health = health.HealthServicer()
-        self.telemetry.watch_batchers(lambda: [model.batcher for model in self.repository.models()])
+        self.telemetry.watch_models(self.repository.models)
         # Outermost first: tracing, access log + metrics, auth (telemetry), then errors.
         self.interceptors: list[grpc.ServerInterceptor] = [*self.telemetry.interceptors, ErrorInterceptor()]
         self.registry = self._register_services()

@@ -10,7 +10,7 @@ there is no shim.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
@@ -86,9 +86,9 @@ class Metrics:
     def request_waited(self, model: str, seconds: float) -> None:
         self._child(self.queue_wait_seconds, model).observe(seconds)
 
-    def watch_batchers(self, batchers: Callable[[], Iterable[Batcher]]) -> None:
-        """Report queue depth and rejections of the batchers `batchers()` returns at each scrape."""
-        self._models.batchers = batchers
+    def watch_models(self, models: Callable[[], Iterable[ServedModel]]) -> None:
+        """Report the version, queue depth and rejections of the models `models()` returns at each scrape."""
+        self._models.models = models
 
     # -- tasks, webhooks, uploads ----------------------------------------
 
@@ -119,11 +119,19 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+class ServedModel(Protocol):
+    """What the metrics read from a served model version."""
+
+    name: str
+    version: int
+    batcher: Batcher
+
+
 class _ModelCollector(Collector):
-    """Queue depth and refused requests per model, read from the Batchers at scrape time."""
+    """Served version, queue depth and refused requests per model, read at scrape time."""
 
     def __init__(self) -> None:
-        self.batchers: Callable[[], Iterable[Batcher]] = tuple
+        self.models: Callable[[], Iterable[ServedModel]] = tuple
 
     def describe(self) -> Sequence[Metric]:
         return ()
@@ -137,11 +145,14 @@ class _ModelCollector(Collector):
             "serving_model_expired_requests", "Requests dropped because their deadline passed in the queue",
             labels=["model"],
         )
-        for batcher in self.batchers():
-            depth.add_metric([batcher.name], batcher.queue_depth)
-            rejected.add_metric([batcher.name], batcher.stats.rejected)
-            expired.add_metric([batcher.name], batcher.stats.expired)
-        return [depth, rejected, expired]
+        version = GaugeMetricFamily("serving_model_version", "The version of a model being served", labels=["model"])
+        for model in self.models():
+            batcher = model.batcher
+            version.add_metric([model.name], model.version)
+            depth.add_metric([model.name], batcher.queue_depth)
+            rejected.add_metric([model.name], batcher.stats.rejected)
+            expired.add_metric([model.name], batcher.stats.expired)
+        return [version, depth, rejected, expired]
 
 
 class MetricsServer:

@@ -20,13 +20,12 @@ from typing import Callable, Iterable
 
 import grpc
 
-from server.batching import Batcher
 from server.config import Settings
 from server.telemetry.accesslog import AccessLog
 from server.telemetry.auth import Authenticator, AuthInterceptor, load_api_keys
 from server.telemetry.batches import BatchTelemetry
 from server.telemetry.interceptor import CallTelemetryInterceptor
-from server.telemetry.metrics import Metrics, MetricsServer
+from server.telemetry.metrics import Metrics, MetricsServer, ServedModel
 from server.telemetry.ratelimit import RateLimiter
 from server.telemetry.tracing import Tracing
 
@@ -55,9 +54,9 @@ class Telemetry:
         self.metrics_server: MetricsServer | None = None
         self._closed = False
 
-    def watch_batchers(self, batchers: Callable[[], Iterable[Batcher]]) -> None:
-        """Report the queue depth and rejections of these batchers in the metrics."""
-        self.metrics.watch_batchers(batchers)
+    def watch_models(self, models: Callable[[], Iterable[ServedModel]]) -> None:
+        """Report the version, queue depth and rejections of the served models in the metrics."""
+        self.metrics.watch_models(models)
 
     def serve_metrics(self) -> None:
         """Serve /metrics on METRICS_ADDRESS (used when there is no HTTP shim to serve it)."""

@@ -56,6 +56,7 @@ def test_calls_batches_and_models_are_counted(telemetry_app):
     assert value(parsed, "serving_batch_size_bucket", model="digits", le="4.0") == 4
     assert value(parsed, "serving_model_execution_seconds_count", model="digits") == 4
     assert value(parsed, "serving_queue_wait_seconds_count", model="digits") == 4
+    assert value(parsed, "serving_model_version", model="digits") == 1
     assert value(parsed, "serving_model_queue_depth", model="digits") == 0
     assert value(parsed, "serving_model_rejected_requests_total", model="digits") == 0
     assert value(parsed, "serving_model_expired_requests_total", model="digits") == 0
