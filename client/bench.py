@@ -194,9 +194,12 @@ def run_bench(
 async def _run_workers(senders: list[Sender], schedule: _Schedule) -> list[_Tally]:
     """Run one task per sender until the schedule stops them (or they are cancelled)."""
     tallies = [_Tally() for _ in senders]
-    async with asyncio.TaskGroup() as group:
-        for send, tally in zip(senders, tallies):
-            group.create_task(_work(send, schedule, tally))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for send, tally in zip(senders, tallies):
+                group.create_task(_work(send, schedule, tally))
+    except ExceptionGroup as failed:  # a worker failed outside gRPC: raise its error, not the group
+        raise failed.exceptions[0] from None
     return tallies
 
 

@@ -39,6 +39,8 @@ from server.telemetry.telemetry import Telemetry
 from server.telemetry.tls import grpc_server_credentials, load_tls, server_ssl_context
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2_grpc, upload_pb2_grpc
 
+MIN_RETIRE_SECONDS = 1.0  # a replaced model version stays loaded at least this long for calls holding it
+
 log = logging.getLogger("server")
 
 PREDICT_SERVICE = predict_pb2.DESCRIPTOR.services_by_name["PredictService"].full_name
@@ -69,7 +71,7 @@ class App:
             choose_device(settings.tf_intra_op_threads, settings.tf_inter_op_threads),
             batching,
             poll_seconds=settings.model_poll_seconds,
-            retire_seconds=settings.grace_period_seconds,
+            retire_seconds=max(settings.grace_period_seconds, MIN_RETIRE_SECONDS),
         )
         self.object_store = open_object_store(settings)
         self.predictor = Predictor(self.repository, settings.default_top_k, self.object_store)

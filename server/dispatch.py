@@ -76,7 +76,8 @@ class InterceptorChain(grpc.ServerInterceptor):
         method = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is None:
-            handler = self._compose(0, continuation)(handler_call_details)
+            # Composed from the method name alone: no caller's metadata (API keys) is kept with it.
+            handler = self._compose(0, continuation)(CallDetails(method, ()))
             if handler is not None:  # unknown names are not kept: callers choose them
                 with self._lock:
                     handler = self._handlers.setdefault(method, handler)

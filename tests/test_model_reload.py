@@ -114,8 +114,19 @@ def test_new_models_are_added_and_removed_ones_unloaded(make_app, repository: Pa
     copy = app.repository.get("digits_copy")
     shutil.rmtree(repository / "digits_copy")
     app.repository.poll_once()
+    assert served_version(app, "digits_copy") == 1  # gone at one poll is not enough (a volume hiccup)
+    app.repository.poll_once()
     with pytest.raises(grpc.RpcError) as error:
         call(app, "GetModel", predict_pb2.GetModelRequest(model="digits_copy"))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     assert error.value.details() == "model 'digits_copy' not found; available models: 'digits'"
     wait_for(lambda: copy.batcher._closed, 30, "the removed model to be unloaded")
+
+
+def test_a_poll_that_finds_no_models_changes_nothing(make_app, repository: Path) -> None:
+    app = make_app(model_dir=repository)
+    shutil.rmtree(repository)  # an unmounted volume
+    for _ in range(3):
+        app.repository.poll_once()
+    reply = call(app, "Predict", predict_request("digits", tensor_inputs({"image": digits_rows(1)})))
+    assert (reply.model.name, reply.model.version) == ("digits", 1)

@@ -216,7 +216,10 @@ def flat_caller(
         function = signature._inference_function  # type: ignore[attr-defined]
         captured = list(signature.captured_inputs)  # type: ignore[attr-defined]
         structure = signature.structured_outputs  # type: ignore[attr-defined]
-        names = sorted(inputs)  # keyword arguments are flattened in sorted order
+        # The order TensorFlow's own keyword call flattens to (sorted names, where it says nothing).
+        names = list(getattr(signature, "_arg_keywords", None) or sorted(inputs))
+        if sorted(names) != sorted(inputs):
+            raise ValueError(f"signature keywords {names} differ from its inputs {sorted(inputs)}")
 
         def call(tensors: dict[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
             flat = function.call_flat(*[tensors[name] for name in names], *captured)

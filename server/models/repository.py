@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from server.batching import BatchingConfig
@@ -42,10 +43,20 @@ def find_versions(model_dir: Path) -> dict[str, list[int]]:
     return found
 
 
+RETRY_FAILED_SECONDS = 300.0  # a version that failed to load is tried again after this, or when its files change
+
+
 def files_signature(path: Path) -> tuple[int, float]:
     """(file count, newest modification time) of a version directory: changes when its files do."""
     stats = [p.stat() for p in path.rglob("*") if p.is_file()]
     return len(stats), max((st.st_mtime for st in stats), default=0.0)
+
+
+def files_signature_or_none(path: Path) -> tuple[int, float] | None:
+    try:
+        return files_signature(path)
+    except OSError:
+        return None
 
 
 class ModelRepository:
@@ -68,10 +79,12 @@ class ModelRepository:
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self.ready = threading.Event()
-        self._failed: dict[tuple[str, int], tuple[int, float]] = {}  # version -> files when it failed
+        # (name, version) -> (its files, time.monotonic()) when it failed to load
+        self._failed: dict[tuple[str, int], tuple[tuple[int, float] | None, float]] = {}
+        self._missing: dict[str, int] = {}  # served model -> polls in a row that did not find it
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
-        self._retiring: list[tuple[threading.Timer, LoadedModel]] = []
+        self._retiring: dict[int, tuple[threading.Timer, LoadedModel]] = {}
 
     def load_all(self) -> None:
         """Load the newest version of every model; raises if any fails or none exist."""
@@ -104,6 +117,10 @@ class ModelRepository:
         with self._lock:
             return list(self._models.values())
 
+    def versions_of(self, model: LoadedModel) -> list[int]:
+        """The versions found on disk for a model, newest first (at least the one served)."""
+        return self.versions.get(model.name) or [model.version]
+
     def start_polling(self) -> None:
         """Watch the directory for new versions every `poll_seconds` (no-op when 0)."""
         if self.poll_seconds > 0 and self._poller is None:
@@ -119,37 +136,52 @@ class ModelRepository:
                 log.exception("model repository poll failed")
 
     def poll_once(self) -> None:
-        """Serve the newest version of every model found now; unload what is gone."""
+        """Serve the newest version of every model found now; unload what stays gone."""
         found = find_versions(self.model_dir)
+        if not found:  # an unmounted or half-replaced volume: keep serving what is loaded
+            log.warning("no models in %s at this poll; keeping the loaded ones", self.model_dir)
+            return
         for name, versions in found.items():
             if self._stop.is_set():
                 return
+            self._missing.pop(name, None)
             current = self._models.get(name)
             if current is None or current.version != versions[0]:
-                self._load_new(name, versions[0], current)
+                self._load_new(name, versions[0], current, versions)
         for name in [n for n in self._models if n not in found]:
+            self._missing[name] = self._missing.get(name, 0) + 1
+            if self._missing[name] < 2:  # absent twice in a row before it is unloaded
+                continue
             with self._lock:
                 model = self._models.pop(name)
+                self.versions.pop(name, None)
+            del self._missing[name]
             log.info("model %s: its directory is gone; unloading version %d", name, model.version)
             self._retire(model)
         with self._lock:
-            self.versions = {name: found.get(name, [m.version]) for name, m in self._models.items()}
+            for name, model in self._models.items():
+                self.versions[name] = found.get(name, self.versions.get(name, [model.version]))
 
-    def _load_new(self, name: str, version: int, current: LoadedModel | None) -> None:
+    def _load_new(self, name: str, version: int, current: LoadedModel | None, versions: list[int]) -> None:
         path = self.model_dir / name / str(version)
-        signature = files_signature(path)
-        if self._failed.get((name, version)) == signature:
-            return  # failed before and its files have not changed since
         try:
+            signature = files_signature(path)
+            failed = self._failed.get((name, version))
+            if failed is not None and failed[0] == signature and time.monotonic() < failed[1] + RETRY_FAILED_SECONDS:
+                return  # failed before, and its files have not changed since
             model = load_model(name, version, path, self.device, self.batching)
         except Exception as exc:
-            self._failed[(name, version)] = signature
+            self._failed[(name, version)] = (files_signature_or_none(path), time.monotonic())
             serving = f"; still serving version {current.version}" if current is not None else ""
             log.error("model %s: version %d failed to load (%s: %s)%s", name, version, type(exc).__name__, exc, serving)
             return
         self._failed.pop((name, version), None)
+        if self._stop.is_set():  # shutting down while it loaded
+            model.close(drain=False)
+            return
         with self._lock:
             self._models[name] = model
+            self.versions[name] = versions
         if current is None:
             log.info("model %s: version %d loaded and serving", name, version)
         else:
@@ -158,17 +190,27 @@ class ModelRepository:
 
     def _retire(self, model: LoadedModel) -> None:
         """Unload a model no longer served, after calls that already hold it had time to finish."""
-        timer = threading.Timer(self.retire_seconds, model.close)
+
+        def unload() -> None:
+            model.close()
+            with self._lock:
+                self._retiring.pop(id(model), None)  # let its memory go
+
+        timer = threading.Timer(self.retire_seconds, unload)
         timer.daemon = True
+        with self._lock:
+            self._retiring[id(model)] = (timer, model)
         timer.start()
-        self._retiring = [(t, m) for t, m in self._retiring if t.is_alive()] + [(timer, model)]
 
     def close(self, drain: bool = True) -> None:
         """Stop polling and unload every model, including those being retired."""
         self._stop.set()
         if self._poller is not None:
-            self._poller.join()
-        for timer, model in self._retiring:
+            self._poller.join(timeout=60)  # a load in progress finishes first
+        with self._lock:
+            retiring = list(self._retiring.values())
+            self._retiring.clear()
+        for timer, model in retiring:
             timer.cancel()
             model.close(drain=drain)
         for model in self.models():

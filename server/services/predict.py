@@ -54,9 +54,9 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
 
     def GetModel(self, request: predict_pb2.GetModelRequest, context: grpc.ServicerContext) -> predict_pb2.GetModelResponse:
         model = self.repository.get(request.model, request.version)
-        return predict_pb2.GetModelResponse(model=model.metadata(self.repository.versions[model.name]))
+        return predict_pb2.GetModelResponse(model=model.metadata(self.repository.versions_of(model)))
 
     def ListModels(self, request: predict_pb2.ListModelsRequest, context: grpc.ServicerContext) -> predict_pb2.ListModelsResponse:
         return predict_pb2.ListModelsResponse(
-            models=[m.metadata(self.repository.versions[m.name]) for m in self.repository.models()]
+            models=[m.metadata(self.repository.versions_of(m)) for m in self.repository.models()]
         )

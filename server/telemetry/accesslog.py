@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import grpc
 
@@ -27,7 +27,13 @@ from server.telemetry.calls import CallRecord
 FLUSH_SECONDS = 0.2
 CHUNK_BYTES = 64 * 1024  # at most this much (and half of max_bytes) per write
 
-_CallLine = tuple[CallRecord, str, Union[str, None], Union[str, None], float, float]
+# A call's line as queued: its end time (time.time()), then the values of FIELDS.
+_CallLine = tuple[Any, ...]
+FIELDS = (
+    "key", "peer", "transport", "method", "status", "latency_ms", "request_bytes", "response_bytes",
+    "request_id", "trace_id", "model", "route",
+)
+log = logging.getLogger(__name__)
 
 
 class AccessLog:
@@ -51,9 +57,13 @@ class AccessLog:
             self._queue.put(entry)
 
     def write_call(self, record: CallRecord, code: grpc.StatusCode, request_id: str | None, model: str | None) -> None:
-        """Queue the line of a call that just ended; it is built in the writer thread."""
+        """Queue the line of a call that just ended: its values now, the JSON in the writer thread."""
         if not self._closed:
-            self._queue.put((record, code.name, request_id, model, time.time(), record.elapsed_ms()))
+            self._queue.put((
+                time.time(), record.key_name, record.peer, record.transport, record.method, code.name,
+                round(record.elapsed_ms(), 3), record.request_bytes, record.response_bytes, request_id,
+                record.trace_id, model, record.route,
+            ))
 
     def close(self) -> None:
         """Write what is queued, then close the file; later writes are dropped."""
@@ -67,7 +77,10 @@ class AccessLog:
 
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_SECONDS):
-            self._drain()
+            try:
+                self._drain()
+            except Exception:  # keep the writer alive whatever one drain met
+                log.exception("access log: writing failed")
 
     def _drain(self) -> None:
         chunk: list[str] = []
@@ -77,8 +90,12 @@ class AccessLog:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            entry = access_entry(*item) if isinstance(item, tuple) else item
-            line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+            try:
+                entry = call_entry(item) if isinstance(item, tuple) else item
+                line = json.dumps(entry, separators=(",", ":"))  # ASCII: characters are bytes for rotation
+            except Exception:
+                log.exception("access log: dropped an entry that cannot be written")
+                continue
             if chunk and size + len(line) + 1 > self._chunk_bytes:
                 self._emit(chunk)
                 chunk, size = [], 0
@@ -92,24 +109,13 @@ class AccessLog:
         self._file.handle(logging.makeLogRecord({"msg": "\n".join(lines), "levelno": logging.INFO}))
 
 
-def access_entry(
-    record: CallRecord, status: str, request_id: str | None, model: str | None, ended: float, latency_ms: float
-) -> dict[str, Any]:
-    """The fields of one access-log line (the API key's name, never the key); `ended` is a time.time()."""
+def call_entry(item: _CallLine) -> dict[str, Any]:
+    """The fields of one call's access-log line (the API key's name, never the key)."""
+    ended, *values = item
     entry: dict[str, Any] = {
         "time": datetime.fromtimestamp(ended, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "key": record.key_name,
-        "peer": record.peer,
-        "transport": record.transport,
-        "method": record.method,
-        "status": status,
-        "latency_ms": round(latency_ms, 3),
-        "request_bytes": record.request_bytes,
-        "response_bytes": record.response_bytes,
-        "request_id": request_id,
-        "trace_id": record.trace_id,
-        "model": model,
+        **dict(zip(FIELDS, values)),
     }
-    if record.route is not None:
-        entry["route"] = record.route
+    if entry["route"] is None:
+        del entry["route"]
     return entry

@@ -86,9 +86,7 @@ class CallTelemetryInterceptor(grpc.ServerInterceptor):
         self.metrics.call_finished(record.method, record.transport, code.name, record.elapsed_ms() / 1000)
         if self.access_log is not None:
             request_id = record.request_field("request_id") or _metadata_value(context, "x-request-id")
-            model = record.request_field("model")
-            record.first_request = None  # the log holds the record until its writer runs, not the request
-            self.access_log.write_call(record, code, request_id, model)
+            self.access_log.write_call(record, code, request_id, record.request_field("model"))
 
 
 def _incoming_trace_id(context: grpc.ServicerContext) -> str | None:
