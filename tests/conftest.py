@@ -51,26 +51,43 @@ def digits_rows(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture
-def make_app(tmp_path: Path):
-    """Build in-process Apps (real gRPC server on a free loopback port); stopped after the test."""
+def start_app():
+    """Start in-process Apps (a real gRPC server on a free loopback port) from settings; stopped after.
+
+    With `models=False` only `listen()` runs: the models are not loaded (health stays NOT_SERVING).
+    """
     from server.app import App
-    from server.config import Settings
 
     apps = []
 
-    def make(listen_only: bool = False, **overrides) -> App:
-        overrides.setdefault("http_server_address", "127.0.0.1:0")  # the HTTP shim on a free port
-        overrides.setdefault("access_log_path", str(tmp_path / f"access-{len(apps)}.log"))
-        overrides.setdefault("model_dir", MODEL_DIR)
-        settings = Settings(_env_file=None, grpc_server_address="127.0.0.1:0", **overrides)
+    def start(settings, models: bool = False):
         app = App(settings)
         apps.append(app)
-        if listen_only:
-            app.listen()
-        else:
+        if models:
             app.start()
+        else:
+            app.listen()
         return app
 
-    yield make
+    yield start
     for app in apps:
         app.stop(grace=1)
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, start_app):
+    """`start_app` with test settings: free ports, an access log in tmp_path, the demo models."""
+    from server.config import Settings
+
+    made = 0
+
+    def make(listen_only: bool = False, **overrides):
+        nonlocal made
+        overrides.setdefault("http_server_address", "127.0.0.1:0")  # the HTTP shim on a free port
+        overrides.setdefault("access_log_path", str(tmp_path / f"access-{made}.log"))
+        overrides.setdefault("model_dir", MODEL_DIR)
+        made += 1
+        settings = Settings(_env_file=None, grpc_server_address="127.0.0.1:0", **overrides)
+        return start_app(settings, models=not listen_only)
+
+    return make

@@ -46,17 +46,16 @@ def find_versions(model_dir: Path) -> dict[str, list[int]]:
 RETRY_FAILED_SECONDS = 300.0  # a version that failed to load is tried again after this, or when its files change
 
 
-def files_signature(path: Path) -> tuple[int, float]:
-    """(file count, newest modification time) of a version directory: changes when its files do."""
-    stats = [p.stat() for p in path.rglob("*") if p.is_file()]
-    return len(stats), max((st.st_mtime for st in stats), default=0.0)
+def files_signature(path: Path) -> tuple[int, float] | None:
+    """(file count, newest modification time) of a version directory: changes when its files do.
 
-
-def files_signature_or_none(path: Path) -> tuple[int, float] | None:
+    None when the directory changes while it is read (files copied in or removed).
+    """
     try:
-        return files_signature(path)
+        stats = [p.stat() for p in path.rglob("*") if p.is_file()]
     except OSError:
         return None
+    return len(stats), max((st.st_mtime for st in stats), default=0.0)
 
 
 class ModelRepository:
@@ -164,14 +163,14 @@ class ModelRepository:
 
     def _load_new(self, name: str, version: int, current: LoadedModel | None, versions: list[int]) -> None:
         path = self.model_dir / name / str(version)
+        signature = files_signature(path)
+        failed = self._failed.get((name, version))
+        if failed is not None and failed[0] == signature and time.monotonic() < failed[1] + RETRY_FAILED_SECONDS:
+            return  # failed before, and its files have not changed since
         try:
-            signature = files_signature(path)
-            failed = self._failed.get((name, version))
-            if failed is not None and failed[0] == signature and time.monotonic() < failed[1] + RETRY_FAILED_SECONDS:
-                return  # failed before, and its files have not changed since
             model = load_model(name, version, path, self.device, self.batching)
         except Exception as exc:
-            self._failed[(name, version)] = (files_signature_or_none(path), time.monotonic())
+            self._failed[(name, version)] = (signature, time.monotonic())
             serving = f"; still serving version {current.version}" if current is not None else ""
             log.error("model %s: version %d failed to load (%s: %s)%s", name, version, type(exc).__name__, exc, serving)
             return

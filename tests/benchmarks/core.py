@@ -62,10 +62,11 @@ def model_throughput(repeats: int) -> list[tuple[int, float, float]]:
     return rows
 
 
-def client_bench(target: str, concurrency: int, duration: float) -> dict:
+def client_bench(target: str, concurrency: int, duration: float, warmup: float = 1.0) -> dict:
+    """`python -m client bench` of the digits model, 1 row per request; its JSON result."""
     out = subprocess.run(
         [sys.executable, "-m", "client", "--target", target, "bench", "--model", "digits",
-         "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", "1", "--json"],
+         "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup), "--json"],
         capture_output=True, text=True, timeout=duration + 60, check=True,
     )
     return json.loads(out.stdout)

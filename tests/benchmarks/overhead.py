@@ -19,7 +19,6 @@ bounded in time. `serve echo|fake ADDRESS` runs one of the first two servers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.benchmarks.core import client_bench
 from tests.servers import ServerProcess, free_port, health_status, wait_for
 
 FAKE_MODEL_SECONDS = 0.0005
@@ -77,16 +77,6 @@ def serve(kind: str, address: str) -> None:
     server.wait_for_termination()
 
 
-def client_bench(target: str, concurrency: int, duration: float) -> dict:
-    """`python -m client bench` with no warm-up, so every request it makes is counted."""
-    out = subprocess.run(
-        [sys.executable, "-m", "client", "--target", target, "bench", "--model", "digits",
-         "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", "0", "--json"],
-        capture_output=True, text=True, timeout=duration + 60, check=True,
-    )
-    return json.loads(out.stdout)
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
@@ -123,7 +113,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, (proc, target, _server) in servers.items():
                     before = cpu_seconds(proc.pid)
-                    run = client_bench(target, args.concurrency, args.duration)
+                    run = client_bench(target, args.concurrency, args.duration, warmup=0)  # every request counted
                     used = cpu_seconds(proc.pid) - before
                     results[name].append((run["requests_per_s"], used * 1000 / max(run["requests"], 1)))
         finally:

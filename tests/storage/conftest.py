@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterator
 import pytest
 from s3_servers import AWS_ENV, MotoServer, new_bucket, s3_settings
 
-from server.app import App
-from server.config import Settings
 from server.storage.factory import open_object_store
 from server.storage.store import ObjectStore
 
@@ -59,25 +57,3 @@ def make_store(moto: MotoServer) -> Iterator[Callable[..., ObjectStore]]:
     yield make
     for store in stores:
         store.close()
-
-
-@pytest.fixture
-def start_app() -> Iterator[Callable[..., App]]:
-    """Start in-process Apps (a real gRPC server on a free loopback port) from settings; stopped after.
-
-    With `models=False` the models are not loaded (uploads do not need them).
-    """
-    apps: list[App] = []
-
-    def start(settings: Settings, models: bool = False) -> App:
-        app = App(settings)
-        apps.append(app)
-        if models:
-            app.start()
-        else:
-            app.listen()
-        return app
-
-    yield start
-    for app in apps:
-        app.stop(grace=1)
