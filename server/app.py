@@ -24,6 +24,7 @@ from server.batching import BatchingConfig
 from server.config import Settings, load_settings, parse_args
 from server.dispatch import Dispatcher, HandlerRegistry, InterceptorChain
 from server.gateway.server import HttpGateway
+from server.gateway.tfserving import TFServingRest
 from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
 from server.models.repository import ModelRepository
@@ -107,6 +108,7 @@ class App:
             raise SystemExit(f"cannot listen on {settings.grpc_server_address}")
         self.health_server, self.health_port = self._health_only_server(settings.health_server_address)
         self.gateway = self._http_gateway()
+        self.tfserving = self._tfserving_rest()
         self.stopped = threading.Event()
 
     def _http_gateway(self) -> HttpGateway | None:
@@ -122,6 +124,19 @@ class App:
             max_workers=settings.http_max_workers,
             metrics=self.telemetry.metrics.exposition,
             files_root=None if settings.aws_bucket else settings.upload_dir,
+            ssl_context=server_ssl_context(settings),
+        )
+
+    def _tfserving_rest(self) -> TFServingRest | None:
+        """TensorFlow Serving's REST API over the same dispatcher (None when TFSERVING_REST_ADDRESS is empty)."""
+        settings = self.settings
+        if not settings.tfserving_rest_address or self.worker_mode:
+            return None
+        return TFServingRest(
+            settings.tfserving_rest_address,
+            self.dispatcher,
+            max_body_bytes=settings.max_http_body_bytes or settings.max_message_bytes,
+            max_workers=settings.http_max_workers,
             ssl_context=server_ssl_context(settings),
         )
 
@@ -183,6 +198,9 @@ class App:
         if self.gateway is not None:
             self.gateway.start()
             log.info("HTTP/JSON shim listening on %s", self.gateway.address)
+        if self.tfserving is not None:
+            self.tfserving.start()
+            log.info("TensorFlow Serving REST API listening on %s", self.tfserving.address)
         if not self.settings.http_server_address:
             self.telemetry.serve_metrics()
         log.info("gRPC listening on %s (health NOT_SERVING until the models are ready)", self.address)
@@ -204,8 +222,9 @@ class App:
         log.info("shutting down: health NOT_SERVING, draining in-flight calls for up to %.1fs", grace)
         self.health.enter_graceful_shutdown()
         drained = self.server.stop(grace)
-        if self.gateway is not None:
-            self.gateway.stop(grace)
+        for listener in (self.gateway, self.tfserving):
+            if listener is not None:
+                listener.stop(grace)
         drained.wait()
         self.tasks.stop()
         self.repository.close(drain=True)

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     http_server_address: str = "0.0.0.0:8080"
     http_max_workers: int = Field(128, ge=1, description="threads running HTTP shim calls")
     max_http_body_bytes: int = Field(0, ge=0, description="largest HTTP body or NDJSON line; 0: MAX_MESSAGE_BYTES")
+    tfserving_rest_address: str = Field("", description="TensorFlow Serving's REST API here (e.g. 0.0.0.0:8501); empty: off")
     redis_address: str = ""
     redis_cluster_mode: bool = False
     redis_tls_ca_file: Path | None = Field(None, description="CA certificates (PEM) for a rediss:// address")

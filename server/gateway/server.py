@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -34,6 +33,7 @@ from grpc_health.v1 import health_pb2
 from server.dispatch import Dispatcher
 from server.errors import NotFound, ServingError, status_of
 from server.gateway.calls import CallFailed, RpcCall
+from server.gateway.listener import LoopServer
 from server.gateway.openapi import openapi_document
 from server.gateway.responses import MethodNotAllowed, dumps, error_response, json_response
 from server.gateway.routes import Router, build_routes
@@ -45,16 +45,7 @@ HEALTH_CHECK_RPC = "/grpc.health.v1.Health/Check"
 MetricsFunction = Callable[[], tuple[bytes, str]]
 
 
-def split_address(address: str) -> tuple[str | None, int]:
-    """("host" or None for every interface, port) of "host:port" / "[v6]:port"."""
-    host, _, port = address.rpartition(":")
-    if not port.isdigit():
-        raise SystemExit(f"HTTP_SERVER_ADDRESS: expected host:port, got {address!r}")
-    host = host.strip("[]")
-    return (host or None), int(port)
-
-
-class HttpGateway:
+class HttpGateway(LoopServer):
     """Serves the registered services over HTTP/JSON; `start()` then `stop()`."""
 
     def __init__(
@@ -70,14 +61,13 @@ class HttpGateway:
         ssl_context: ssl.SSLContext | None = None,
         pool: descriptor_pool.DescriptorPool | None = None,
     ) -> None:
-        self.host, self.port = split_address(address)
+        super().__init__(address, "HTTP_SERVER_ADDRESS", "http-gateway", ssl_context)
         self.dispatcher = dispatcher
         self.routes = build_routes(services, pool)
         self.router = Router(self.routes)
         self.openapi = dumps(openapi_document(self.routes))
         self.metrics = metrics
         self.files_root = files_root
-        self.ssl_context = ssl_context
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="http")
         self.rpc = RpcHandler(dispatcher, self.executor, max_body_bytes)
         self.system: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
@@ -87,69 +77,14 @@ class HttpGateway:
         }
         if metrics is not None:
             self.system["/metrics"] = self._metrics
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
-    # -- life cycle ------------------------------------------------------------
-
-    def start(self) -> None:
-        """Listen (in a new thread with its own event loop); raises OSError when the port is taken."""
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="http-gateway", daemon=True)
-        thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._open(), loop).result()
-        except BaseException as exc:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
-            if isinstance(exc, OSError):
-                raise OSError(f"cannot listen on {self.host or ''}:{self.port} (HTTP_SERVER_ADDRESS): {exc}") from exc
-            raise
-        self._loop, self._thread = loop, thread
-
-    async def _open(self) -> None:
+    def application(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # every path, newlines included
-        # handler_cancellation: a client that goes away cancels its call (the
-        # context turns inactive and its callbacks run), as over gRPC.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context).start()
-        self.port = self._runner.addresses[0][1]
+        return app
 
-    @property
-    def address(self) -> str:
-        """host:port actually bound (127.0.0.1 for a wildcard host)."""
-        host = self.host if self.host not in (None, "0.0.0.0", "::") else "127.0.0.1"
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-
-    def stop(self, grace: float) -> None:
-        """Stop accepting, let in-flight calls finish within `grace` seconds, then close."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        self._loop = self._thread = None
-        try:
-            asyncio.run_coroutine_threadsafe(self._close(grace), loop).result(timeout=grace + 10)
-        except Exception as exc:
-            log.warning("HTTP shutdown did not finish cleanly: %s", exc)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        if not thread.is_alive():
-            loop.close()
+    def stopped(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _close(self, grace: float) -> None:
-        runner = self._runner
-        if runner is None:
-            return
-        for site in list(runner.sites):
-            await site.stop()
-        if runner.server is not None:
-            await runner.server.shutdown(grace)
-        await runner.cleanup()
 
     # -- requests ----------------------------------------------------------------
 
