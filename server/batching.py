@@ -60,6 +60,9 @@ class BatchObserver(Protocol):
     def batch_done(self, observation: BatchObservation) -> None:
         """Called after a model call, once its callers have their rows."""
 
+    def request_refused(self, model: str, reason: str) -> None:
+        """A request was not run: "rejected" (the queue was full) or "expired" (its deadline passed)."""
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
@@ -171,6 +174,7 @@ class Batcher:
             raise Unavailable(f"model '{self.name}' is shutting down")
         if len(self._queue) >= self.config.max_queue_size:
             self.stats.rejected += 1
+            self._refused("rejected")
             raise ResourceExhausted(
                 f"model '{self.name}' queue is full ({self.config.max_queue_size} requests); retry later"
             )
@@ -234,6 +238,7 @@ class Batcher:
             item = self._queue.popleft()
             if item.deadline is not None and item.deadline <= now:
                 self.stats.expired += 1
+                self._refused("expired")
                 _fail(item.future, DeadlineExceeded(f"deadline passed while queued for model '{self.name}'"))
                 continue
             if key is None:
@@ -296,6 +301,14 @@ class Batcher:
         stats.rows += rows
         stats.padded_rows += padded
         stats.batch_sizes[rows] += 1
+
+    def _refused(self, reason: str) -> None:
+        observer = self.config.observer
+        if observer is not None:
+            try:
+                observer.request_refused(self.name, reason)
+            except Exception:
+                log.exception("batch observer failed for model %s", self.name)
 
     def _observe(
         self, observer: BatchObserver, batch: list[_Pending], padded: int, started: float, finished: float

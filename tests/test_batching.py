@@ -211,9 +211,26 @@ def test_allowed_batch_sizes_pad_a_merged_batch(make_batcher: MakeBatcher) -> No
 # -- the bounded queue -----------------------------------------------------------
 
 
+class Refusals:
+    """A BatchObserver that keeps the refusals it hears of."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, str]] = []
+
+    def request_queued(self) -> None:
+        return None
+
+    def batch_done(self, observation: object) -> None:
+        pass
+
+    def request_refused(self, model: str, reason: str) -> None:
+        self.heard.append((model, reason))
+
+
 def test_full_queue_rejects_at_once(make_batcher: MakeBatcher) -> None:
     model = FakeModel(blocked=True)
-    batcher = make_batcher(model, max_queue_size=2)
+    refusals = Refusals()
+    batcher = make_batcher(model, max_queue_size=2, observer=refusals)
     first_x, first = occupy(batcher, model)
 
     inputs = [rows(1, 100.0), rows(1, 200.0)]
@@ -234,6 +251,7 @@ def test_full_queue_rejects_at_once(make_batcher: MakeBatcher) -> None:
     assert 300.0 not in model.seen_values()
     assert model.batch_rows == [1, 2]
     assert batcher.stats.rejected == 1
+    assert refusals.heard == [(NAME, "rejected")]
 
 
 # -- deadlines -----------------------------------------------------------------
@@ -241,7 +259,8 @@ def test_full_queue_rejects_at_once(make_batcher: MakeBatcher) -> None:
 
 def test_request_expiring_while_queued_is_dropped(make_batcher: MakeBatcher) -> None:
     model = FakeModel(blocked=True)
-    batcher = make_batcher(model)
+    refusals = Refusals()
+    batcher = make_batcher(model, observer=refusals)
     first_x, first = occupy(batcher, model)
 
     late_x, kept_x = rows(1, 100.0), rows(1, 200.0)
@@ -258,6 +277,7 @@ def test_request_expiring_while_queued_is_dropped(make_batcher: MakeBatcher) -> 
     assert values_of(late_x).isdisjoint(model.seen_values())
     assert model.batch_rows == [1, 1]
     assert batcher.stats.expired == 1
+    assert refusals.heard == [(NAME, "expired")]
 
 
 def test_run_with_short_deadline_raises_deadline_exceeded(make_batcher: MakeBatcher) -> None:

@@ -47,6 +47,9 @@ class BatchTelemetry:
         if any(isinstance(token, trace.SpanContext) for token, _ in observation.requests):
             self._pending.put((observation, time.time_ns() - time.monotonic_ns()))
 
+    def request_refused(self, model: str, reason: str) -> None:
+        self.metrics.request_refused(model, reason)
+
     def close(self) -> None:
         """Make the spans of every batch observed so far, then stop the thread."""
         if self._thread.is_alive():

@@ -86,8 +86,12 @@ class Metrics:
     def request_waited(self, model: str, seconds: float) -> None:
         self._child(self.queue_wait_seconds, model).observe(seconds)
 
+    def request_refused(self, model: str, reason: str) -> None:
+        """reason: "rejected" (queue full) or "expired" (deadline passed in the queue)."""
+        self._models.refused(model, reason)
+
     def watch_models(self, models: Callable[[], Iterable[ServedModel]]) -> None:
-        """Report the version, queue depth and rejections of the models `models()` returns at each scrape."""
+        """Report the version and queue depth of the models `models()` returns at each scrape."""
         self._models.models = models
 
     # -- tasks, webhooks, uploads ----------------------------------------
@@ -128,10 +132,21 @@ class ServedModel(Protocol):
 
 
 class _ModelCollector(Collector):
-    """Served version, queue depth and refused requests per model, read at scrape time."""
+    """Served version and queue depth per model, read at scrape time, and refused requests.
+
+    Refusals are counted here by model name rather than read from a Batcher,
+    so the counters keep counting across version swaps (a new version has a
+    new Batcher) and every served model reports 0 before its first refusal.
+    """
 
     def __init__(self) -> None:
         self.models: Callable[[], Iterable[ServedModel]] = tuple
+        self._refused: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def refused(self, model: str, reason: str) -> None:
+        with self._lock:
+            self._refused[(model, reason)] = self._refused.get((model, reason), 0) + 1
 
     def describe(self) -> Sequence[Metric]:
         return ()
@@ -146,12 +161,17 @@ class _ModelCollector(Collector):
             labels=["model"],
         )
         version = GaugeMetricFamily("serving_model_version", "The version of a model being served", labels=["model"])
+        names = set()
         for model in self.models():
-            batcher = model.batcher
+            names.add(model.name)
             version.add_metric([model.name], model.version)
-            depth.add_metric([model.name], batcher.queue_depth)
-            rejected.add_metric([model.name], batcher.stats.rejected)
-            expired.add_metric([model.name], batcher.stats.expired)
+            depth.add_metric([model.name], model.batcher.queue_depth)
+        with self._lock:
+            counts = dict(self._refused)
+        names.update(name for name, _ in counts)
+        for name in sorted(names):
+            rejected.add_metric([name], counts.get((name, "rejected"), 0))
+            expired.add_metric([name], counts.get((name, "expired"), 0))
         return [version, depth, rejected, expired]
 
 

@@ -28,6 +28,7 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -38,16 +39,18 @@ CONCURRENCY = [1, 8, 64]
 CONFIGS = {"batching": {}, "no batching": {"MAX_BATCH_SIZE": "1"}}
 
 
-def model_throughput(repeats: int) -> list[tuple[int, float, float]]:
-    """(batch, median ms per call, rows/s) for the model called directly."""
+def model_throughput(
+    repeats: int, batches: Sequence[int] = BATCHES, intra: int = 0, inter: int = 0
+) -> list[tuple[int, float, float]]:
+    """(batch, median ms per call, rows/s) for the model called directly (TF threads: 0 = default)."""
     from server.batching import BatchingConfig
     from server.models.device import choose_device
     from server.models.model import load_model
 
-    model = load_model("digits", 1, MODEL_DIR / "digits" / "1", choose_device(), BatchingConfig())
+    model = load_model("digits", 1, MODEL_DIR / "digits" / "1", choose_device(intra, inter), BatchingConfig())
     rows = []
     rng = np.random.default_rng(0)
-    for batch in BATCHES:
+    for batch in batches:
         x = {"image": rng.random((batch, 8, 8, 1), dtype=np.float32)}
         for _ in range(5):
             model.run_batch(x)

@@ -177,3 +177,25 @@ def test_cancelled_tasks_and_the_queue_length_are_counted(telemetry_app):
     assert value(parsed, "serving_upload_bytes_total") == 0
     # the cancelled task's entry stays in the queue until a worker acknowledges it
     assert value(parsed, "serving_task_queue_length") == 3
+
+
+def test_refusals_keep_counting_across_version_swaps():
+    from types import SimpleNamespace
+
+    from server.telemetry.metrics import Metrics
+
+    metrics = Metrics()
+    served = [SimpleNamespace(name="m", version=1, batcher=SimpleNamespace(queue_depth=0))]
+    metrics.watch_models(lambda: served)
+    parsed = samples(metrics.exposition()[0].decode())
+    assert value(parsed, "serving_model_rejected_requests_total", model="m") == 0
+    assert value(parsed, "serving_model_expired_requests_total", model="m") == 0
+    metrics.request_refused("m", "rejected")
+    metrics.request_refused("m", "rejected")
+    metrics.request_refused("m", "expired")
+    served[0] = SimpleNamespace(name="m", version=2, batcher=SimpleNamespace(queue_depth=0))  # a new Batcher
+    metrics.request_refused("m", "rejected")
+    parsed = samples(metrics.exposition()[0].decode())
+    assert value(parsed, "serving_model_version", model="m") == 2
+    assert value(parsed, "serving_model_rejected_requests_total", model="m") == 3
+    assert value(parsed, "serving_model_expired_requests_total", model="m") == 1
