@@ -19,12 +19,13 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from server.batching import BatchingConfig
 from server.config import Settings, load_settings, parse_args
 from server.dispatch import Dispatcher, HandlerRegistry, InterceptorChain
 from server.gateway.server import HttpGateway
-from server.gateway.tfserving import TFServingRest
+from server.gateway.tfserving import REST_PREDICT_RPC, TFServingRest, rest_predict_handler
 from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
 from server.models.repository import ModelRepository
@@ -32,6 +33,7 @@ from server.predictor import Predictor
 from server.services.predict import PredictServicer
 from server.services.stream import StreamPredictServicer
 from server.services.tasks import TaskServicer
+from server.services.tfserving import TFServingModelServicer, TFServingPredictionServicer
 from server.services.upload import UploadServicer
 from server.storage.factory import open_object_store
 from server.storage.uploads import Uploads
@@ -96,7 +98,7 @@ class App:
         )
         self.registry.install(self.server)
         if settings.reflection:
-            names = (*self.registry.methods, reflection.SERVICE_NAME)
+            names = (*self.registry.services, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.server)
         self.tls = load_tls(settings)
         self.port = (
@@ -119,7 +121,7 @@ class App:
         return HttpGateway(
             settings.http_server_address,
             self.dispatcher,
-            self.registry.methods,
+            self.registry.services,
             max_body_bytes=settings.max_http_body_bytes or settings.max_message_bytes,
             max_workers=settings.http_max_workers,
             metrics=self.telemetry.metrics.exposition,
@@ -161,6 +163,13 @@ class App:
             PredictServicer(self.predictor, self.repository, self.tasks.predictions), registry
         )
         stream_pb2_grpc.add_StreamPredictServiceServicer_to_server(StreamPredictServicer(self.predictor), registry)
+        if self.settings.tfserving_rest_address:
+            registry.add_in_process(REST_PREDICT_RPC, rest_predict_handler(self.predictor))
+        if self.settings.tfserving_grpc:
+            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+                TFServingPredictionServicer(self.predictor, self.repository), registry
+            )
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server(TFServingModelServicer(self.repository), registry)
         task_pb2_grpc.add_TaskServiceServicer_to_server(
             TaskServicer(self.tasks.manager, self.tasks.exports), registry
         )
@@ -222,9 +231,16 @@ class App:
         log.info("shutting down: health NOT_SERVING, draining in-flight calls for up to %.1fs", grace)
         self.health.enter_graceful_shutdown()
         drained = self.server.stop(grace)
-        for listener in (self.gateway, self.tfserving):
-            if listener is not None:
-                listener.stop(grace)
+        # The HTTP listeners drain side by side, within one grace period.
+        stopping = [
+            threading.Thread(target=listener.stop, args=(grace,), name="stop-http")
+            for listener in (self.gateway, self.tfserving)
+            if listener is not None
+        ]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
         drained.wait()
         self.tasks.stop()
         self.repository.close(drain=True)

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * MiB, ge=1024)
     grace_period_seconds: float = Field(10.0, ge=0, description="drain time on SIGTERM")
     reflection: bool = True
+    tfserving_grpc: bool = Field(True, description="also serve TensorFlow Serving's gRPC PredictionService and ModelService")
 
     # Models
     model_dir: Path = Path("./models")

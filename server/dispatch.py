@@ -31,12 +31,24 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self.generic: list[grpc.GenericRpcHandler] = []
         self.methods: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        self.in_process: dict[str, grpc.RpcMethodHandler] = {}  # full method name -> handler; never on gRPC
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self.generic.extend(handlers)
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         self.methods[service] = handlers
+
+    def add_in_process(self, method: str, handler: grpc.RpcMethodHandler) -> None:
+        """A method only in-process transports dispatch (through the same interceptors); gRPC never serves it."""
+        self.in_process[method] = handler
+
+    @property
+    def services(self) -> list[str]:
+        """Full names of every registered service (generated code of older grpcio-tools registers
+        generic handlers; those that say which service they serve are named too)."""
+        named = [h.service_name() for h in self.generic if isinstance(h, grpc.ServiceRpcHandler)]
+        return [*self.methods, *(name for name in named if name not in self.methods)]
 
     def install(self, server: grpc.Server) -> None:
         server.add_generic_rpc_handlers(tuple(self.generic))
@@ -45,6 +57,9 @@ class HandlerRegistry:
 
     def find(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         """The handler for a full method name (`/package.Service/Method`)."""
+        handler = self.in_process.get(details.method)
+        if handler is not None:
+            return handler
         service, _, method = details.method.lstrip("/").rpartition("/")
         handler = self.methods.get(service, {}).get(method)
         if handler is not None:

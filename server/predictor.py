@@ -9,7 +9,7 @@ file outputs one stored file per row, unless the request asks for them inline).
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -75,20 +75,31 @@ class Predictor:
         model = self.repository.get(request.model, request.version)
         arrays = self.decode_inputs(model, request)
         model.validate(arrays)
-        unknown = [n for n in request.output_filter if n not in model.outputs]
-        if unknown:
-            raise InvalidArgument(
-                f"output_filter: unknown output '{unknown[0]}'; model '{model.name}' returns "
-                + ", ".join(f"'{n}'" for n in model.outputs)
-            )
+        _check_output_filter(model, request.output_filter)
         return model, arrays
+
+    def predict_arrays(
+        self,
+        name: str,
+        version: int,
+        arrays: dict[str, np.ndarray],
+        deadline: float | None = None,
+        output_filter: Sequence[str] = (),
+    ) -> tuple[LoadedModel, dict[str, np.ndarray]]:
+        """Validate, batch and run inputs another wire format has decoded; the model and its outputs."""
+        model = self.repository.get(name, version)
+        if not arrays:
+            raise InvalidArgument(f"inputs: none given; model '{model.name}' takes {_described_inputs(model)}")
+        model.validate(arrays)
+        _check_output_filter(model, output_filter)
+        outputs = model.batcher.run(arrays, deadline)
+        return model, {n: outputs[n] for n in (output_filter or outputs)}
 
     @staticmethod
     def decode_inputs(model: LoadedModel, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
         """Tensors via the codec; encoded images decoded to the input's shape."""
         if not request.inputs:
-            expected = ", ".join(f"'{n}' ({s.describe()})" for n, s in model.inputs.items())
-            raise InvalidArgument(f"inputs: none given; model '{model.name}' takes {expected}")
+            raise InvalidArgument(f"inputs: none given; model '{model.name}' takes {_described_inputs(model)}")
         arrays: dict[str, np.ndarray] = {}
         for name, value in request.inputs.items():
             kind = value.WhichOneof("kind")
@@ -131,6 +142,19 @@ class Predictor:
         if top_k > 0 and scores_name is not None:
             response.classifications.extend(_top_k(outputs[scores_name], model.labels, top_k))
         return response
+
+
+def _described_inputs(model: LoadedModel) -> str:
+    return ", ".join(f"'{n}' ({s.describe()})" for n, s in model.inputs.items())
+
+
+def _check_output_filter(model: LoadedModel, output_filter: Sequence[str]) -> None:
+    unknown = [n for n in output_filter if n not in model.outputs]
+    if unknown:
+        raise InvalidArgument(
+            f"output_filter: unknown output '{unknown[0]}'; model '{model.name}' returns "
+            + ", ".join(f"'{n}'" for n in model.outputs)
+        )
 
 
 def _store_files(store: ObjectStore, prefix: str, output: FileOutput, rows: np.ndarray) -> list[predict_pb2.FileRef]:

@@ -58,6 +58,7 @@ class ServerProcess:
         self.http_url = f"http://127.0.0.1:{self.http_port}"
         full_env["HTTP_SERVER_ADDRESS"] = f"127.0.0.1:{self.http_port}"
         full_env["ACCESS_LOG_PATH"] = str(log_path.with_name(log_path.stem + "-access.log"))
+        full_env["TFSERVING_REST_ADDRESS"] = ""  # not from the caller's environment: every server would take it
         full_env.update(env or {})
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(

@@ -101,6 +101,8 @@ class HttpServicerContext(grpc.ServicerContext):
 
     def __init__(self, metadata: Metadata, peer: str, timeout: float | None, route: str | None = None) -> None:
         self.route = route  # "POST /v1/models/{model}:predict", for the access log
+        # (name, version) when the model comes from the URL rather than the request message
+        self.model_target: tuple[str, int] | None = None
         self._metadata = metadata
         self._peer = peer
         self._deadline = None if timeout is None else time.monotonic() + timeout

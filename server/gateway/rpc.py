@@ -102,7 +102,7 @@ class RpcHandler:
 
     async def _unary(self, call: RpcCall, build: Build) -> web.Response:
         future = asyncio.get_running_loop().run_in_executor(self.executor, call.run_unary, build)
-        future.add_done_callback(_retrieve)
+        future.add_done_callback(retrieve_outcome)
         try:
             remaining = call.context.time_remaining()
             if remaining is None:
@@ -133,7 +133,7 @@ class RpcHandler:
     async def _streaming(self, request: web.Request, call: RpcCall, build: Build) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         sink = ToLoop(loop)
-        loop.run_in_executor(self.executor, call.run_streaming, build, sink).add_done_callback(_retrieve)
+        loop.run_in_executor(self.executor, call.run_streaming, build, sink).add_done_callback(retrieve_outcome)
         response: web.StreamResponse | None = None
         try:
             while not isinstance(item := await self._next(sink, call.context), End):
@@ -170,7 +170,7 @@ def _as_is(message: Message, number: int) -> Message:
     return message
 
 
-def _retrieve(future: asyncio.Future) -> None:
+def retrieve_outcome(future: asyncio.Future) -> None:
     """Consume a worker's outcome nobody awaits any more (after a deadline or a disconnect)."""
     if not future.cancelled():
         future.exception()

@@ -11,10 +11,13 @@ batch, or an object keyed by input name) answers `{"outputs": ...}`. String
 inputs take `{"b64": ...}` for bytes. Errors are `{"error": message}` with the
 HTTP status of the gRPC code (`server.errors`).
 
-Nothing here runs a model: a request becomes a `PredictRequest` (its input
-dtypes read with `GetModel`) and both calls go through the dispatcher, so auth,
-the access log, metrics, tracing and batching are the same as over gRPC.
-Version labels, `:classify` and `:regress` are not served.
+Every request is one call through the dispatcher, so auth (and the rate
+limit), the access log, metrics, tracing, deadlines and batching are the same
+as over gRPC: status and metadata are `GetModel` calls; a predict is the
+in-process method `REST_PREDICT_RPC`, which reads the JSON body only after the
+interceptors admitted the call, converts it with the model's own input dtypes,
+and runs it through the Predictor. Version labels, `:classify` and `:regress`
+are not served.
 """
 
 from __future__ import annotations
@@ -33,20 +36,25 @@ import grpc
 import numpy as np
 from aiohttp import web
 
+from google.protobuf import wrappers_pb2
+
 from server.dispatch import Dispatcher
 from server.errors import InvalidArgument, NotFound, ServingError, Unimplemented, http_status_of, status_of
 from server.gateway.bodies import read_body
-from server.gateway.calls import RpcCall
-from server.gateway.context import HttpServicerContext
+from server.gateway.calls import CallFailed, RpcCall
 from server.gateway.listener import LoopServer
-from server.gateway.rpc import context_for
+from server.gateway.rpc import context_for, retrieve_outcome
 from server.models import codec
+from server.models.model import SIGNATURE, LoadedModel, TensorInfo
+from server.predictor import Predictor
+from server.services.predict import deadline_of
 from serving.v1 import model_pb2, predict_pb2, tensor_pb2
 
-PREDICT_RPC = "/serving.v1.PredictService/Predict"
+# Dispatched in process only (never served over gRPC): the JSON body in, the JSON answer out.
+REST_PREDICT_RPC = "/serving.v1.TFServingRest/Predict"
 GET_MODEL_RPC = "/serving.v1.PredictService/GetModel"
 _PATH = re.compile(
-    r"/v1/models/(?P<model>[^/:]+)(?:/versions/(?P<version>\d{1,18})|/labels/(?P<label>[^/:]+))?"
+    r"/v1/models/(?P<model>[^/:]+)(?:/versions/(?P<version>[1-9]\d{0,17})|/labels/(?P<label>[^/:]+))?"
     r"(?P<verb>:[A-Za-z]+|/metadata)?"
 )
 TF_DTYPES = {
@@ -118,32 +126,53 @@ class TFServingRest(LoopServer):
         if verb.startswith(":") and verb != ":predict":
             raise NotFound(f"no such method '{verb[1:]}'; TensorFlow Serving's are predict, classify and regress")
         route = f"{request.method} /v1/models/{{model}}{'/versions/{version}' if version else ''}{verb} (TF Serving)"
-        # One context per dispatched call, each with the caller's headers (API key, deadline, request id).
-        contexts = [context_for(request, route) for _ in range(2)]
-        work: Callable[[], dict[str, Any]]
+        context = context_for(request, route)
+        build: Callable[[], Any]
         if verb == ":predict":
             body = await read_body(request, self.max_body_bytes)
-            work = partial(self._predict, model, version, body, *contexts)
-        elif verb == "/metadata":
-            work = lambda: metadata_json(self._model(model, version, contexts[0]))  # noqa: E731
+            context.model_target = (model, version)  # the model named by the path, for rest_predict
+            call = RpcCall(self.dispatcher, REST_PREDICT_RPC, context)
+            build = partial(wrappers_pb2.BytesValue, value=body)
         else:
-            work = lambda: status_json(self._model(model, version, contexts[0]))  # noqa: E731
-        result = await asyncio.get_running_loop().run_in_executor(self.executor, work)
-        return _json(result, 200)
+            call = RpcCall(self.dispatcher, GET_MODEL_RPC, context)
+            build = partial(predict_pb2.GetModelRequest, model=model, version=version)
+        try:
+            reply = await self._invoke(call, build)
+        except CallFailed as failed:
+            return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
+        if verb == ":predict":
+            answer = reply.value
+        else:
+            answer = _dumps(metadata_json(reply.model) if verb == "/metadata" else status_json(reply.model))
+        return web.Response(body=answer, content_type="application/json", headers=context.response_headers())
 
-    def _model(self, model: str, version: int, context: HttpServicerContext) -> model_pb2.ModelMetadata:
-        call = RpcCall(self.dispatcher, GET_MODEL_RPC, context)
-        return call.invoke(partial(predict_pb2.GetModelRequest, model=model, version=version)).model
+    async def _invoke(self, call: RpcCall, build: Callable[[], Any]) -> Any:
+        """`call.invoke` in the pool, bounded by the caller's deadline; a client gone cancels the call."""
+        future = asyncio.get_running_loop().run_in_executor(self.executor, call.invoke, build)
+        future.add_done_callback(retrieve_outcome)
+        remaining = call.context.time_remaining()
+        try:
+            return await (future if remaining is None else asyncio.wait_for(asyncio.shield(future), remaining))
+        except TimeoutError:
+            call.context.end_early(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+        except asyncio.CancelledError:
+            call.context.cancel()
+            raise
 
-    def _predict(
-        self, model: str, version: int, body: bytes, lookup: HttpServicerContext, context: HttpServicerContext
-    ) -> dict[str, Any]:
-        payload = _parse(body)
-        metadata = self._model(model, version, lookup)
-        request, columnar = predict_request(metadata, payload)
-        call = RpcCall(self.dispatcher, PREDICT_RPC, context)
-        response = call.invoke(lambda: request)
-        return predict_json(metadata, response, columnar)
+
+def rest_predict_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
+    """The in-process method behind POST ...:predict: TF Serving JSON in and out, through the Predictor."""
+
+    def rest_predict(request: wrappers_pb2.BytesValue, context: grpc.ServicerContext) -> wrappers_pb2.BytesValue:
+        name, version = context.model_target  # type: ignore[attr-defined]
+        payload = _parse(request.value)
+        model = predictor.repository.get(name, version)
+        arrays, columnar = input_arrays(model, payload)
+        model, outputs = predictor.predict_arrays(name, version, arrays, deadline_of(context))
+        return wrappers_pb2.BytesValue(value=_dumps(predict_json(model, outputs, columnar)))
+
+    return grpc.unary_unary_rpc_method_handler(rest_predict)
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -151,36 +180,36 @@ def _parse(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"request body: not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("request body: nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidArgument('request body: expected a JSON object with "instances" or "inputs"')
     return payload
 
 
-def predict_request(metadata: model_pb2.ModelMetadata, payload: dict[str, Any]) -> tuple[predict_pb2.PredictRequest, bool]:
-    """The PredictRequest of a TF Serving predict body, and whether it is columnar."""
+def input_arrays(model: LoadedModel, payload: dict[str, Any]) -> tuple[dict[str, np.ndarray], bool]:
+    """The input arrays of a TF Serving predict body, and whether it is columnar."""
     unknown = sorted(set(payload) - {"signature_name", "instances", "inputs"})
     if unknown:
         raise InvalidArgument(f"request body: unknown field '{unknown[0]}'; expected signature_name, instances or inputs")
     signature = payload.get("signature_name")
-    if signature not in (None, "", metadata.signature_name):
-        raise InvalidArgument(
-            f"signature_name: model '{metadata.name}' serves signature '{metadata.signature_name}', not {signature!r}"
-        )
+    if signature not in (None, "", SIGNATURE):
+        raise InvalidArgument(f"signature_name: model '{model.name}' serves signature '{SIGNATURE}', not {signature!r}")
     if ("instances" in payload) == ("inputs" in payload):
         raise InvalidArgument('request body: give exactly one of "instances" (rows) and "inputs" (columns)')
-    specs = {spec.name: spec for spec in metadata.inputs}
+    specs = model.inputs
     columnar = "inputs" in payload
     values = _columns(payload["inputs"], specs) if columnar else _rows(payload["instances"], specs)
-    request = predict_pb2.PredictRequest(model=metadata.name, version=metadata.version, top_k=-1, inline_files=True)
+    arrays = {}
     for name, value in values.items():
         spec = specs.get(name)
         if spec is None:
-            raise InvalidArgument(f"input '{name}': model '{metadata.name}' has no such input; it takes {_names(specs)}")
-        request.inputs[name].tensor.CopyFrom(codec.from_numpy(input_array(name, value, spec), raw=True))
-    return request, columnar
+            raise InvalidArgument(f"input '{name}': model '{model.name}' has no such input; it takes {_names(specs)}")
+        arrays[name] = input_array(name, value, spec)
+    return arrays, columnar
 
 
-def _rows(instances: Any, specs: dict[str, tensor_pb2.TensorSpec]) -> dict[str, Any]:
+def _rows(instances: Any, specs: dict[str, TensorInfo]) -> dict[str, Any]:
     """Row format: a list with one value (or one {input: value} object) per row."""
     if not isinstance(instances, list) or not instances:
         raise InvalidArgument("instances: expected a non-empty list with one entry per row")
@@ -198,7 +227,7 @@ def _rows(instances: Any, specs: dict[str, tensor_pb2.TensorSpec]) -> dict[str, 
     return columns
 
 
-def _columns(inputs: Any, specs: dict[str, tensor_pb2.TensorSpec]) -> dict[str, Any]:
+def _columns(inputs: Any, specs: dict[str, TensorInfo]) -> dict[str, Any]:
     """Columnar format: the whole batch, or an object with the whole batch of each input."""
     if _named(inputs):
         return dict(inputs)
@@ -210,39 +239,40 @@ def _named(value: Any) -> bool:
     return isinstance(value, dict) and set(value) != {"b64"}
 
 
-def _only_input(specs: dict[str, tensor_pb2.TensorSpec], field: str) -> str:
+def _only_input(specs: dict[str, TensorInfo], field: str) -> str:
     if len(specs) != 1:
         raise InvalidArgument(f"{field}: the model takes several inputs ({_names(specs)}); key each value by input name")
     return next(iter(specs))
 
 
-def input_array(name: str, value: Any, spec: tensor_pb2.TensorSpec) -> np.ndarray:
+def input_array(name: str, value: Any, spec: TensorInfo) -> np.ndarray:
     """A JSON value as an array of the input's dtype, or InvalidArgument naming the input."""
-    expected = f"{codec.dtype_name(spec.dtype)} {list(spec.shape)}"
-    if spec.dtype == tensor_pb2.DATA_TYPE_STRING:
+    expected = spec.describe()
+    if spec.dtype.kind == "O":  # strings
         try:
             array = np.array(_strings(name, value), dtype=object)
-        except ValueError:
-            array = np.array([None], dtype=object)  # ragged: reported below
+        except (ValueError, RecursionError):
+            array = np.array([None], dtype=object)  # ragged or too deep: reported below
         if any(not isinstance(v, bytes) for v in array.flat):
             raise InvalidArgument(f"input '{name}': the values do not form a regular array; expected {expected}")
         return array
-    dtype = codec.NUMPY_DTYPES.get(spec.dtype)
-    if dtype is None:
-        raise InvalidArgument(f"input '{name}': dtype {codec.dtype_name(spec.dtype)} is not supported in JSON")
+    kinds = _ACCEPTED_KINDS.get(spec.dtype.kind)
+    if kinds is None:
+        raise InvalidArgument(f"input '{name}': {expected} inputs cannot be given in JSON")
     try:
         array = np.asarray(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidArgument(
-            f"input '{name}': the values do not form a regular array (rows of different lengths); expected {expected}"
+            f"input '{name}': the values do not form a regular array (rows of different lengths, or nested "
+            f"too deeply); expected {expected}"
         ) from None
-    if array.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
-        raise InvalidArgument(f"input '{name}': expected {_KIND_WORDS[dtype.kind]} for {expected}")
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if array.size and (array.min() < info.min or array.max() > info.max):
-            raise InvalidArgument(f"input '{name}': a value is outside the range of {codec.dtype_name(spec.dtype)}")
-    return array.astype(dtype)
+    if array.size and array.dtype.kind not in kinds:
+        raise InvalidArgument(f"input '{name}': expected {_KIND_WORDS[spec.dtype.kind]} for {expected}")
+    if spec.dtype.kind in "iu" and array.size:
+        info = np.iinfo(spec.dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidArgument(f"input '{name}': a value is outside the range of {expected}")
+    return array.astype(spec.dtype)
 
 
 def _strings(name: str, value: Any) -> Any:
@@ -259,17 +289,22 @@ def _strings(name: str, value: Any) -> Any:
     raise InvalidArgument(f'input \'{name}\': expected strings or {{"b64": ...}} values, got {json.dumps(value)[:40]}')
 
 
-def predict_json(metadata: model_pb2.ModelMetadata, response: predict_pb2.PredictResponse, columnar: bool) -> dict[str, Any]:
+def predict_json(model: LoadedModel, outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:
     """{"predictions": [...]} (rows) or {"outputs": ...} (columns), as TF Serving answers."""
-    names = [spec.name for spec in metadata.outputs if spec.name in response.outputs]
-    names += [name for name in response.outputs if name not in names]
-    outputs = {name: _json_values(name, codec.to_numpy(response.outputs[name], f"output '{name}'")) for name in names}
+    names = [name for name in model.outputs if name in outputs] + [n for n in outputs if n not in model.outputs]
+    values = {name: _json_values(name, outputs[name]) for name in names}
     if columnar:
-        return {"outputs": outputs[names[0]] if len(names) == 1 else outputs}
+        return {"outputs": values[names[0]] if len(names) == 1 else values}
+    batch = {name: outputs[name].shape[0] if outputs[name].ndim else None for name in names}
+    if len(set(batch.values())) != 1 or None in batch.values():
+        raise InvalidArgument(
+            f"outputs {batch} do not share a batch dimension, so they cannot be rows; send \"inputs\" "
+            "(the columnar format) instead"
+        )
     if len(names) == 1:
-        return {"predictions": outputs[names[0]]}
-    rows = len(outputs[names[0]])
-    return {"predictions": [{name: outputs[name][row] for name in names} for row in range(rows)]}
+        return {"predictions": values[names[0]]}
+    rows = batch[names[0]] or 0
+    return {"predictions": [{name: values[name][row] for name in names} for row in range(rows)]}
 
 
 def _json_values(name: str, array: np.ndarray) -> Any:
@@ -334,17 +369,24 @@ def metadata_json(metadata: model_pb2.ModelMetadata) -> dict[str, Any]:
     }
 
 
-def error_body(code: grpc.StatusCode, message: str, http_status: int | None = None) -> web.Response:
+def error_body(
+    code: grpc.StatusCode, message: str, http_status: int | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     """TF Serving's error shape, with the HTTP status of the gRPC code (or the one given)."""
     response = _json({"error": message}, http_status or http_status_of(code))
+    response.headers.update(headers or {})
     if code == grpc.StatusCode.UNAUTHENTICATED:
         response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
 
-def _json(body: Any, status: int) -> web.Response:
+def _dumps(body: Any) -> bytes:
     # NaN and Infinity are written as TensorFlow Serving writes them (JSON extensions).
-    return web.Response(status=status, body=json.dumps(body, separators=(",", ":")).encode(), content_type="application/json")
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _json(body: Any, status: int) -> web.Response:
+    return web.Response(status=status, body=_dumps(body), content_type="application/json")
 
 
 def _names(specs: dict[str, Any]) -> str:

@@ -98,6 +98,14 @@ class CallRecord:
             value = _string_field(message.request, name)
         return value or None
 
+    def model_name(self) -> str | None:
+        """The model a call names: `model` (or `request.model`), or TensorFlow Serving's `model_spec.name`."""
+        name = self.request_field("model")
+        message = self.first_request
+        if name is None and message is not None and _message_field(message, "model_spec"):
+            name = _string_field(message.model_spec, "name") or None
+        return name
+
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000
 

@@ -86,7 +86,9 @@ class CallTelemetryInterceptor(grpc.ServerInterceptor):
         self.metrics.call_finished(record.method, record.transport, code.name, record.elapsed_ms() / 1000)
         if self.access_log is not None:
             request_id = record.request_field("request_id") or _metadata_value(context, "x-request-id")
-            self.access_log.write_call(record, code, request_id, record.request_field("model"))
+            target = getattr(context, "model_target", None)  # set by in-process transports naming the model elsewhere
+            model = record.model_name() or (target[0] if target else None)
+            self.access_log.write_call(record, code, request_id, model)
 
 
 def _incoming_trace_id(context: grpc.ServicerContext) -> str | None:

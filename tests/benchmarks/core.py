@@ -89,8 +89,10 @@ def server_runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict
     """Per (server, concurrency): the bench results, each with the batches it caused."""
     results: dict[tuple[str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {name: ServerProcess(Path(tmp) / f"{i}.log", env=env) for i, (name, env) in enumerate(CONFIGS.items())}
+        servers: dict[str, ServerProcess] = {}
         try:
+            for i, (name, env) in enumerate(CONFIGS.items()):
+                servers[name] = ServerProcess(Path(tmp) / f"{i}.log", env=env)
             for proc in servers.values():
                 proc.wait_serving()
             for _ in range(rounds):

@@ -62,8 +62,10 @@ def main() -> None:
     model_ms = {name: in_process(env) for name, env in configs.items()}
     results: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {name: ServerProcess(Path(tmp) / f"{i}.log", env=env) for i, (name, env) in enumerate(configs.items())}
+        servers: dict[str, ServerProcess] = {}
         try:
+            for i, (name, env) in enumerate(configs.items()):
+                servers[name] = ServerProcess(Path(tmp) / f"{i}.log", env=env)
             for proc in servers.values():
                 proc.wait_serving()
             for _ in range(args.rounds):

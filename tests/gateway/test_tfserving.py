@@ -147,7 +147,8 @@ ERRORS = [
     ("POST", "/v1/models/digits:predict", {"instances": [[["a"]]]}, 400,
      "input 'image': expected numbers for FLOAT32 [-1, 8, 8, 1]"),
     ("POST", "/v1/models/digits:predict", {"instances": [ROW, ROW[:7]]}, 400,
-     "input 'image': the values do not form a regular array (rows of different lengths); expected FLOAT32 [-1, 8, 8, 1]"),
+     "input 'image': the values do not form a regular array (rows of different lengths, or nested too deeply); "
+     "expected FLOAT32 [-1, 8, 8, 1]"),
     ("POST", "/v1/models/digits:predict", {"instances": [ROW], "inputs": [ROW]}, 400,
      'request body: give exactly one of "instances" (rows) and "inputs" (columns)'),
     ("POST", "/v1/models/digits:predict", {}, 400,
@@ -168,7 +169,7 @@ ERRORS = [
     ("POST", "/v1/models/digits_decoder:predict", {"instances": [1.5]}, 400,
      "input 'digit': expected integers for INT32 [-1]"),
     ("POST", "/v1/models/digits_decoder:predict", {"instances": [2**40]}, 400,
-     "input 'digit': a value is outside the range of INT32"),
+     "input 'digit': a value is outside the range of INT32 [-1]"),
     ("POST", "/v1/models/digits:classify", {"examples": []}, 501, "classify is not supported; use :predict"),
     ("GET", "/v1/models/digits/labels/stable", None, 501,
      "version labels are not supported; name the version: /versions/<n>"),
@@ -177,6 +178,15 @@ ERRORS = [
     ("POST", "/v1/models/digits", {}, 405, "method POST is not allowed for /v1/models/digits; use GET"),
     ("GET", "/v2/models/digits", None, 404,
      "no such path: /v2/models/digits; the TensorFlow Serving API is under /v1/models/"),
+    ("GET", "/v1/models/digits/versions/0", None, 404,
+     "no such path: /v1/models/digits/versions/0; the TensorFlow Serving API is under /v1/models/"),
+    ("POST", "/v1/models/digits:predict", '{"instances": ' + "[" * 100_000 + "]" * 100_000 + "}", 400,
+     "request body: nested too deeply"),
+    ("POST", "/v1/models/digits:predict", {"instances": json.loads("[" * 70 + "1" + "]" * 70)}, 400,
+     "input 'image': the values do not form a regular array (rows of different lengths, or nested too deeply); "
+     "expected FLOAT32 [-1, 8, 8, 1]"),
+    ("POST", "/v1/models/digits:predict", {"instances": [[]]}, 400,
+     "input 'image': shape [1, 0] does not match the model's FLOAT32 [-1, 8, 8, 1]"),
 ]
 
 
@@ -195,6 +205,8 @@ def test_api_keys_apply_before_anything_else(tfs: Served) -> None:
     for key in (None, "wrong"):
         for reply in (post(tfs, "/v1/models/digits:predict", {"instances": [ROW]}, key=key),
                       post(tfs, "/v1/models/nope:predict", {"instances": [ROW]}, key=key),
+                      post(tfs, "/v1/models/digits:predict", "{not json", key=key),
+                      post(tfs, "/v1/models/digits:predict", {"instances": [[1, 2]]}, key=key),
                       get(tfs, "/v1/models/nope/metadata", key=key)):
             assert reply.status_code == 401, reply.text
             assert reply.headers["WWW-Authenticate"] == "Bearer"
@@ -212,11 +224,54 @@ def test_calls_are_logged_and_the_server_keeps_serving(tfs: Served) -> None:
         lines = [json.loads(line) for line in tfs.access_log.read_text().splitlines()]
         return [line for line in lines if line.get("request_id") == "tfs-req-1"]
 
-    wait_for(lambda: len(mine()) >= 2, 10, "two access-log lines")
+    wait_for(lambda: len(mine()) >= 1, 10, "the access-log line")
     route = "POST /v1/models/{model}:predict (TF Serving)"
-    # The input dtypes come from a GetModel call, made with the caller's key like the Predict.
-    assert [(m["method"], m["status"], m["key"], m["transport"], m["route"]) for m in mine()] == [
-        ("/serving.v1.PredictService/GetModel", "OK", "tfs", "http", route),
-        ("/serving.v1.PredictService/Predict", "OK", "tfs", "http", route),
+    assert [(m["method"], m["status"], m["key"], m["transport"], m["route"], m["model"]) for m in mine()] == [
+        ("/serving.v1.TFServingRest/Predict", "OK", "tfs", "http", route, "digits")
     ]
     assert get(tfs, "/v1/models/digits").status_code == 200
+
+
+def test_rate_limited_calls_answer_429_with_retry_after(make_app) -> None:
+    app = make_app(tfserving_rest_address="127.0.0.1:0", http_server_address="", api_keys=f"tfs:{KEY}",
+                   rate_limit_per_second=0.5, rate_limit_burst=1)
+    url = f"http://{app.tfserving.address}/v1/models/digits:predict"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    first = requests.post(url, data=json.dumps({"instances": [ROW]}), headers=headers, timeout=30)
+    second = requests.post(url, data=json.dumps({"instances": [ROW]}), headers=headers, timeout=30)
+    assert first.status_code == 200, first.text  # one call, one token: the body is read inside it
+    assert second.status_code == 429, second.text
+    assert list(second.json()) == ["error"]
+    assert float(second.headers["Retry-After"]) > 0
+
+
+def test_row_answers_need_outputs_with_one_batch_dimension() -> None:
+    from types import SimpleNamespace
+
+    from server.errors import InvalidArgument
+    from server.gateway.tfserving import predict_json
+
+    model = SimpleNamespace(outputs={"scores": None, "ids": None})
+    both = {"scores": np.array([[0.5, 0.25]], np.float32), "ids": np.array([b"a", b"\xff"], dtype=object)}
+    assert predict_json(model, {"scores": both["scores"], "ids": both["ids"][:1]}, columnar=False) == {
+        "predictions": [{"scores": [0.5, 0.25], "ids": "a"}]
+    }
+    assert predict_json(model, both, columnar=True) == {
+        "outputs": {"scores": [[0.5, 0.25]], "ids": ["a", {"b64": "/w=="}]}
+    }
+    with pytest.raises(InvalidArgument, match="do not share a batch dimension"):
+        predict_json(model, both, columnar=False)
+
+
+def test_string_inputs_take_text_and_b64() -> None:
+    from server.errors import InvalidArgument
+    from server.gateway.tfserving import input_array
+    from server.models.model import TensorInfo
+
+    spec = TensorInfo("text", np.dtype(object), (-1,))
+    array = input_array("text", ["hi", {"b64": "/w=="}], spec)
+    assert array.dtype == object and array.tolist() == [b"hi", b"\xff"]
+    with pytest.raises(InvalidArgument, match="input 'text': a b64 value is not valid base64"):
+        input_array("text", [{"b64": "%%"}], spec)
+    with pytest.raises(InvalidArgument, match="input 'text': expected strings"):
+        input_array("text", [1], spec)

@@ -71,6 +71,18 @@ def api_rpcs() -> list[Rpc]:
     return rpcs
 
 
+def grpc_rpcs() -> list[Rpc]:
+    """`api_rpcs()` and TensorFlow Serving's gRPC API, also served on the gRPC port (not over the shim)."""
+    from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
+
+    rpcs = api_rpcs()
+    for module in (prediction_service_pb2, model_service_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                rpcs.append(Rpc(f"/{service.full_name}/{method.name}", method))
+    return rpcs
+
+
 def scrape(app: Any) -> str:
     """The App's /metrics page from its metrics port."""
     url = f"http://127.0.0.1:{app.telemetry.metrics_server.port}/metrics"

@@ -1,0 +1,139 @@
+"""TensorFlow Serving's gRPC API on the server's own port, so its clients work unchanged.
+
+`tensorflow.serving.PredictionService`: Predict and GetModelMetadata
+(`signature_def`); `tensorflow.serving.ModelService`: GetModelStatus. The
+messages are the `tensorflow-serving-api` package's; tensors are TensorFlow's
+`TensorProto`, read with `tf.make_ndarray` and written with
+`tf.make_tensor_proto` (`tensor_content` bytes for numbers). A Predict runs
+through the same Predictor and Batcher as `serving.v1.PredictService/Predict`,
+with the same interceptors and error table. Classify, Regress,
+MultiInference, version labels and HandleReloadConfigRequest answer
+UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_shape_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from server.errors import InvalidArgument, Unimplemented
+from server.models.model import SIGNATURE, LoadedModel, TensorInfo
+from server.models.repository import ModelRepository
+from server.predictor import Predictor
+from server.services.predict import deadline_of
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+
+class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata of TensorFlow Serving's PredictionService."""
+
+    def __init__(self, predictor: Predictor, repository: ModelRepository) -> None:
+        self.predictor = predictor
+        self.repository = repository
+
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+        name, version = model_of(request.model_spec)
+        arrays = {key: tensor_array(key, tensor) for key, tensor in request.inputs.items()}
+        model, outputs = self.predictor.predict_arrays(
+            name, version, arrays, deadline_of(context), list(request.output_filter)
+        )
+        response = predict_pb2.PredictResponse(model_spec=spec_of(model))
+        for key, array in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(array))
+        return response
+
+    def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        name, version = model_of(request.model_spec)
+        model = self.repository.get(name, version)
+        fields = list(request.metadata_field)
+        if fields != ["signature_def"]:
+            raise InvalidArgument(f"metadata_field: only 'signature_def' is served; got {fields or 'none'}")
+        signature = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+        for key, spec in model.inputs.items():
+            signature.inputs[key].CopyFrom(tensor_info(spec))
+        for key, spec in model.outputs.items():
+            signature.outputs[key].CopyFrom(tensor_info(spec))
+        response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=spec_of(model))
+        response.metadata["signature_def"].Pack(get_model_metadata_pb2.SignatureDefMap(signature_def={SIGNATURE: signature}))
+        return response
+
+
+    def Classify(self, request: object, context: grpc.ServicerContext) -> None:
+        raise Unimplemented("Classify is not supported; use Predict")
+
+    def Regress(self, request: object, context: grpc.ServicerContext) -> None:
+        raise Unimplemented("Regress is not supported; use Predict")
+
+    def MultiInference(self, request: object, context: grpc.ServicerContext) -> None:
+        raise Unimplemented("MultiInference is not supported; use Predict")
+
+
+class TFServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus of TensorFlow Serving's ModelService: the served version, AVAILABLE."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+
+    def HandleReloadConfigRequest(self, request: object, context: grpc.ServicerContext) -> None:
+        raise Unimplemented("model config reloads are not supported; versions under MODEL_DIR are picked up "
+                            "with MODEL_POLL_SECONDS")
+
+    def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        name, version = model_of(request.model_spec)
+        model = self.repository.get(name, version)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        response.model_version_status.add(
+            version=model.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        )
+        return response
+
+
+def model_of(spec: model_pb2.ModelSpec) -> tuple[str, int]:
+    """(name, version or 0 for the served one) of a ModelSpec; only the serving signature is served."""
+    if spec.HasField("version_label"):
+        raise Unimplemented("model_spec.version_label: version labels are not supported; set model_spec.version")
+    if spec.signature_name not in ("", SIGNATURE):
+        raise InvalidArgument(f"model_spec.signature_name: only '{SIGNATURE}' is served, not '{spec.signature_name}'")
+    if not spec.name:
+        raise InvalidArgument("model_spec.name: required")
+    return spec.name, spec.version.value if spec.HasField("version") else 0
+
+
+def spec_of(model: LoadedModel) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=model.name, signature_name=SIGNATURE)
+    spec.version.value = model.version
+    return spec
+
+
+def tensor_array(name: str, tensor: object) -> np.ndarray:
+    """A TensorProto as an array, or InvalidArgument naming the input."""
+    try:
+        array = tf.make_ndarray(tensor)
+    except Exception as exc:  # bad dtype, content not matching the shape, ...
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InvalidArgument(f"input '{name}': not a valid TensorProto: {first_line}") from None
+    if array.dtype.kind == "O":  # DT_STRING: bytes
+        return array
+    return np.ascontiguousarray(array)
+
+
+def tensor_info(spec: TensorInfo) -> meta_graph_pb2.TensorInfo:
+    dtype = tf.string if spec.dtype.kind == "O" else tf.as_dtype(spec.dtype)
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in spec.shape])
+    return meta_graph_pb2.TensorInfo(name=spec.name, dtype=dtype.as_datatype_enum, tensor_shape=shape)
