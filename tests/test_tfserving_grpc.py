@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
@@ -214,6 +215,13 @@ def test_reflection_lists_the_tensorflow_serving_services(channel: grpc.Channel)
     replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"} <= names
+    for service, file in (("tensorflow.serving.PredictionService", "tensorflow_serving/apis/prediction_service.proto"),
+                          ("tensorflow.serving.ModelService", "tensorflow_serving/apis/model_service.proto")):
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
+        reply = list(stub.ServerReflectionInfo(iter([request]), timeout=10))[0]
+        assert reply.WhichOneof("message_response") == "file_descriptor_response", reply
+        files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in reply.file_descriptor_response.file_descriptor_proto]
+        assert file in [f.name for f in files]
 
 
 def test_the_tensorflow_serving_api_can_be_turned_off(make_app, tmp_path: Path) -> None:

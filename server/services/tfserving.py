@@ -22,8 +22,10 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -34,6 +36,9 @@ from server.predictor import Predictor
 from server.services.predict import deadline_of
 
 PREDICT_METHOD = "tensorflow/serving/predict"
+# The package's *_pb2_grpc modules do not import the files that define the services; reflection
+# finds a service only once its file is in the descriptor pool.
+SERVICE_FILES = (prediction_service_pb2.DESCRIPTOR, model_service_pb2.DESCRIPTOR)
 
 
 class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
