@@ -1,14 +1,18 @@
-"""HTTP/JSON shim benchmark: JSON Predict through the shim beside gRPC unary, on one server.
+"""HTTP/JSON shim benchmark: JSON Predict through the shim beside gRPC unary, on one server,
+and TensorFlow Serving's REST and gRPC APIs beside them.
 
     .venv/bin/python -m tests.benchmarks.http [--rounds 3] [--duration 5]
 
-One `python -m server` (default settings, the demo model `digits`) serves
-both transports. At each concurrency (8 and 64) and in each round, the gRPC
-load generator (`python -m client bench`, a separate process, raw tensors)
-and this module's HTTP load generator (aiohttp client in this process, one
-keep-alive connection per caller, JSON `floatVal` input and typed output)
-take turns, each in a closed loop of 1-row requests; medians over the rounds
-are reported. Only loopback is targeted; every run stops by itself.
+One `python -m server` (default settings plus TFSERVING_REST_ADDRESS, the
+demo model `digits`) serves every transport. At each concurrency (8 and 64)
+and in each round, these take turns, each a closed loop of 1-row requests:
+the gRPC load generator (`python -m client bench`, a separate process, raw
+tensors); this module's HTTP load generator (aiohttp client in this process,
+one keep-alive connection per caller) with JSON `floatVal` input and typed
+output through the shim, and with TF Serving's `{"instances": ...}` body; and
+a `grpc.aio` loop in this process calling TF Serving's
+`PredictionService/Predict` (TensorProto input). Medians over the rounds are
+reported. Only loopback is targeted; every run stops by itself.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ import numpy as np
 
 from client.bench_result import latency_summary
 from tests.benchmarks.core import client_bench
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, free_port
 
 CONCURRENCY = [8, 64]
+TRANSPORTS = ("gRPC unary", "HTTP JSON", "TF Serving gRPC", "TF Serving REST")
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -43,9 +48,50 @@ def predict_body(seed: int = 0) -> bytes:
     return json.dumps({"inputs": {"image": {"tensor": tensor}}}).encode()
 
 
-async def http_bench(url: str, concurrency: int, duration: float, warmup: float = 1.0) -> dict:
+def tfserving_body(seed: int = 0) -> bytes:
+    """The same row as TensorFlow Serving's REST predict body."""
+    x = np.random.default_rng(seed).random((1, 8, 8, 1), dtype=np.float32)
+    return json.dumps({"instances": np.round(x, 6).tolist()}).encode()
+
+
+async def tfserving_grpc_bench(target: str, concurrency: int, duration: float, warmup: float = 1.0) -> dict:
+    """Closed-loop TF Serving gRPC Predict (one grpc.aio channel); requests/s and latency."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)))
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + warmup
+    stop_at = measure_from + duration
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    async with grpc.aio.insecure_channel(target) as channel:
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+
+        async def caller() -> None:
+            while (started := loop.time()) < stop_at:
+                try:
+                    await predict(request, timeout=REQUEST_TIMEOUT_S)
+                    outcome = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    outcome = exc.code().name
+                if started >= measure_from:
+                    if outcome == "OK":
+                        latencies.append((loop.time() - started) * 1000)
+                    else:
+                        errors[outcome] += 1
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    measured = len(latencies) + sum(errors.values())
+    return {"requests_per_s": measured / duration, "errors": dict(errors), **latency_summary(latencies)}
+
+
+async def http_bench(url: str, concurrency: int, duration: float, warmup: float = 1.0, body: bytes | None = None) -> dict:
     """Closed-loop JSON Predict at `concurrency`; requests/s and latency over the measured window."""
-    body = predict_body()
+    body = predict_body() if body is None else body
     loop = asyncio.get_running_loop()
     measure_from = loop.time() + warmup
     stop_at = measure_from + duration
@@ -77,11 +123,16 @@ async def http_bench(url: str, concurrency: int, duration: float, warmup: float 
 def runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict]]:
     results: dict[tuple[str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"UPLOAD_DIR": str(Path(tmp) / "uploads"), "ACCESS_LOG_PATH": str(Path(tmp) / "access.log")}
+        tfserving_port = free_port()
+        env = {
+            "UPLOAD_DIR": str(Path(tmp) / "uploads"), "ACCESS_LOG_PATH": str(Path(tmp) / "access.log"),
+            "TFSERVING_REST_ADDRESS": f"127.0.0.1:{tfserving_port}",
+        }
         server = ServerProcess(Path(tmp) / "server.log", env=env)
         try:
             server.wait_serving()
             url = f"{server.http_url}/v1/models/digits:predict"
+            tfserving_url = f"http://127.0.0.1:{tfserving_port}/v1/models/digits:predict"
             for _ in range(rounds):
                 for concurrency in CONCURRENCY:
                     results.setdefault(("gRPC unary", concurrency), []).append(
@@ -89,6 +140,12 @@ def runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict]]:
                     )
                     results.setdefault(("HTTP JSON", concurrency), []).append(
                         asyncio.run(http_bench(url, concurrency, duration))
+                    )
+                    results.setdefault(("TF Serving gRPC", concurrency), []).append(
+                        asyncio.run(tfserving_grpc_bench(server.target, concurrency, duration))
+                    )
+                    results.setdefault(("TF Serving REST", concurrency), []).append(
+                        asyncio.run(http_bench(tfserving_url, concurrency, duration, body=tfserving_body()))
                     )
         finally:
             server.stop()
@@ -109,7 +166,7 @@ def report(results: dict[tuple[str, int], list[dict]], rounds: int, duration: fl
         "| ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for concurrency in CONCURRENCY:
-        for transport in ("gRPC unary", "HTTP JSON"):
+        for transport in TRANSPORTS:
             key = (transport, concurrency)
             errors = sum(sum(r["errors"].values()) for r in results[key])
             lines.append(
@@ -122,6 +179,13 @@ def report(results: dict[tuple[str, int], list[dict]], rounds: int, duration: fl
         for c in CONCURRENCY
     )
     lines += ["", f"HTTP JSON / gRPC unary requests/s (same run): {ratios} (target: at least 0.5x)."]
+    for transport in ("TF Serving gRPC", "TF Serving REST"):
+        ratios = ", ".join(
+            f"{median((transport, c), 'requests_per_s') / median(('gRPC unary', c), 'requests_per_s'):.2f}x "
+            f"at concurrency {c}"
+            for c in CONCURRENCY
+        )
+        lines.append(f"{transport} / gRPC unary requests/s (same run): {ratios}.")
     return "\n".join(lines)
 
 
