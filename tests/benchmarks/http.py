@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import aiohttp
 import numpy as np
@@ -54,6 +55,28 @@ def tfserving_body(seed: int = 0) -> bytes:
     return json.dumps({"instances": np.round(x, 6).tolist()}).encode()
 
 
+async def closed_loop(send: Callable[[], Awaitable[str]], concurrency: int, duration: float, warmup: float) -> dict:
+    """`concurrency` callers each awaiting `send()` (its outcome: "OK" or an error name) in a loop."""
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + warmup
+    stop_at = measure_from + duration
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+
+    async def caller() -> None:
+        while (started := loop.time()) < stop_at:
+            outcome = await send()
+            if started >= measure_from:
+                if outcome == "OK":
+                    latencies.append((loop.time() - started) * 1000)
+                else:
+                    errors[outcome] += 1
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    measured = len(latencies) + sum(errors.values())
+    return {"requests_per_s": measured / duration, "errors": dict(errors), **latency_summary(latencies)}
+
+
 async def tfserving_grpc_bench(target: str, concurrency: int, duration: float, warmup: float = 1.0) -> dict:
     """Closed-loop TF Serving gRPC Predict (one grpc.aio channel); requests/s and latency."""
     import grpc
@@ -63,61 +86,35 @@ async def tfserving_grpc_bench(target: str, concurrency: int, duration: float, w
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "digits"
     request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)))
-    loop = asyncio.get_running_loop()
-    measure_from = loop.time() + warmup
-    stop_at = measure_from + duration
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
     async with grpc.aio.insecure_channel(target) as channel:
         predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
 
-        async def caller() -> None:
-            while (started := loop.time()) < stop_at:
-                try:
-                    await predict(request, timeout=REQUEST_TIMEOUT_S)
-                    outcome = "OK"
-                except grpc.aio.AioRpcError as exc:
-                    outcome = exc.code().name
-                if started >= measure_from:
-                    if outcome == "OK":
-                        latencies.append((loop.time() - started) * 1000)
-                    else:
-                        errors[outcome] += 1
+        async def send() -> str:
+            try:
+                await predict(request, timeout=REQUEST_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+            return "OK"
 
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-    measured = len(latencies) + sum(errors.values())
-    return {"requests_per_s": measured / duration, "errors": dict(errors), **latency_summary(latencies)}
+        return await closed_loop(send, concurrency, duration, warmup)
 
 
 async def http_bench(url: str, concurrency: int, duration: float, warmup: float = 1.0, body: bytes | None = None) -> dict:
     """Closed-loop JSON Predict at `concurrency`; requests/s and latency over the measured window."""
     body = predict_body() if body is None else body
-    loop = asyncio.get_running_loop()
-    measure_from = loop.time() + warmup
-    stop_at = measure_from + duration
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def caller() -> None:
-            while (started := loop.time()) < stop_at:
-                try:
-                    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as reply:
-                        await reply.read()
-                        outcome = "OK" if reply.status == 200 else str(reply.status)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    outcome = type(exc).__name__
-                if started >= measure_from:
-                    if outcome == "OK":
-                        latencies.append((loop.time() - started) * 1000)
-                    else:
-                        errors[outcome] += 1
+        async def send() -> str:
+            try:
+                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as reply:
+                    await reply.read()
+                    return "OK" if reply.status == 200 else str(reply.status)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                return type(exc).__name__
 
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-    measured = len(latencies) + sum(errors.values())
-    return {"requests_per_s": measured / duration, "errors": dict(errors), **latency_summary(latencies)}
+        return await closed_loop(send, concurrency, duration, warmup)
 
 
 def runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict]]:
