@@ -167,7 +167,7 @@ class App:
             registry.add_in_process(REST_PREDICT_RPC, rest_predict_handler(self.predictor))
         if self.settings.tfserving_grpc:
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                TFServingPredictionServicer(self.predictor, self.repository), registry
+                TFServingPredictionServicer(self.predictor, self.repository, self.settings.max_message_bytes), registry
             )
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(TFServingModelServicer(self.repository), registry)
         task_pb2_grpc.add_TaskServiceServicer_to_server(

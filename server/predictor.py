@@ -80,20 +80,18 @@ class Predictor:
 
     def predict_arrays(
         self,
-        name: str,
-        version: int,
+        model: LoadedModel,
         arrays: dict[str, np.ndarray],
         deadline: float | None = None,
         output_filter: Sequence[str] = (),
-    ) -> tuple[LoadedModel, dict[str, np.ndarray]]:
-        """Validate, batch and run inputs another wire format has decoded; the model and its outputs."""
-        model = self.repository.get(name, version)
+    ) -> dict[str, np.ndarray]:
+        """Validate, batch and run inputs another wire format decoded for `model` (from `repository.get`)."""
         if not arrays:
             raise InvalidArgument(f"inputs: none given; model '{model.name}' takes {_described_inputs(model)}")
         model.validate(arrays)
         _check_output_filter(model, output_filter)
         outputs = model.batcher.run(arrays, deadline)
-        return model, {n: outputs[n] for n in (output_filter or outputs)}
+        return {n: outputs[n] for n in (output_filter or outputs)}
 
     @staticmethod
     def decode_inputs(model: LoadedModel, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:

@@ -55,3 +55,30 @@ def test_unknown_methods_are_not_kept() -> None:
         assert chain.intercept_service(found.find, CallDetails("/serving.v1.PredictService/Nope", ())) is None
     assert interceptor.composed == 2
     assert chain._handlers == {}
+
+
+def test_registry_names_generic_services_and_keeps_in_process_methods_off_the_server() -> None:
+    registry = HandlerRegistry()
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    registry.add_registered_method_handlers("pkg.Registered", {"Call": echo})
+    registry.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("pkg.Generic", {"Call": echo}),))
+    registry.add_in_process("/pkg.Local/Call", echo)
+
+    assert registry.services == ["pkg.Registered", "pkg.Generic"]
+    for method in ("/pkg.Registered/Call", "/pkg.Generic/Call", "/pkg.Local/Call"):
+        assert registry.find(CallDetails(method, ())) is not None, method
+    assert registry.find(CallDetails("/pkg.Local/Other", ())) is None
+
+    class Server:
+        def __init__(self) -> None:
+            self.services: list[str] = []
+
+        def add_generic_rpc_handlers(self, handlers: tuple) -> None:
+            self.services += [h.service_name() for h in handlers]
+
+        def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+            self.services.append(service)
+
+    server = Server()
+    registry.install(server)  # type: ignore[arg-type]
+    assert sorted(server.services) == ["pkg.Generic", "pkg.Registered"]  # not pkg.Local

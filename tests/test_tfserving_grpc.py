@@ -145,6 +145,11 @@ def test_model_metadata_and_status(channel: grpc.Channel) -> None:
     ]
 
 
+def _proto(dtype: int, dims: list[int], **values: list) -> tensor_pb2.TensorProto:
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
+    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, **values)
+
+
 def _bad_content() -> tensor_pb2.TensorProto:
     tensor = tf.make_tensor_proto(np.zeros((1, 8, 8, 1), np.float32))
     tensor.tensor_content = tensor.tensor_content[:-4]
@@ -162,7 +167,21 @@ PREDICT_ERRORS = [
     (tfs_request("digits", {"image": np.zeros((1, 8, 8), np.float32)}), grpc.StatusCode.INVALID_ARGUMENT,
      "input 'image': shape [1, 8, 8] does not match the model's FLOAT32 [-1, 8, 8, 1]"),
     (tfs_request("digits", {"image": _bad_content()}), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': not a valid TensorProto: cannot reshape array of size 63 into shape (1,8,8,1)"),
+     "input 'image': tensor_content has 252 bytes; shape [1, 8, 8, 1] of DT_FLOAT needs 256"),
+    (tfs_request("digits", {"image": _proto(types_pb2.DT_BFLOAT16, [1, 8, 8, 1], half_val=[16256])}),
+     grpc.StatusCode.INVALID_ARGUMENT, "input 'image': dtype DT_BFLOAT16 is not supported"),
+    (tfs_request("digits", {"image": _proto(types_pb2.DT_COMPLEX64, [1, 8, 8, 1], scomplex_val=[1.0, 0.0])}),
+     grpc.StatusCode.INVALID_ARGUMENT, "input 'image': dtype DT_COMPLEX64 is not supported"),
+    (tfs_request("digits", {"image": _proto(types_pb2.DT_FLOAT, [8_000_000, 8, 8, 1], float_val=[0.5])}),
+     grpc.StatusCode.INVALID_ARGUMENT,
+     "input 'image': shape [8000000, 8, 8, 1] holds 512000000 values, more than the 67108864 bytes allowed "
+     "(MAX_MESSAGE_BYTES)"),
+    (tfs_request("digits", {"image": _proto(types_pb2.DT_FLOAT, [1, 8, 8, 1], float_val=[0.5] * 65)}),
+     grpc.StatusCode.INVALID_ARGUMENT,
+     "input 'image': float_val has 65 values; shape [1, 8, 8, 1] needs 64 (or fewer, the last repeated)"),
+    (tfs_request("digits", {"image": _proto(types_pb2.DT_FLOAT, [1, -1, 8, 1], float_val=[0.5])}),
+     grpc.StatusCode.INVALID_ARGUMENT,
+     "input 'image': tensor_shape [1, -1, 8, 1] must be fully known (no unknown rank, no -1)"),
     (tfs_request("digits", {}), grpc.StatusCode.INVALID_ARGUMENT,
      "inputs: none given; model 'digits' takes 'image' (FLOAT32 [-1, 8, 8, 1])"),
     (tfs_request("digits", {"img": ZEROS}), grpc.StatusCode.INVALID_ARGUMENT,
@@ -208,6 +227,15 @@ def test_output_filter_metadata_field_and_unserved_methods(channel: grpc.Channel
         with pytest.raises(grpc.RpcError) as info:
             call()
         assert (info.value.code(), info.value.details()) == (code, message)
+
+
+def test_the_rest_listeners_in_process_method_is_not_served_over_grpc(channel: grpc.Channel) -> None:
+    from google.protobuf import wrappers_pb2
+
+    call = channel.unary_unary("/serving.v1.TFServingRest/Predict", request_serializer=lambda m: m.SerializeToString())
+    with pytest.raises(grpc.RpcError) as info:
+        call(wrappers_pb2.BytesValue(value=b"{}"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_reflection_lists_the_tensorflow_serving_services(channel: grpc.Channel) -> None:

@@ -14,9 +14,10 @@ HTTP status of the gRPC code (`server.errors`).
 Every request is one call through the dispatcher, so auth (and the rate
 limit), the access log, metrics, tracing, deadlines and batching are the same
 as over gRPC: status and metadata are `GetModel` calls; a predict is the
-in-process method `REST_PREDICT_RPC`, which reads the JSON body only after the
-interceptors admitted the call, converts it with the model's own input dtypes,
-and runs it through the Predictor. Version labels, `:classify` and `:regress`
+in-process method `REST_PREDICT_RPC`, which parses the JSON body only after the
+interceptors admitted the call (the body is read before, as by the shim),
+converts it with the model's own input dtypes, and runs it through the
+Predictor. Version labels, `:classify` and `:regress`
 are not served.
 """
 
@@ -165,11 +166,13 @@ def rest_predict_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
     """The in-process method behind POST ...:predict: TF Serving JSON in and out, through the Predictor."""
 
     def rest_predict(request: wrappers_pb2.BytesValue, context: grpc.ServicerContext) -> wrappers_pb2.BytesValue:
-        name, version = context.model_target  # type: ignore[attr-defined]
+        target = getattr(context, "model_target", None)
+        if target is None:
+            raise Unimplemented(f"{REST_PREDICT_RPC} is served by the TensorFlow Serving REST listener only")
         payload = _parse(request.value)
-        model = predictor.repository.get(name, version)
+        model = predictor.repository.get(*target)
         arrays, columnar = input_arrays(model, payload)
-        model, outputs = predictor.predict_arrays(name, version, arrays, deadline_of(context))
+        outputs = predictor.predict_arrays(model, arrays, deadline_of(context))
         return wrappers_pb2.BytesValue(value=_dumps(predict_json(model, outputs, columnar)))
 
     return grpc.unary_unary_rpc_method_handler(rest_predict)

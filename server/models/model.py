@@ -113,7 +113,10 @@ class LoadedModel:
                     f"inputs: unknown input '{name}'; model '{self.name}' takes {_quoted(self.inputs)}"
                 )
             if array.dtype.newbyteorder("=") != spec.dtype.newbyteorder("="):
-                got = codec.dtype_name(codec.data_type_of(array))
+                try:
+                    got = codec.dtype_name(codec.data_type_of(array))
+                except codec.TensorCodecError:  # a dtype the API has no name for (complex, bfloat16, ...)
+                    got = str(array.dtype)
                 raise InvalidArgument(
                     f"input '{name}': dtype {got} does not match the model's {spec.describe()}"
                 )

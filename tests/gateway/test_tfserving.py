@@ -239,7 +239,7 @@ def test_rate_limited_calls_answer_429_with_retry_after(make_app) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
     first = requests.post(url, data=json.dumps({"instances": [ROW]}), headers=headers, timeout=30)
     second = requests.post(url, data=json.dumps({"instances": [ROW]}), headers=headers, timeout=30)
-    assert first.status_code == 200, first.text  # one call, one token: the body is read inside it
+    assert first.status_code == 200, first.text  # one call, one token: the body is parsed inside it
     assert second.status_code == 429, second.text
     assert list(second.json()) == ["error"]
     assert float(second.headers["Retry-After"]) > 0
