@@ -88,9 +88,11 @@ class RedisServer:
 
 
 class RedisClusterServers:
-    """Three cluster-enabled redis-servers joined with `redis-cli --cluster create` (no replicas)."""
+    """Three masters joined with `redis-cli --cluster create`, with `replicas` replicas each (default none)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, replicas: int = 0, node_timeout_ms: int = 5000) -> None:
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
         self.nodes: list[RedisServer] = []
         try:
             self._create(folder)
@@ -100,26 +102,38 @@ class RedisClusterServers:
         self.address = self.nodes[0].address
 
     def _create(self, folder: Path) -> None:
-        for n in range(3):
+        for n in range(3 * (1 + self.replicas)):
             port = free_port()
             self.nodes.append(RedisServer(folder / f"node-{n}", "--cluster-enabled", "yes", "--cluster-config-file",
-                                          str(folder / f"nodes-{port}.conf"), "--cluster-node-timeout", "5000",
-                                          "--cluster-port", str(free_port()), port=port))
+                                          str(folder / f"nodes-{port}.conf"), "--cluster-node-timeout",
+                                          str(self.node_timeout_ms), "--cluster-port", str(free_port()), port=port))
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(n.address for n in self.nodes), "--cluster-replicas", "0",
-             "--cluster-yes"],
+            ["redis-cli", "--cluster", "create", *(n.address for n in self.nodes), "--cluster-replicas",
+             str(self.replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )
         wait_for(self._ready, 30, "the redis cluster to report cluster_state:ok")
 
     def _ready(self) -> bool:
-        for node in self.nodes:
+        for node in self.live_nodes():
             with redis.Redis(port=node.port, decode_responses=True) as client:
                 info = client.execute_command("CLUSTER INFO")
                 text = info if isinstance(info, str) else str(info)
                 if "cluster_state:ok" not in text and not (isinstance(info, dict) and info.get("cluster_state") == "ok"):
                     return False
         return True
+
+    def live_nodes(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node that a live node's CLUSTER SLOTS names as master for `key`'s slot."""
+        with self.live_nodes()[0].client() as client:
+            slot = client.execute_command("CLUSTER KEYSLOT", key)
+            for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(master[1]))
+        raise AssertionError(f"no master serves {key!r}")
 
     def flush(self) -> None:
         for node in self.nodes:
