@@ -16,16 +16,21 @@ from typing import Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 from server.batching import Batcher, BatchingConfig
 from server.errors import InvalidArgument
 from server.models import codec, images
 from server.models.file_outputs import FileOutput, parse_file_outputs
+from server.models.tensor_proto import tensor_array
 from serving.v1 import model_pb2, tensor_pb2
 
 log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"  # TF Serving's place and format
+MAX_WARMUP_RECORDS = 1000  # as TF Serving
+MAX_WARMUP_BYTES = 256 * 1024 * 1024  # per tensor, decoded
 LABELS_FILE = "labels.txt"
 SERVING_CONFIG = "serving.json"  # per-model batching overrides and file outputs, in models/<name>/
 
@@ -94,8 +99,9 @@ class LoadedModel:
             result = self.call({k: tf.convert_to_tensor(v) for k, v in batch.items()})
         return {k: v.numpy() for k, v in result.items()}
 
-    def warm_up(self) -> None:
-        """Run every batch size the model will see once, so no caller pays for it."""
+    def warm_up(self) -> int:
+        """Run every batch size the model will see once, so no caller pays for it, then the
+        version's TF Serving warm-up records (`assets.extra/tf_serving_warmup_requests`); how many."""
         sizes = self.batching.allowed_batch_sizes or (1,)
         for size in sizes:
             batch = {
@@ -103,6 +109,14 @@ class LoadedModel:
                 for name, spec in self.inputs.items()
             }
             self.run_batch(batch)
+        records = warmup_records(self.path / WARMUP_FILE)
+        for index, inputs in enumerate(records):
+            try:
+                self.validate(inputs)
+            except InvalidArgument as exc:
+                raise ValueError(f"{self.path / WARMUP_FILE}: record {index}: {exc.message}") from None
+            self.run_batch(inputs)
+        return len(records)
 
     def validate(self, inputs: dict[str, np.ndarray]) -> None:
         """Check names, dtypes and shapes against the signature before queueing."""
@@ -190,11 +204,11 @@ def load_model(name: str, version: int, path: Path, device: str, defaults: Batch
         saved_model=loaded,
     )
     model.call = flat_caller(signature, inputs, model.call)
-    model.warm_up()
+    warmed = model.warm_up()
     model.load_seconds = time.monotonic() - started
     log.info(
-        "loaded model %s version %d in %.2fs: inputs %s, outputs %s, %d labels",
-        name, version, model.load_seconds,
+        "loaded model %s version %d in %.2fs (%d warm-up records): inputs %s, outputs %s, %d labels",
+        name, version, model.load_seconds, warmed,
         {k: v.describe() for k, v in inputs.items()},
         {k: v.describe() for k, v in outputs.items()},
         len(model.labels),
@@ -240,6 +254,36 @@ def flat_caller(
     except Exception as exc:  # other TensorFlow versions, other signatures
         log.info("flat signature call unavailable (%s: %s); using the public call", type(exc).__name__, exc)
     return public
+
+
+def warmup_records(path: Path) -> list[dict[str, np.ndarray]]:
+    """The inputs of the predict requests in a TF Serving warm-up file (TFRecord of PredictionLog).
+
+    No file: none. Classify, regress and other logs are skipped (only Predict
+    is served); a record that cannot be read fails the load, as in TF Serving.
+    """
+    if not path.is_file():
+        return []
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    found = []
+    try:
+        for index, raw in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
+            if index >= MAX_WARMUP_RECORDS:
+                raise ValueError(f"more than {MAX_WARMUP_RECORDS} records")
+            entry = prediction_log_pb2.PredictionLog.FromString(raw)
+            if entry.WhichOneof("log_type") != "predict_log":
+                log.warning("%s: record %d is a %s, skipped: only predict logs are replayed",
+                            path, index, entry.WhichOneof("log_type"))
+                continue
+            request = entry.predict_log.request
+            found.append({
+                key: tensor_array(key, tensor, MAX_WARMUP_BYTES) for key, tensor in request.inputs.items()
+            })
+    except (ValueError, DecodeError, InvalidArgument, tf.errors.OpError) as exc:
+        reason = exc.message if isinstance(exc, (InvalidArgument, tf.errors.OpError)) else str(exc)
+        raise ValueError(f"{path}: cannot read the warm-up records: {reason}") from None
+    return found
 
 
 def _random_rows(rng: np.random.Generator, spec: TensorInfo, rows: int) -> np.ndarray:
