@@ -144,7 +144,7 @@ class TFServingRest(LoopServer):
         if verb == ":predict":
             answer = reply.value
         else:
-            answer = _dumps(metadata_json(reply.model) if verb == "/metadata" else status_json(reply.model))
+            answer = _dumps(metadata_json(reply.model) if verb == "/metadata" else status_json(reply.model, version))
         return web.Response(body=answer, content_type="application/json", headers=context.response_headers())
 
     async def _invoke(self, call: RpcCall, build: Callable[[], Any]) -> Any:
@@ -334,13 +334,11 @@ def _bytes_json(value: bytes, binary: bool) -> Any:
     return {"b64": base64.b64encode(value).decode()}
 
 
-def status_json(metadata: model_pb2.ModelMetadata) -> dict[str, Any]:
-    """GetModelStatus: the served version, AVAILABLE."""
-    return {
-        "model_version_status": [
-            {"version": str(metadata.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-        ]
-    }
+def status_json(metadata: model_pb2.ModelMetadata, version: int = 0) -> dict[str, Any]:
+    """GetModelStatus: the served versions (or the one asked for), AVAILABLE."""
+    versions = [version] if version else list(metadata.served_versions) or [metadata.version]
+    ok = {"error_code": "OK", "error_message": ""}
+    return {"model_version_status": [{"version": str(v), "state": "AVAILABLE", "status": ok} for v in versions]}
 
 
 def metadata_json(metadata: model_pb2.ModelMetadata) -> dict[str, Any]:

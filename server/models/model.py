@@ -147,12 +147,13 @@ class LoadedModel:
             spec = self.inputs[missing[0]]
             raise InvalidArgument(f"inputs: missing input '{spec.name}' ({spec.describe()})")
 
-    def metadata(self, available_versions: list[int]) -> model_pb2.ModelMetadata:
+    def metadata(self, available_versions: list[int], served_versions: list[int] | None = None) -> model_pb2.ModelMetadata:
         batching = self.batching
         return model_pb2.ModelMetadata(
             name=self.name,
             version=self.version,
             available_versions=available_versions,
+            served_versions=served_versions or [self.version],
             platform=f"tensorflow_savedmodel (TensorFlow {tf.__version__})",
             signature_name=SIGNATURE,
             inputs=[s.to_proto() for s in self.inputs.values()],
@@ -189,7 +190,7 @@ def load_model(name: str, version: int, path: Path, device: str, defaults: Batch
     _, input_specs = signature.structured_input_signature
     inputs = {k: _info(k, s) for k, s in sorted(input_specs.items())}
     outputs = {k: _info(k, s) for k, s in sorted(signature.structured_outputs.items())}
-    config = _serving_config(path.parent)
+    config = serving_config(path.parent)
     model = LoadedModel(
         name=name,
         version=version,
@@ -310,7 +311,7 @@ def _read_labels(path: Path) -> list[str]:
     return []
 
 
-def _serving_config(model_root: Path) -> dict:
+def serving_config(model_root: Path) -> dict:
     """The model's serving.json ({} when there is none)."""
     config_file = model_root / SERVING_CONFIG
     if not config_file.is_file():

@@ -1,28 +1,34 @@
 """The model repository: MODEL_DIR/<name>/<version>/ SavedModels (TF-Serving layout).
 
 Every model directory's highest numeric version that holds a `saved_model.pb`
-is loaded and served. Other entries (sample files, `labels.txt`,
-`serving.json`) are ignored.
+is loaded and served, or the versions its `serving.json` "version_policy"
+names (`version_policy()`: the latest N, all, or specific ones, as in TF
+Serving and Triton). Other entries (sample files, `labels.txt`) are ignored.
 
 With `poll_seconds` > 0 (MODEL_POLL_SECONDS) a thread looks at the directory
 again at that interval, as TF Serving's file-system polling does: a new
 newest version (or a new model) is loaded and warmed up while the current one
-keeps serving, then takes over; the version it replaced, or a model whose
-directory is gone, is unloaded `retire_seconds` later, once calls that already
-hold it are done. A version that fails to load is logged and skipped until
-its files change; the version being served stays.
+keeps serving, then takes over; a version the policy no longer wants, or a
+model whose directory is gone, is unloaded `retire_seconds` later, once calls
+that already hold it are done. A version that fails to load is logged and
+skipped until its files change; the versions being served stay.
+
+The served versions of a model are a dict replaced whole on every change
+(never changed in place), so readers need no lock.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from server.batching import BatchingConfig
 from server.errors import NotFound, Unavailable
-from server.models.model import LoadedModel, load_model
+from server.models.model import LoadedModel, load_model, serving_config
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,30 @@ def find_versions(model_dir: Path) -> dict[str, list[int]]:
         if versions:
             found[model_root.name] = sorted(versions, reverse=True)
     return found
+
+
+VersionPolicy = Callable[[list[int]], list[int]]  # versions found, newest first -> versions to serve
+
+
+def version_policy(raw: object, where: str) -> VersionPolicy:
+    """serving.json's "version_policy": "latest" (the default), {"latest": N}, "all" or {"specific": [v, ...]}."""
+    if raw is None or raw == "latest":
+        return lambda found: found[:1]
+    if raw == "all":
+        return lambda found: list(found)
+    if isinstance(raw, dict) and len(raw) == 1:
+        (kind, value), = raw.items()
+        if kind == "latest" and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return lambda found: found[:value]
+        if kind == "specific" and isinstance(value, list) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+        ):
+            wanted = set(value)
+            return lambda found: [v for v in found if v in wanted]
+    raise ValueError(
+        f'{where}: version_policy must be "latest", "all", {{"latest": N}} (N >= 1) or '
+        f'{{"specific": [versions]}}; got {json.dumps(raw)}'
+    )
 
 
 RETRY_FAILED_SECONDS = 300.0  # a version that failed to load is tried again after this, or when its files change
@@ -75,12 +105,13 @@ class ModelRepository:
         self.poll_seconds = poll_seconds
         self.retire_seconds = retire_seconds
         self.versions: dict[str, list[int]] = {}
-        self._models: dict[str, LoadedModel] = {}
+        self._models: dict[str, dict[int, LoadedModel]] = {}  # name -> served versions (replaced, never mutated)
         self._lock = threading.Lock()
         self.ready = threading.Event()
         # (name, version) -> (its files, time.monotonic()) when it failed to load
         self._failed: dict[tuple[str, int], tuple[tuple[int, float] | None, float]] = {}
         self._missing: dict[str, int] = {}  # served model -> polls in a row that did not find it
+        self._policy_problems: dict[str, str] = {}  # model -> the last policy problem logged
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._retiring: dict[int, tuple[threading.Timer, LoadedModel]] = {}
@@ -93,28 +124,48 @@ class ModelRepository:
                 f"no models in {self.model_dir.resolve()}: expected <name>/<version>/saved_model.pb"
             )
         for name, versions in self.versions.items():
-            model = load_model(name, versions[0], self.model_dir / name / str(versions[0]), self.device, self.batching)
-            with self._lock:
-                self._models[name] = model
+            wanted = self._wanted(name, versions)
+            if not wanted:
+                raise RuntimeError(f"model {name}: its version_policy serves none of the versions found {versions}")
+            for version in wanted:
+                model = load_model(name, version, self.model_dir / name / str(version), self.device, self.batching)
+                with self._lock:
+                    self._models[name] = {**self._models.get(name, {}), version: model}
         self.ready.set()
+
+    def _wanted(self, name: str, versions: list[int]) -> list[int]:
+        """The versions (newest first) the model's policy serves out of `versions`; ValueError if it is invalid."""
+        model_root = self.model_dir / name
+        policy = version_policy(serving_config(model_root).get("version_policy"), str(model_root / "serving.json"))
+        return policy(versions)
 
     def get(self, name: str, version: int = 0) -> LoadedModel:
         """The loaded model; NotFound for unknown names or versions not served."""
-        model = self._models.get(name)
-        if model is None:
+        served = self._models.get(name)
+        if not served:
             if not self.ready.is_set():
                 raise Unavailable(f"models are still loading; model '{name}' cannot be served yet")
             known = ", ".join(f"'{n}'" for n in self.versions) or "none"
             raise NotFound(f"model '{name}' not found; available models: {known}")
-        if version and version != model.version:
-            raise NotFound(
-                f"version {version} of model '{name}' is not served; served version: {model.version}"
-            )
+        if not version:
+            return served[max(served)]
+        model = served.get(version)
+        if model is None:
+            listed = ", ".join(str(v) for v in sorted(served, reverse=True))
+            plural = "s" if len(served) > 1 else ""
+            raise NotFound(f"version {version} of model '{name}' is not served; served version{plural}: {listed}")
         return model
 
+    def served(self, name: str) -> list[LoadedModel]:
+        """The served versions of a model, newest first; NotFound (or Unavailable) as `get`."""
+        self.get(name)
+        served = self._models.get(name, {})
+        return [served[v] for v in sorted(served, reverse=True)]
+
     def models(self) -> list[LoadedModel]:
+        """Every served version, by model name, newest version first."""
         with self._lock:
-            return list(self._models.values())
+            return [served[v] for _, served in sorted(self._models.items()) for v in sorted(served, reverse=True)]
 
     def versions_of(self, model: LoadedModel) -> list[int]:
         """The versions found on disk for a model, newest first (at least the one served)."""
@@ -144,34 +195,60 @@ class ModelRepository:
             if self._stop.is_set():
                 return
             self._missing.pop(name, None)
-            current = self._models.get(name)
-            if current is None or current.version != versions[0]:
-                self._load_new(name, versions[0], current, versions)
+            self._follow_policy(name, versions)
         for name in [n for n in self._models if n not in found]:
             self._missing[name] = self._missing.get(name, 0) + 1
             if self._missing[name] < 2:  # absent twice in a row before it is unloaded
                 continue
             with self._lock:
-                model = self._models.pop(name)
+                gone = self._models.pop(name)
                 self.versions.pop(name, None)
             del self._missing[name]
-            log.info("model %s: its directory is gone; unloading version %d", name, model.version)
-            self._retire(model)
+            log.info("model %s: its directory is gone; unloading %s", name, _versions(gone))
+            for model in gone.values():
+                self._retire(model)
         with self._lock:
-            for name, model in self._models.items():
-                self.versions[name] = found.get(name, self.versions.get(name, [model.version]))
+            for name, served in self._models.items():
+                self.versions[name] = found.get(name, self.versions.get(name, sorted(served, reverse=True)))
 
-    def _load_new(self, name: str, version: int, current: LoadedModel | None, versions: list[int]) -> None:
+    def _follow_policy(self, name: str, versions: list[int]) -> None:
+        """Load the versions the policy wants that are not served; then retire the ones it no longer wants."""
+        try:
+            wanted = self._wanted(name, versions)
+            problem = "" if wanted else f"its version_policy serves none of the versions found {versions}"
+        except (ValueError, OSError) as exc:
+            wanted, problem = [], str(exc)
+        if problem:
+            if self._policy_problems.get(name) != problem:
+                log.error("model %s: %s; the served versions stay", name, problem)
+                self._policy_problems[name] = problem
+            return
+        self._policy_problems.pop(name, None)
+        for version in wanted:
+            if version not in self._models.get(name, {}):
+                self._load_version(name, version)
+        served = self._models.get(name, {})
+        unwanted = [v for v in served if v not in wanted]
+        if not unwanted or not any(v in served for v in wanted):
+            return  # nothing to retire, or nothing wanted could be loaded: keep serving what is there
+        with self._lock:
+            self._models[name] = {v: m for v, m in served.items() if v in wanted}
+        log.info("model %s: now serving %s; unloading %s", name, _versions(self._models[name]), _versions(unwanted))
+        for version in unwanted:
+            self._retire(served[version])
+
+    def _load_version(self, name: str, version: int) -> None:
         path = self.model_dir / name / str(version)
         signature = files_signature(path)
         failed = self._failed.get((name, version))
         if failed is not None and failed[0] == signature and time.monotonic() < failed[1] + RETRY_FAILED_SECONDS:
             return  # failed before, and its files have not changed since
+        served = self._models.get(name, {})
         try:
             model = load_model(name, version, path, self.device, self.batching)
         except Exception as exc:
             self._failed[(name, version)] = (signature, time.monotonic())
-            serving = f"; still serving version {current.version}" if current is not None else ""
+            serving = f"; still serving {_versions(served)}" if served else ""
             log.error("model %s: version %d failed to load (%s: %s)%s", name, version, type(exc).__name__, exc, serving)
             return
         self._failed.pop((name, version), None)
@@ -179,13 +256,8 @@ class ModelRepository:
             model.close(drain=False)
             return
         with self._lock:
-            self._models[name] = model
-            self.versions[name] = versions
-        if current is None:
-            log.info("model %s: version %d loaded and serving", name, version)
-        else:
-            log.info("model %s: version %d now serving instead of version %d", name, version, current.version)
-            self._retire(current)
+            self._models[name] = {**self._models.get(name, {}), version: model}
+        log.info("model %s: version %d loaded and serving", name, version)
 
     def _retire(self, model: LoadedModel) -> None:
         """Unload a model no longer served, after calls that already hold it had time to finish."""
@@ -214,3 +286,9 @@ class ModelRepository:
             model.close(drain=drain)
         for model in self.models():
             model.close(drain=drain)
+
+
+def _versions(versions: object) -> str:
+    """"version 1" or "versions 2, 1" for versions (or a dict keyed by them), newest first."""
+    ordered = sorted(versions, reverse=True)  # type: ignore[call-overload]
+    return ("version " if len(ordered) == 1 else "versions ") + ", ".join(str(v) for v in ordered)

@@ -88,7 +88,7 @@ class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceS
 
 
 class TFServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus of TensorFlow Serving's ModelService: the served version, AVAILABLE."""
+    """GetModelStatus of TensorFlow Serving's ModelService: the served versions, AVAILABLE."""
 
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
@@ -101,11 +101,12 @@ class TFServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
         name, version = model_of(request.model_spec)
-        model = self.repository.get(name, version)
+        models = [self.repository.get(name, version)] if version else self.repository.served(name)
         response = get_model_status_pb2.GetModelStatusResponse()
-        response.model_version_status.add(
-            version=model.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
-        )
+        for model in models:
+            response.model_version_status.add(
+                version=model.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            )
         return response
 
 

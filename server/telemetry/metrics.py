@@ -161,11 +161,15 @@ class _ModelCollector(Collector):
             labels=["model"],
         )
         version = GaugeMetricFamily("serving_model_version", "The version of a model being served", labels=["model"])
-        names = set()
-        for model in self.models():
-            names.add(model.name)
-            version.add_metric([model.name], model.version)
-            depth.add_metric([model.name], model.batcher.queue_depth)
+        newest: dict[str, int] = {}
+        queued: dict[str, int] = {}
+        for model in self.models():  # one per served version: the newest version, the queues summed
+            newest[model.name] = max(newest.get(model.name, 0), model.version)
+            queued[model.name] = queued.get(model.name, 0) + model.batcher.queue_depth
+        for name in sorted(newest):
+            version.add_metric([name], newest[name])
+            depth.add_metric([name], queued[name])
+        names = set(newest)
         with self._lock:
             counts = dict(self._refused)
         names.update(name for name, _ in counts)

@@ -42,7 +42,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., allowed_batch_sizes: _Optional[_Iterable[int]] = ..., max_queue_size: _Optional[int] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("name", "version", "available_versions", "platform", "signature_name", "inputs", "outputs", "labels", "classification_output", "image_inputs", "batching", "device", "state", "file_outputs")
+    __slots__ = ("name", "version", "available_versions", "platform", "signature_name", "inputs", "outputs", "labels", "classification_output", "image_inputs", "batching", "device", "state", "file_outputs", "served_versions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class ModelMetadata(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     FILE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     available_versions: _containers.RepeatedScalarFieldContainer[int]
@@ -71,7 +72,8 @@ class ModelMetadata(_message.Message):
     device: str
     state: ModelState
     file_outputs: _containers.RepeatedCompositeFieldContainer[FileOutputInfo]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., platform: _Optional[str] = ..., signature_name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., classification_output: _Optional[str] = ..., image_inputs: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., device: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., file_outputs: _Optional[_Iterable[_Union[FileOutputInfo, _Mapping]]] = ...) -> None: ...
+    served_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., platform: _Optional[str] = ..., signature_name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., classification_output: _Optional[str] = ..., image_inputs: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., device: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., file_outputs: _Optional[_Iterable[_Union[FileOutputInfo, _Mapping]]] = ..., served_versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FileOutputInfo(_message.Message):
     __slots__ = ("output", "format", "content_type")
