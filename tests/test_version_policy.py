@@ -12,6 +12,7 @@ import requests
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from client.messages import predict_request, tensor_inputs
+from server.errors import NotFound, Unavailable
 from server.models.repository import version_policy
 from serving.v1 import predict_pb2
 from tests.conftest import digits_rows
@@ -104,7 +105,33 @@ def test_a_specific_version_stays_pinned_until_the_policy_changes(make_app, repo
     assert len(problems) == 1 and problems[0].endswith("; the served versions stay")
     assert predicted_version(app, 0) == 1
 
+    first = app.repository.get("digits", 1)
     set_policy(repository, {"specific": [2]})
     app.repository.poll_once()
     assert status_versions(app) == [2]
     assert predicted_version(app, 0) == 2
+    wait_for(lambda: first.batcher._closed, 30, "version 1 to be unloaded")
+
+
+def test_a_failed_new_version_retires_nothing(make_app, repository: Path) -> None:
+    set_policy(repository, {"latest": 2})
+    app = make_app(model_dir=repository)
+    broken = repository / "digits" / "3"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    for _ in range(2):
+        app.repository.poll_once()
+    assert status_versions(app) == [2, 1]  # not [2]: version 1 stays until 3 is really served
+    assert [predicted_version(app, v) for v in (1, 2, 0)] == [1, 2, 2]
+
+
+def test_a_version_still_loading_is_unavailable_not_missing(make_app, repository: Path) -> None:
+    app = make_app(model_dir=repository)
+    app.repository.ready.clear()  # as during start-up, while the other versions load
+    try:
+        with pytest.raises(Unavailable, match="models are still loading; version 1 of model 'digits'"):
+            app.repository.get("digits", 1)
+    finally:
+        app.repository.ready.set()
+    with pytest.raises(NotFound, match="version 1 of model 'digits' is not served; served version: 2"):
+        app.repository.get("digits", 1)

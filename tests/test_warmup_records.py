@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_
 
 from server.batching import BatchingConfig
 from server.models.model import WARMUP_FILE, load_model
-from tests.servers import MODEL_DIR
+from tests.servers import MODEL_DIR, wait_for
 
 
 def predict_log(**inputs: np.ndarray) -> prediction_log_pb2.PredictionLog:
@@ -70,11 +71,18 @@ def test_without_a_warmup_file_nothing_is_replayed(tmp_path: Path) -> None:
     ([predict_log(image=np.zeros((1, 8, 8, 1), np.float32)), predict_log(img=np.zeros((1, 8, 8, 1), np.float32))],
      "record 1: inputs: unknown input 'img'; model 'digits' takes 'image'"),
     ([b"not a PredictionLog at all \xff"], "cannot read the warm-up records: "),
+    ([prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog()),
+      predict_log(image=np.zeros((1, 8, 8, 1)))],
+     "record 1: input 'image': dtype FLOAT64"),  # numbered as in the file, skipped records included
 ])
 def test_a_bad_record_fails_the_load_naming_it(tmp_path: Path, records: list, message: str) -> None:
     version = version_with_records(tmp_path, records)
+    batchers = {t for t in threading.enumerate() if t.name == "batcher-digits"}
     with pytest.raises(ValueError) as info:
         load(version)
+    # the failed version's Batcher thread is gone (it would keep the model in memory)
+    wait_for(lambda: {t for t in threading.enumerate() if t.name == "batcher-digits"} <= batchers, 10,
+             "the failed version's batcher thread to end")
     assert str(info.value).startswith(f"{version / WARMUP_FILE}: ")
     assert message in str(info.value)
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -109,14 +109,15 @@ class LoadedModel:
                 for name, spec in self.inputs.items()
             }
             self.run_batch(batch)
-        records = warmup_records(self.path / WARMUP_FILE)
-        for index, inputs in enumerate(records):
+        replayed = 0
+        for index, inputs in warmup_records(self.path / WARMUP_FILE):
             try:
                 self.validate(inputs)
             except InvalidArgument as exc:
                 raise ValueError(f"{self.path / WARMUP_FILE}: record {index}: {exc.message}") from None
             self.run_batch(inputs)
-        return len(records)
+            replayed += 1
+        return replayed
 
     def validate(self, inputs: dict[str, np.ndarray]) -> None:
         """Check names, dtypes and shapes against the signature before queueing."""
@@ -204,8 +205,12 @@ def load_model(name: str, version: int, path: Path, device: str, defaults: Batch
         signature=signature,
         saved_model=loaded,
     )
-    model.call = flat_caller(signature, inputs, model.call)
-    warmed = model.warm_up()
+    try:
+        model.call = flat_caller(signature, inputs, model.call)
+        warmed = model.warm_up()
+    except BaseException:
+        model.close(drain=False)  # its Batcher's thread would otherwise keep the model alive
+        raise
     model.load_seconds = time.monotonic() - started
     log.info(
         "loaded model %s version %d in %.2fs (%d warm-up records): inputs %s, outputs %s, %d labels",
@@ -257,17 +262,17 @@ def flat_caller(
     return public
 
 
-def warmup_records(path: Path) -> list[dict[str, np.ndarray]]:
-    """The inputs of the predict requests in a TF Serving warm-up file (TFRecord of PredictionLog).
+def warmup_records(path: Path) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(record number, inputs) of each predict request in a TF Serving warm-up file, read one at a time.
 
-    No file: none. Classify, regress and other logs are skipped (only Predict
-    is served); a record that cannot be read fails the load, as in TF Serving.
+    The file is a TFRecord of PredictionLog. No file: nothing. Classify,
+    regress and other logs are skipped (only Predict is served); a record
+    that cannot be read fails the load, as in TF Serving.
     """
     if not path.is_file():
-        return []
+        return
     from tensorflow_serving.apis import prediction_log_pb2
 
-    found = []
     try:
         for index, raw in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
             if index >= MAX_WARMUP_RECORDS:
@@ -277,14 +282,14 @@ def warmup_records(path: Path) -> list[dict[str, np.ndarray]]:
                 log.warning("%s: record %d is a %s, skipped: only predict logs are replayed",
                             path, index, entry.WhichOneof("log_type"))
                 continue
-            request = entry.predict_log.request
-            found.append({
-                key: tensor_array(key, tensor, MAX_WARMUP_BYTES) for key, tensor in request.inputs.items()
-            })
+            inputs = {
+                key: tensor_array(key, tensor, MAX_WARMUP_BYTES, "the warm-up limit")
+                for key, tensor in entry.predict_log.request.inputs.items()
+            }
+            yield index, inputs
     except (ValueError, DecodeError, InvalidArgument, tf.errors.OpError) as exc:
         reason = exc.message if isinstance(exc, (InvalidArgument, tf.errors.OpError)) else str(exc)
         raise ValueError(f"{path}: cannot read the warm-up records: {reason}") from None
-    return found
 
 
 def _random_rows(rng: np.random.Generator, spec: TensorInfo, rows: int) -> np.ndarray:
@@ -316,7 +321,10 @@ def serving_config(model_root: Path) -> dict:
     config_file = model_root / SERVING_CONFIG
     if not config_file.is_file():
         return {}
-    raw = json.loads(config_file.read_text())
+    try:
+        raw = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{config_file}: not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{config_file}: expected a JSON object")
     return raw

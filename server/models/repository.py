@@ -13,8 +13,9 @@ model whose directory is gone, is unloaded `retire_seconds` later, once calls
 that already hold it are done. A version that fails to load is logged and
 skipped until its files change; the versions being served stay.
 
-The served versions of a model are a dict replaced whole on every change
-(never changed in place), so readers need no lock.
+The served versions of a model, the map of models and the versions found are
+dicts replaced whole on every change (never changed in place), so readers
+need no lock.
 """
 
 from __future__ import annotations
@@ -129,8 +130,7 @@ class ModelRepository:
                 raise RuntimeError(f"model {name}: its version_policy serves none of the versions found {versions}")
             for version in wanted:
                 model = load_model(name, version, self.model_dir / name / str(version), self.device, self.batching)
-                with self._lock:
-                    self._models[name] = {**self._models.get(name, {}), version: model}
+                self._set_served(name, {**self._models.get(name, {}), version: model})
         self.ready.set()
 
     def _wanted(self, name: str, versions: list[int]) -> list[int]:
@@ -150,6 +150,8 @@ class ModelRepository:
         if not version:
             return served[max(served)]
         model = served.get(version)
+        if model is None and not self.ready.is_set():
+            raise Unavailable(f"models are still loading; version {version} of model '{name}' cannot be served yet")
         if model is None:
             listed = ", ".join(str(v) for v in sorted(served, reverse=True))
             plural = "s" if len(served) > 1 else ""
@@ -158,8 +160,10 @@ class ModelRepository:
 
     def served(self, name: str) -> list[LoadedModel]:
         """The served versions of a model, newest first; NotFound (or Unavailable) as `get`."""
-        self.get(name)
-        served = self._models.get(name, {})
+        served = self._models.get(name)
+        if not served:
+            self.get(name)  # raises NotFound or Unavailable
+            return []
         return [served[v] for v in sorted(served, reverse=True)]
 
     def models(self) -> list[LoadedModel]:
@@ -201,15 +205,18 @@ class ModelRepository:
             if self._missing[name] < 2:  # absent twice in a row before it is unloaded
                 continue
             with self._lock:
-                gone = self._models.pop(name)
-                self.versions.pop(name, None)
+                gone = self._models[name]
+                self._models = {n: m for n, m in self._models.items() if n != name}
+                self.versions = {n: v for n, v in self.versions.items() if n != name}
             del self._missing[name]
             log.info("model %s: its directory is gone; unloading %s", name, _versions(gone))
             for model in gone.values():
                 self._retire(model)
-        with self._lock:
-            for name, served in self._models.items():
-                self.versions[name] = found.get(name, self.versions.get(name, sorted(served, reverse=True)))
+        with self._lock:  # replaced whole: `get` reads it without the lock
+            self.versions = {
+                name: found.get(name, self.versions.get(name, sorted(served, reverse=True)))
+                for name, served in self._models.items()
+            }
 
     def _follow_policy(self, name: str, versions: list[int]) -> None:
         """Load the versions the policy wants that are not served; then retire the ones it no longer wants."""
@@ -229,10 +236,9 @@ class ModelRepository:
                 self._load_version(name, version)
         served = self._models.get(name, {})
         unwanted = [v for v in served if v not in wanted]
-        if not unwanted or not any(v in served for v in wanted):
-            return  # nothing to retire, or nothing wanted could be loaded: keep serving what is there
-        with self._lock:
-            self._models[name] = {v: m for v, m in served.items() if v in wanted}
+        if not unwanted or not all(v in served for v in wanted):
+            return  # nothing to retire, or a wanted version is not loaded (yet): keep serving what is there
+        self._set_served(name, {v: m for v, m in served.items() if v in wanted})
         log.info("model %s: now serving %s; unloading %s", name, _versions(self._models[name]), _versions(unwanted))
         for version in unwanted:
             self._retire(served[version])
@@ -255,9 +261,12 @@ class ModelRepository:
         if self._stop.is_set():  # shutting down while it loaded
             model.close(drain=False)
             return
-        with self._lock:
-            self._models[name] = {**self._models.get(name, {}), version: model}
+        self._set_served(name, {**self._models.get(name, {}), version: model})
         log.info("model %s: version %d loaded and serving", name, version)
+
+    def _set_served(self, name: str, served: dict[int, LoadedModel]) -> None:
+        with self._lock:
+            self._models = {**self._models, name: served}
 
     def _retire(self, model: LoadedModel) -> None:
         """Unload a model no longer served, after calls that already hold it had time to finish."""

@@ -34,7 +34,9 @@ VALUE_FIELDS = {
 }
 
 
-def tensor_array(name: str, tensor: tensor_pb2.TensorProto, max_bytes: int) -> np.ndarray:
+def tensor_array(
+    name: str, tensor: tensor_pb2.TensorProto, max_bytes: int, limit: str = "MAX_MESSAGE_BYTES"
+) -> np.ndarray:
     """A TensorProto as an array, or InvalidArgument naming the input (at most `max_bytes` once decoded)."""
     dtype = NUMPY_DTYPES.get(tensor.dtype)
     if dtype is None:
@@ -46,7 +48,7 @@ def tensor_array(name: str, tensor: tensor_pb2.TensorProto, max_bytes: int) -> n
     count = math.prod(dims)
     if count * max(dtype.itemsize, 1) > max_bytes:
         raise InvalidArgument(
-            f"input '{name}': shape {dims} holds {count} values, more than the {max_bytes} bytes allowed (MAX_MESSAGE_BYTES)"
+            f"input '{name}': shape {dims} holds {count} values, more than the {max_bytes} bytes allowed ({limit})"
         )
     if tensor.tensor_content:
         if len(tensor.tensor_content) != count * dtype.itemsize:

@@ -7,11 +7,10 @@ import uuid
 
 import grpc
 
-from server.models.model import LoadedModel
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
 from server.tasks.predictions import PredictionTasks
-from serving.v1 import model_pb2, predict_pb2, predict_pb2_grpc
+from serving.v1 import predict_pb2, predict_pb2_grpc
 
 NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
 
@@ -55,11 +54,14 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
 
     def GetModel(self, request: predict_pb2.GetModelRequest, context: grpc.ServicerContext) -> predict_pb2.GetModelResponse:
         model = self.repository.get(request.model, request.version)
-        return predict_pb2.GetModelResponse(model=self._metadata(model))
+        served = [m.version for m in self.repository.served(model.name)]
+        return predict_pb2.GetModelResponse(model=model.metadata(self.repository.versions_of(model), served))
 
     def ListModels(self, request: predict_pb2.ListModelsRequest, context: grpc.ServicerContext) -> predict_pb2.ListModelsResponse:
-        return predict_pb2.ListModelsResponse(models=[self._metadata(m) for m in self.repository.models()])
-
-    def _metadata(self, model: LoadedModel) -> model_pb2.ModelMetadata:
-        served = [m.version for m in self.repository.models() if m.name == model.name]
-        return model.metadata(self.repository.versions_of(model), served)
+        models = self.repository.models()
+        served: dict[str, list[int]] = {}
+        for model in models:  # newest first per model
+            served.setdefault(model.name, []).append(model.version)
+        return predict_pb2.ListModelsResponse(
+            models=[m.metadata(self.repository.versions_of(m), served[m.name]) for m in models]
+        )
