@@ -127,6 +127,7 @@ class App:
             metrics=self.telemetry.metrics.exposition,
             files_root=None if settings.aws_bucket else settings.upload_dir,
             ssl_context=server_ssl_context(settings),
+            admits=self.telemetry.authenticator.admits,
         )
 
     def _tfserving_rest(self) -> TFServingRest | None:
@@ -140,6 +141,7 @@ class App:
             max_body_bytes=settings.max_http_body_bytes or settings.max_message_bytes,
             max_workers=settings.http_max_workers,
             ssl_context=server_ssl_context(settings),
+            admits=self.telemetry.authenticator.admits,
         )
 
     def _health_only_server(self, address: str) -> tuple[grpc.Server | None, int]:

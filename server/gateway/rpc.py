@@ -25,7 +25,7 @@ from server.errors import InvalidArgument
 from server.gateway import multipart
 from server.gateway.bodies import feed_lines, read_body
 from server.gateway.calls import CallFailed, End, FromLoop, RequestStream, RpcCall, ToLoop
-from server.gateway.context import HttpServicerContext, metadata_from_headers, peer_of, timeout_from_headers
+from server.gateway.context import HttpServicerContext, Metadata, metadata_from_headers, peer_of, timeout_from_headers
 from server.gateway.responses import JSON, NDJSON, error_response
 from server.gateway.routes import Route
 from server.gateway.transcode import build_request, error_line, parse_stream_line
@@ -33,6 +33,8 @@ from serving.v1 import model_pb2, predict_pb2
 
 GET_MODEL_RPC = "/serving.v1.PredictService/GetModel"
 Build = Callable[[], "Message | RequestStream"]
+# (full method name, metadata) -> whether the caller may be read from (auth off, method exempt, or a valid key)
+Admits = Callable[[str, Metadata], bool]
 
 
 def context_for(request: web.Request, route: str) -> HttpServicerContext:
@@ -50,10 +52,13 @@ def failure_response(failed: CallFailed, context: HttpServicerContext) -> web.Re
 class RpcHandler:
     """Serves the routes' RPCs through the dispatcher, in the worker pool."""
 
-    def __init__(self, dispatcher: Dispatcher, executor: Executor, max_body_bytes: int) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, executor: Executor, max_body_bytes: int, admits: Admits | None = None
+    ) -> None:
         self.dispatcher = dispatcher
         self.executor = executor
         self.max_body_bytes = max_body_bytes
+        self.admits = admits or admit_all
 
     async def handle(self, request: web.Request, route: Route, variables: dict[str, str]) -> web.StreamResponse:
         context = context_for(request, f"{route.http_method} {route.template.template}")
@@ -61,7 +66,11 @@ class RpcHandler:
         feeder: Awaitable[None] | None = None
         build: Build
         loop = asyncio.get_running_loop()
-        if request.content_type == multipart.MULTIPART:
+        if not self.admits(route.rpc, context.invocation_metadata()):
+            # No valid key: the body is never read; the call still goes through the interceptors,
+            # which answer UNAUTHENTICATED and log it.
+            build = partial(unread_request, route, loop)
+        elif request.content_type == multipart.MULTIPART:
             if route.rpc == multipart.PREDICT_RPC:
                 form = await multipart.read_form(request, self.max_body_bytes)
                 build = partial(multipart.predict_request, form, variables, self._model_metadata(context))
@@ -163,6 +172,19 @@ class RpcHandler:
         response = web.StreamResponse(headers={"Content-Type": NDJSON, **context.response_headers()})
         await response.prepare(request)
         return response
+
+
+def admit_all(method: str, metadata: Metadata) -> bool:
+    return True
+
+
+def unread_request(route: Route, loop: asyncio.AbstractEventLoop) -> Message | RequestStream:
+    """The request of a call whose body is not read: empty (an empty stream for client streams)."""
+    if not route.client_streaming:
+        return route.new_request()
+    empty: FromLoop[Message] = FromLoop(loop)
+    empty.end()
+    return RequestStream(empty, _as_is)
 
 
 def _as_is(message: Message, number: int) -> Message:

@@ -37,7 +37,7 @@ from server.gateway.listener import LoopServer
 from server.gateway.openapi import openapi_document
 from server.gateway.responses import MethodNotAllowed, dumps, error_response, json_response
 from server.gateway.routes import Router, build_routes
-from server.gateway.rpc import RpcHandler, context_for
+from server.gateway.rpc import Admits, RpcHandler, context_for
 
 log = logging.getLogger("server.gateway")
 
@@ -60,6 +60,7 @@ class HttpGateway(LoopServer):
         files_root: Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
         pool: descriptor_pool.DescriptorPool | None = None,
+        admits: Admits | None = None,
     ) -> None:
         super().__init__(address, "HTTP_SERVER_ADDRESS", "http-gateway", ssl_context)
         self.dispatcher = dispatcher
@@ -69,7 +70,7 @@ class HttpGateway(LoopServer):
         self.metrics = metrics
         self.files_root = files_root
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="http")
-        self.rpc = RpcHandler(dispatcher, self.executor, max_body_bytes)
+        self.rpc = RpcHandler(dispatcher, self.executor, max_body_bytes, admits)
         self.system: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
             "/openapi.json": self._openapi,
             "/healthz": self._healthz,

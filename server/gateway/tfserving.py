@@ -15,8 +15,8 @@ Every request is one call through the dispatcher, so auth (and the rate
 limit), the access log, metrics, tracing, deadlines and batching are the same
 as over gRPC: status and metadata are `GetModel` calls; a predict is the
 in-process method `REST_PREDICT_RPC`, which parses the JSON body only after the
-interceptors admitted the call (the body is read before, as by the shim),
-converts it with the model's own input dtypes, and runs it through the
+interceptors admitted the call (without a valid key the body is not even
+read), converts it with the model's own input dtypes, and runs it through the
 Predictor. Version labels, `:classify` and `:regress`
 are not served.
 """
@@ -44,7 +44,7 @@ from server.errors import InvalidArgument, NotFound, ServingError, Unimplemented
 from server.gateway.bodies import read_body
 from server.gateway.calls import CallFailed, RpcCall
 from server.gateway.listener import LoopServer
-from server.gateway.rpc import context_for, retrieve_outcome
+from server.gateway.rpc import Admits, admit_all, context_for, retrieve_outcome
 from server.models import codec
 from server.models.model import SIGNATURE, LoadedModel, TensorInfo
 from server.predictor import Predictor
@@ -89,10 +89,12 @@ class TFServingRest(LoopServer):
         max_body_bytes: int,
         max_workers: int,
         ssl_context: ssl.SSLContext | None = None,
+        admits: Admits | None = None,
     ) -> None:
         super().__init__(address, "TFSERVING_REST_ADDRESS", "tfserving-rest", ssl_context)
         self.dispatcher = dispatcher
         self.max_body_bytes = max_body_bytes
+        self.admits = admits or admit_all
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tfserving")
 
     def application(self) -> web.Application:
@@ -130,7 +132,9 @@ class TFServingRest(LoopServer):
         context = context_for(request, route)
         build: Callable[[], Any]
         if verb == ":predict":
-            body = await read_body(request, self.max_body_bytes)
+            # No valid key: the body is not read; the interceptors answer 401 (and log it).
+            admitted = self.admits(REST_PREDICT_RPC, context.invocation_metadata())
+            body = await read_body(request, self.max_body_bytes) if admitted else b""
             context.model_target = (model, version)  # the model named by the path, for rest_predict
             call = RpcCall(self.dispatcher, REST_PREDICT_RPC, context)
             build = partial(wrappers_pb2.BytesValue, value=body)

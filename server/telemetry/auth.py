@@ -95,6 +95,20 @@ class Authenticator:
     def exempt(self, method: str) -> bool:
         return method.startswith(self._exempt)
 
+    def admits(self, method: str, metadata: Iterable[tuple[str, str]] | None) -> bool:
+        """Whether a call may be read from: auth is off, the method is exempt, or the key is valid.
+
+        Transports that buffer a request (the HTTP listeners) ask before reading
+        the body; the interceptor still decides, logs and rate-limits the call.
+        """
+        if not self.enabled or self.exempt(method):
+            return True
+        try:
+            self.identify(metadata)
+        except Unauthenticated:
+            return False
+        return True
+
     def identify(self, metadata: Iterable[tuple[str, str]] | None) -> str:
         """The name of the key the metadata carries; Unauthenticated when it is missing or wrong."""
         token = _token(metadata)

@@ -172,3 +172,25 @@ def test_token_bucket_refills_at_the_rate():
     now[0] += 60  # never more than the burst
     assert [limiter.acquire("k") for _ in range(4)][-1] == pytest.approx(0.5)
     assert RateLimiter(rate=0.5).burst == 1
+
+
+def test_without_a_key_the_http_listeners_never_read_the_body(telemetry_app, read_access_log):
+    """A body over the limit gives 401 without a key (it was not read) and 413 with one (it was)."""
+    import requests
+
+    app = telemetry_app(listen_only=True, api_keys=f"ci:{KEY}", http_server_address="127.0.0.1:0",
+                        tfserving_rest_address="127.0.0.1:0", max_http_body_bytes=1024)
+    big = b"x" * 64 * 1024
+    targets = [
+        (f"http://{app.http_address}/v1/models/digits:predict", {"Content-Type": "application/json"}),
+        (f"http://{app.http_address}/v1/uploads", {"Content-Type": "application/x-ndjson"}),
+        (f"http://{app.tfserving.address}/v1/models/digits:predict", {"Content-Type": "application/json"}),
+    ]
+    for url, headers in targets:
+        refused = requests.post(url, data=big, headers=headers, timeout=10)
+        assert (url, refused.status_code, refused.headers.get("WWW-Authenticate")) == (url, 401, "Bearer")
+    for url, headers in targets[::2]:  # the unary ones: with the key the body is read, and is too large
+        read = requests.post(url, data=big, headers={**headers, "Authorization": f"Bearer {KEY}"}, timeout=10)
+        assert (url, read.status_code) == (url, 413)
+    lines = read_access_log(3)
+    assert [line["status"] for line in lines[:3]] == ["UNAUTHENTICATED"] * 3
