@@ -208,13 +208,14 @@ class App:
             self.health_server.start()
         if self.gateway is not None:
             self.gateway.start()
-            log.info("HTTP/JSON shim listening on %s", self.gateway.address)
+            log.info("HTTP/JSON shim listening on %s", self.gateway.bound)
         if self.tfserving is not None:
             self.tfserving.start()
-            log.info("TensorFlow Serving REST API listening on %s", self.tfserving.address)
+            log.info("TensorFlow Serving REST API listening on %s", self.tfserving.bound)
         if not self.settings.http_server_address:
             self.telemetry.serve_metrics()
-        log.info("gRPC listening on %s (health NOT_SERVING until the models are ready)", self.address)
+        host = self.settings.grpc_server_address.rsplit(":", 1)[0] or "0.0.0.0"
+        log.info("gRPC listening on %s:%d (health NOT_SERVING until the models are ready)", host, self.port)
 
     def load_models(self) -> None:
         """Load and warm up every model, then report SERVING."""

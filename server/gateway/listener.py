@@ -67,8 +67,14 @@ class LoopServer:
         self.port = self._runner.addresses[0][1]
 
     @property
+    def bound(self) -> str:
+        """host:port as bound, for logs (a wildcard host stays a wildcard)."""
+        host = self.host or "0.0.0.0"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    @property
     def address(self) -> str:
-        """host:port actually bound (127.0.0.1 for a wildcard host)."""
+        """host:port to connect to (127.0.0.1 for a wildcard host)."""
         host = self.host if self.host not in (None, "0.0.0.0", "::") else "127.0.0.1"
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
