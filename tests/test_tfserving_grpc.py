@@ -186,6 +186,9 @@ PREDICT_ERRORS = [
      "inputs: none given; model 'digits' takes 'image' (FLOAT32 [-1, 8, 8, 1])"),
     (tfs_request("digits", {"img": ZEROS}), grpc.StatusCode.INVALID_ARGUMENT,
      "inputs: unknown input 'img'; model 'digits' takes 'image'"),
+    # refused before anything is decoded: the unknown input would expand to 64 MB
+    (tfs_request("digits", {"image": ZEROS, "junk": _proto(types_pb2.DT_FLOAT, [16_000_000], float_val=[1.0])}),
+     grpc.StatusCode.INVALID_ARGUMENT, "inputs: unknown input 'junk'; model 'digits' takes 'image'"),
     (tfs_request("digits", {"image": ZEROS}, signature_name="predict"), grpc.StatusCode.INVALID_ARGUMENT,
      "model_spec.signature_name: only 'serving_default' is served, not 'predict'"),
     (tfs_request("digits", {"image": ZEROS}, version_label="stable"), grpc.StatusCode.UNIMPLEMENTED,

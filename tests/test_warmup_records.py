@@ -25,6 +25,13 @@ def predict_log(**inputs: np.ndarray) -> prediction_log_pb2.PredictionLog:
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
 
+def _truncated_content() -> prediction_log_pb2.PredictionLog:
+    record = predict_log(image=np.zeros((1, 8, 8, 1), np.float32))
+    tensor = record.predict_log.request.inputs["image"]
+    tensor.tensor_content = tensor.tensor_content[:-4]
+    return record
+
+
 def version_with_records(tmp_path: Path, records: list[prediction_log_pb2.PredictionLog | bytes]) -> Path:
     version = tmp_path / "digits" / "1"
     shutil.copytree(MODEL_DIR / "digits" / "1", version)
@@ -71,6 +78,8 @@ def test_without_a_warmup_file_nothing_is_replayed(tmp_path: Path) -> None:
     ([predict_log(image=np.zeros((1, 8, 8, 1), np.float32)), predict_log(img=np.zeros((1, 8, 8, 1), np.float32))],
      "record 1: inputs: unknown input 'img'; model 'digits' takes 'image'"),
     ([b"not a PredictionLog at all \xff"], "cannot read the warm-up records: "),
+    ([predict_log(image=np.zeros((1, 8, 8, 1), np.float32))] * 2 + [_truncated_content()],
+     "cannot read the warm-up records: record 2: input 'image': tensor_content has 252 bytes"),
     ([prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog()),
       predict_log(image=np.zeros((1, 8, 8, 1)))],
      "record 1: input 'image': dtype FLOAT64"),  # numbered as in the file, skipped records included

@@ -11,9 +11,10 @@ batch, or an object keyed by input name) answers `{"outputs": ...}`. String
 inputs take `{"b64": ...}` for bytes. Errors are `{"error": message}` with the
 HTTP status of the gRPC code (`server.errors`).
 
-Every request is one call through the dispatcher, so auth (and the rate
-limit), the access log, metrics, tracing, deadlines and batching are the same
-as over gRPC: status and metadata are `GetModel` calls; a predict is the
+Every request on a known path is one call through the dispatcher, so auth
+(and the rate limit), the access log, metrics, tracing, deadlines and batching
+are the same as over gRPC (an unknown path, verb or method is answered 404,
+405 or 501 before that, and not logged): status and metadata are `GetModel` calls; a predict is the
 in-process method `REST_PREDICT_RPC`, which parses the JSON body only after the
 interceptors admitted the call (without a valid key the body is not even
 read), converts it with the model's own input dtypes, and runs it through the
@@ -44,8 +45,7 @@ from server.errors import InvalidArgument, NotFound, ServingError, Unimplemented
 from server.gateway.bodies import read_body
 from server.gateway.calls import CallFailed, RpcCall
 from server.gateway.listener import LoopServer
-from server.gateway.rpc import Admits, admit_all, context_for, retrieve_outcome
-from server.models import codec
+from server.gateway.rpc import GET_MODEL_RPC, Admits, admit_all, context_for, retrieve_outcome
 from server.models.model import SIGNATURE, LoadedModel, TensorInfo
 from server.predictor import Predictor
 from server.services.predict import deadline_of
@@ -53,7 +53,6 @@ from serving.v1 import model_pb2, predict_pb2, tensor_pb2
 
 # Dispatched in process only (never served over gRPC): the JSON body in, the JSON answer out.
 REST_PREDICT_RPC = "/serving.v1.TFServingRest/Predict"
-GET_MODEL_RPC = "/serving.v1.PredictService/GetModel"
 _PATH = re.compile(
     r"/v1/models/(?P<model>[^/:]+)(?:/versions/(?P<version>[1-9]\d{0,17})|/labels/(?P<label>[^/:]+))?"
     r"(?P<verb>:[A-Za-z]+|/metadata)?"
@@ -310,7 +309,7 @@ def predict_json(model: LoadedModel, outputs: dict[str, np.ndarray], columnar: b
         )
     if len(names) == 1:
         return {"predictions": values[names[0]]}
-    rows = batch[names[0]] or 0
+    rows = batch[names[0]]
     return {"predictions": [{name: values[name][row] for name in names} for row in range(rows)]}
 
 
@@ -357,7 +356,7 @@ def metadata_json(metadata: model_pb2.ModelMetadata) -> dict[str, Any]:
             for spec in specs
         }
 
-    signature = metadata.signature_name or "serving_default"
+    signature = metadata.signature_name or SIGNATURE
     return {
         "model_spec": {"name": metadata.name, "signature_name": "", "version": str(metadata.version)},
         "metadata": {

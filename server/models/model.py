@@ -282,10 +282,13 @@ def warmup_records(path: Path) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
                 log.warning("%s: record %d is a %s, skipped: only predict logs are replayed",
                             path, index, entry.WhichOneof("log_type"))
                 continue
-            inputs = {
-                key: tensor_array(key, tensor, MAX_WARMUP_BYTES, "the warm-up limit")
-                for key, tensor in entry.predict_log.request.inputs.items()
-            }
+            try:
+                inputs = {
+                    key: tensor_array(key, tensor, MAX_WARMUP_BYTES, "the warm-up limit")
+                    for key, tensor in entry.predict_log.request.inputs.items()
+                }
+            except InvalidArgument as exc:
+                raise ValueError(f"record {index}: {exc.message}") from None
             yield index, inputs
     except (ValueError, DecodeError, InvalidArgument, tf.errors.OpError) as exc:
         reason = exc.message if isinstance(exc, (InvalidArgument, tf.errors.OpError)) else str(exc)

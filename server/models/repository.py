@@ -6,8 +6,8 @@ names (`version_policy()`: the latest N, all, or specific ones, as in TF
 Serving and Triton). Other entries (sample files, `labels.txt`) are ignored.
 
 With `poll_seconds` > 0 (MODEL_POLL_SECONDS) a thread looks at the directory
-again at that interval, as TF Serving's file-system polling does: a new
-newest version (or a new model) is loaded and warmed up while the current one
+again at that interval, as TF Serving's file-system polling does: a version
+the policy wants (or a new model) is loaded and warmed up while the current one
 keeps serving, then takes over; a version the policy no longer wants, or a
 model whose directory is gone, is unloaded `retire_seconds` later, once calls
 that already hold it are done. A version that fails to load is logged and
@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from server.batching import BatchingConfig
 from server.errors import NotFound, Unavailable
@@ -127,7 +127,10 @@ class ModelRepository:
         for name, versions in self.versions.items():
             wanted = self._wanted(name, versions)
             if not wanted:
-                raise RuntimeError(f"model {name}: its version_policy serves none of the versions found {versions}")
+                raise RuntimeError(
+                    f"model {name}: the version_policy in {self.model_dir / name / 'serving.json'} serves none of "
+                    f"the versions found {versions}"
+                )
             for version in wanted:
                 model = load_model(name, version, self.model_dir / name / str(version), self.device, self.batching)
                 self._set_served(name, {**self._models.get(name, {}), version: model})
@@ -163,8 +166,7 @@ class ModelRepository:
         served = self._models.get(name)
         if not served:
             self.get(name)  # raises NotFound or Unavailable
-            return []
-        return [served[v] for v in sorted(served, reverse=True)]
+        return [served[v] for v in sorted(served or {}, reverse=True)]
 
     def models(self) -> list[LoadedModel]:
         """Every served version, by model name, newest version first."""
@@ -297,7 +299,7 @@ class ModelRepository:
             model.close(drain=drain)
 
 
-def _versions(versions: object) -> str:
+def _versions(versions: Iterable[int]) -> str:
     """"version 1" or "versions 2, 1" for versions (or a dict keyed by them), newest first."""
-    ordered = sorted(versions, reverse=True)  # type: ignore[call-overload]
+    ordered = sorted(versions, reverse=True)
     return ("version " if len(ordered) == 1 else "versions ") + ", ".join(str(v) for v in ordered)

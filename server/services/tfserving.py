@@ -14,7 +14,6 @@ UNIMPLEMENTED.
 from __future__ import annotations
 
 import grpc
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_shape_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
@@ -52,7 +51,14 @@ class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceS
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
         model = self.repository.get(*model_of(request.model_spec))
-        arrays = {key: tensor_array(key, tensor, self.max_tensor_bytes) for key, tensor in request.inputs.items()}
+        unknown = sorted(set(request.inputs) - set(model.inputs))
+        if unknown:  # before anything is decoded
+            takes = ", ".join(f"'{n}'" for n in model.inputs)
+            raise InvalidArgument(f"inputs: unknown input '{unknown[0]}'; model '{model.name}' takes {takes}")
+        arrays, budget = {}, self.max_tensor_bytes  # one budget for all the inputs of a request
+        for key, tensor in request.inputs.items():
+            arrays[key] = tensor_array(key, tensor, budget)
+            budget -= arrays[key].nbytes
         outputs = self.predictor.predict_arrays(model, arrays, deadline_of(context), list(request.output_filter))
         response = predict_pb2.PredictResponse(model_spec=spec_of(model))
         for key, array in outputs.items():
@@ -75,7 +81,6 @@ class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceS
         response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=spec_of(model))
         response.metadata["signature_def"].Pack(get_model_metadata_pb2.SignatureDefMap(signature_def={SIGNATURE: signature}))
         return response
-
 
     def Classify(self, request: object, context: grpc.ServicerContext) -> None:
         raise Unimplemented("Classify is not supported; use Predict")
