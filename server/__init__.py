@@ -13,9 +13,34 @@ environment still wins.
   per request. From batch 256 up they are faster (4.3 against 3.6 ms at
   512): set TF_ENABLE_ONEDNN_OPTS=1 for large batches of convolutions. See
   docs/benchmarks.md.
+
+glibc's malloc gives threads arenas of their own (up to 8 per core) and keeps
+what they free; with a thread per call and 1 MiB upload chunks that shows as
+resident memory that varies from run to run (a 256 MiB upload: 46-60 MiB of
+growth, once 157). Unless MALLOC_ARENA_MAX is set, the server limits glibc to
+2 arenas before any thread starts (36-40 MiB for the same upload). Elsewhere
+than glibc this does nothing.
 """
 
+import ctypes
+import ctypes.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+M_ARENA_MAX = -8  # glibc's mallopt() parameter
+MALLOC_ARENAS = 2
+
+
+def _limit_malloc_arenas() -> None:
+    if "MALLOC_ARENA_MAX" in os.environ:  # glibc read it at start-up
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+_limit_malloc_arenas()
