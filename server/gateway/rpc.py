@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Executor
 from functools import partial
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
 
 import grpc
 from aiohttp import web
@@ -33,6 +33,7 @@ from serving.v1 import model_pb2, predict_pb2
 
 GET_MODEL_RPC = "/serving.v1.PredictService/GetModel"
 Build = Callable[[], "Message | RequestStream"]
+T = TypeVar("T")
 # (full method name, metadata) -> whether the caller may be read from (auth off, method exempt, or a valid key)
 Admits = Callable[[str, Metadata], bool]
 
@@ -110,22 +111,10 @@ class RpcHandler:
         return lookup
 
     async def _unary(self, call: RpcCall, build: Build) -> web.Response:
-        future = asyncio.get_running_loop().run_in_executor(self.executor, call.run_unary, build)
-        future.add_done_callback(retrieve_outcome)
         try:
-            remaining = call.context.time_remaining()
-            if remaining is None:
-                body = await future
-            else:
-                body = await asyncio.wait_for(asyncio.shield(future), remaining)
+            body = await in_pool(self.executor, call, call.run_unary, build)
         except CallFailed as failed:
             return failure_response(failed, call.context)
-        except TimeoutError:
-            call.context.end_early(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-            return failure_response(CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"), call.context)
-        except asyncio.CancelledError:
-            call.context.cancel()
-            raise
         return web.Response(body=body, content_type=JSON, headers=call.context.response_headers())
 
     async def _next(self, sink: ToLoop, context: HttpServicerContext) -> bytes | End:
@@ -172,6 +161,22 @@ class RpcHandler:
         response = web.StreamResponse(headers={"Content-Type": NDJSON, **context.response_headers()})
         await response.prepare(request)
         return response
+
+
+async def in_pool(executor: Executor, call: RpcCall, run: Callable[[Build], T], build: Build) -> T:
+    """`run(build)` (a method of `call`) in the pool, bounded by the call's deadline (CallFailed
+    DEADLINE_EXCEEDED after it); a client that goes away cancels the call."""
+    future = asyncio.get_running_loop().run_in_executor(executor, run, build)
+    future.add_done_callback(retrieve_outcome)
+    remaining = call.context.time_remaining()
+    try:
+        return await (future if remaining is None else asyncio.wait_for(asyncio.shield(future), remaining))
+    except TimeoutError:
+        call.context.end_early(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+    except asyncio.CancelledError:
+        call.context.cancel()
+        raise
 
 
 def admit_all(method: str, metadata: Metadata) -> bool:

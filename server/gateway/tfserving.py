@@ -24,7 +24,6 @@ are not served.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -37,7 +36,6 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 from aiohttp import web
-
 from google.protobuf import wrappers_pb2
 
 from server.dispatch import Dispatcher
@@ -45,7 +43,7 @@ from server.errors import InvalidArgument, NotFound, ServingError, Unimplemented
 from server.gateway.bodies import read_body
 from server.gateway.calls import CallFailed, RpcCall
 from server.gateway.listener import LoopServer
-from server.gateway.rpc import GET_MODEL_RPC, Admits, admit_all, context_for, retrieve_outcome
+from server.gateway.rpc import GET_MODEL_RPC, Admits, admit_all, context_for, in_pool
 from server.models.model import SIGNATURE, LoadedModel, TensorInfo
 from server.predictor import Predictor
 from server.services.predict import deadline_of
@@ -141,7 +139,7 @@ class TFServingRest(LoopServer):
             call = RpcCall(self.dispatcher, GET_MODEL_RPC, context)
             build = partial(predict_pb2.GetModelRequest, model=model, version=version)
         try:
-            reply = await self._invoke(call, build)
+            reply = await in_pool(self.executor, call, call.invoke, build)
         except CallFailed as failed:
             return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
         if verb == ":predict":
@@ -149,20 +147,6 @@ class TFServingRest(LoopServer):
         else:
             answer = _dumps(metadata_json(reply.model) if verb == "/metadata" else status_json(reply.model, version))
         return web.Response(body=answer, content_type="application/json", headers=context.response_headers())
-
-    async def _invoke(self, call: RpcCall, build: Callable[[], Any]) -> Any:
-        """`call.invoke` in the pool, bounded by the caller's deadline; a client gone cancels the call."""
-        future = asyncio.get_running_loop().run_in_executor(self.executor, call.invoke, build)
-        future.add_done_callback(retrieve_outcome)
-        remaining = call.context.time_remaining()
-        try:
-            return await (future if remaining is None else asyncio.wait_for(asyncio.shield(future), remaining))
-        except TimeoutError:
-            call.context.end_early(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-            raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-        except asyncio.CancelledError:
-            call.context.cancel()
-            raise
 
 
 def rest_predict_handler(predictor: Predictor) -> grpc.RpcMethodHandler:

@@ -16,7 +16,7 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from server.errors import InvalidArgument
 
 # The TensorFlow dtypes a TensorProto may carry (those the API has), and where typed values go.
-NUMPY_DTYPES = {
+TF_NUMPY_DTYPES = {
     types_pb2.DT_HALF: np.dtype(np.float16), types_pb2.DT_FLOAT: np.dtype(np.float32),
     types_pb2.DT_DOUBLE: np.dtype(np.float64), types_pb2.DT_INT8: np.dtype(np.int8),
     types_pb2.DT_INT16: np.dtype(np.int16), types_pb2.DT_INT32: np.dtype(np.int32),
@@ -38,7 +38,7 @@ def tensor_array(
     name: str, tensor: tensor_pb2.TensorProto, max_bytes: int, limit: str = "MAX_MESSAGE_BYTES"
 ) -> np.ndarray:
     """A TensorProto as an array, or InvalidArgument naming the input (at most `max_bytes` once decoded)."""
-    dtype = NUMPY_DTYPES.get(tensor.dtype)
+    dtype = TF_NUMPY_DTYPES.get(tensor.dtype)
     if dtype is None:
         raise InvalidArgument(f"input '{name}': dtype {_dtype_name(tensor.dtype)} is not supported")
     shape = tensor.tensor_shape
