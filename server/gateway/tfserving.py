@@ -256,13 +256,22 @@ def input_array(name: str, value: Any, spec: TensorInfo) -> np.ndarray:
             f"input '{name}': the values do not form a regular array (rows of different lengths, or nested "
             f"too deeply); expected {expected}"
         ) from None
+    out_of_range = InvalidArgument(f"input '{name}': a value is outside the range of {expected}")
+    if array.size and array.dtype.kind == "O" and spec.dtype.kind in "iu" and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in array.flat
+    ):
+        raise out_of_range  # integers too large for any numpy integer type
     if array.size and array.dtype.kind not in kinds:
         raise InvalidArgument(f"input '{name}': expected {_KIND_WORDS[spec.dtype.kind]} for {expected}")
     if spec.dtype.kind in "iu" and array.size:
         info = np.iinfo(spec.dtype)
         if array.min() < info.min or array.max() > info.max:
-            raise InvalidArgument(f"input '{name}': a value is outside the range of {expected}")
-    return array.astype(spec.dtype)
+            raise out_of_range
+    with np.errstate(over="ignore"):  # checked just below
+        converted = array.astype(spec.dtype)
+    if spec.dtype.kind == "f" and array.size and not np.isfinite(converted).all() and np.isfinite(array).all():
+        raise out_of_range  # finite numbers that would become infinite in the input's precision
+    return converted
 
 
 def _strings(name: str, value: Any) -> Any:
