@@ -23,7 +23,6 @@ than glibc this does nothing.
 """
 
 import ctypes
-import ctypes.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,8 +36,7 @@ def _limit_malloc_arenas() -> None:
     if "MALLOC_ARENA_MAX" in os.environ:  # glibc read it at start-up
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)  # the process's own symbols: libc's, on Linux
     except (OSError, AttributeError):  # not glibc
         pass
 

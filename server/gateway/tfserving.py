@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 from aiohttp import web
 from google.protobuf import wrappers_pb2
+from tensorflow.core.framework import types_pb2
 
 from server.dispatch import Dispatcher
 from server.errors import InvalidArgument, NotFound, ServingError, Unimplemented, http_status_of, status_of
@@ -44,10 +45,12 @@ from server.gateway.bodies import read_body
 from server.gateway.calls import CallFailed, RpcCall
 from server.gateway.listener import LoopServer
 from server.gateway.rpc import GET_MODEL_RPC, Admits, admit_all, context_for, in_pool
+from server.models import codec
 from server.models.model import SIGNATURE, LoadedModel, TensorInfo
+from server.models.tensor_proto import tf_dtype_of
 from server.predictor import Predictor
 from server.services.predict import deadline_of
-from serving.v1 import model_pb2, predict_pb2, tensor_pb2
+from serving.v1 import model_pb2, predict_pb2
 
 # Dispatched in process only (never served over gRPC): the JSON body in, the JSON answer out.
 REST_PREDICT_RPC = "/serving.v1.TFServingRest/Predict"
@@ -55,21 +58,6 @@ _PATH = re.compile(
     r"/v1/models/(?P<model>[^/:]+)(?:/versions/(?P<version>[1-9]\d{0,17})|/labels/(?P<label>[^/:]+))?"
     r"(?P<verb>:[A-Za-z]+|/metadata)?"
 )
-TF_DTYPES = {
-    tensor_pb2.DATA_TYPE_FLOAT32: "DT_FLOAT",
-    tensor_pb2.DATA_TYPE_FLOAT64: "DT_DOUBLE",
-    tensor_pb2.DATA_TYPE_FLOAT16: "DT_HALF",
-    tensor_pb2.DATA_TYPE_INT8: "DT_INT8",
-    tensor_pb2.DATA_TYPE_INT16: "DT_INT16",
-    tensor_pb2.DATA_TYPE_INT32: "DT_INT32",
-    tensor_pb2.DATA_TYPE_INT64: "DT_INT64",
-    tensor_pb2.DATA_TYPE_UINT8: "DT_UINT8",
-    tensor_pb2.DATA_TYPE_UINT16: "DT_UINT16",
-    tensor_pb2.DATA_TYPE_UINT32: "DT_UINT32",
-    tensor_pb2.DATA_TYPE_UINT64: "DT_UINT64",
-    tensor_pb2.DATA_TYPE_BOOL: "DT_BOOL",
-    tensor_pb2.DATA_TYPE_STRING: "DT_STRING",
-}
 # Which JSON values (numpy kinds after np.asarray) an input of each kind accepts.
 _ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 _KIND_WORDS = {"f": "numbers", "i": "integers", "u": "non-negative integers", "b": "true/false values"}
@@ -343,7 +331,7 @@ def metadata_json(metadata: model_pb2.ModelMetadata) -> dict[str, Any]:
     def tensors(specs: Any) -> dict[str, Any]:
         return {
             spec.name: {
-                "dtype": TF_DTYPES.get(spec.dtype, "DT_INVALID"),
+                "dtype": _tf_dtype_name(spec.dtype),
                 "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape], "unknown_rank": False},
             }
             for spec in specs
@@ -384,6 +372,12 @@ def _dumps(body: Any) -> bytes:
 
 def _json(body: Any, status: int) -> web.Response:
     return web.Response(status=status, body=_dumps(body), content_type="application/json")
+
+
+def _tf_dtype_name(dtype: int) -> str:
+    """"DT_FLOAT" for DATA_TYPE_FLOAT32, and so on."""
+    numpy_dtype = codec.NUMPY_DTYPES.get(dtype)
+    return "DT_INVALID" if numpy_dtype is None else types_pb2.DataType.Name(tf_dtype_of(numpy_dtype))
 
 
 def _names(specs: dict[str, Any]) -> str:

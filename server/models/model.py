@@ -290,8 +290,8 @@ def warmup_records(path: Path) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
             except InvalidArgument as exc:
                 raise ValueError(f"record {index}: {exc.message}") from None
             yield index, inputs
-    except (ValueError, DecodeError, InvalidArgument, tf.errors.OpError) as exc:
-        reason = exc.message if isinstance(exc, (InvalidArgument, tf.errors.OpError)) else str(exc)
+    except (ValueError, DecodeError, tf.errors.OpError) as exc:
+        reason = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
         raise ValueError(f"{path}: cannot read the warm-up records: {reason}") from None
 
 

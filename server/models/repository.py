@@ -118,7 +118,7 @@ class ModelRepository:
         self._retiring: dict[int, tuple[threading.Timer, LoadedModel]] = {}
 
     def load_all(self) -> None:
-        """Load the newest version of every model; raises if any fails or none exist."""
+        """Load the versions each model's policy serves (the newest by default); raises if any fails or none exist."""
         self.versions = find_versions(self.model_dir)
         if not self.versions:
             raise RuntimeError(

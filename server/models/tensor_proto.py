@@ -14,17 +14,15 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from server.errors import InvalidArgument
+from server.models import codec
 
-# The TensorFlow dtypes a TensorProto may carry (those the API has), and where typed values go.
-TF_NUMPY_DTYPES = {
-    types_pb2.DT_HALF: np.dtype(np.float16), types_pb2.DT_FLOAT: np.dtype(np.float32),
-    types_pb2.DT_DOUBLE: np.dtype(np.float64), types_pb2.DT_INT8: np.dtype(np.int8),
-    types_pb2.DT_INT16: np.dtype(np.int16), types_pb2.DT_INT32: np.dtype(np.int32),
-    types_pb2.DT_INT64: np.dtype(np.int64), types_pb2.DT_UINT8: np.dtype(np.uint8),
-    types_pb2.DT_UINT16: np.dtype(np.uint16), types_pb2.DT_UINT32: np.dtype(np.uint32),
-    types_pb2.DT_UINT64: np.dtype(np.uint64), types_pb2.DT_BOOL: np.dtype(np.bool_),
-    types_pb2.DT_STRING: np.dtype(object),
-}
+def tf_dtype_of(dtype: np.dtype) -> int:
+    """TensorFlow's `DataType` for one of the API's numpy dtypes (object: DT_STRING)."""
+    return (tf.string if dtype.kind == "O" else tf.as_dtype(dtype)).as_datatype_enum
+
+
+# The TensorFlow dtypes a TensorProto may carry: the API's own (codec.NUMPY_DTYPES), and where typed values go.
+TF_NUMPY_DTYPES = {tf_dtype_of(dtype): dtype for dtype in codec.NUMPY_DTYPES.values()}
 VALUE_FIELDS = {
     types_pb2.DT_HALF: "half_val", types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
     types_pb2.DT_INT8: "int_val", types_pb2.DT_INT16: "int_val", types_pb2.DT_INT32: "int_val",

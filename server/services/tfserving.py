@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (
 
 from server.errors import InvalidArgument, Unimplemented
 from server.models.model import SIGNATURE, LoadedModel, TensorInfo
-from server.models.tensor_proto import tensor_array
+from server.models.tensor_proto import tensor_array, tf_dtype_of
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
 from server.services.predict import deadline_of
@@ -133,6 +133,5 @@ def spec_of(model: LoadedModel) -> model_pb2.ModelSpec:
 
 
 def tensor_info(spec: TensorInfo) -> meta_graph_pb2.TensorInfo:
-    dtype = tf.string if spec.dtype.kind == "O" else tf.as_dtype(spec.dtype)
     shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in spec.shape])
-    return meta_graph_pb2.TensorInfo(name=spec.name, dtype=dtype.as_datatype_enum, tensor_shape=shape)
+    return meta_graph_pb2.TensorInfo(name=spec.name, dtype=tf_dtype_of(spec.dtype), tensor_shape=shape)
