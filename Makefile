@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
-PROTOS := $(wildcard protos/serving/v1/*.proto)
+PROTOS := $(wildcard protos/serving/v1/*.proto protos/inference/*.proto)
 
 .PHONY: setup run test lint generate check-generated check-deploy model bench clean
 
@@ -31,7 +31,7 @@ generate: $(VENV)/.deps
 	rm -rf generated && mkdir -p generated
 	$(PY) -m grpc_tools.protoc -I protos -I third_party/googleapis \
 		--python_out=generated --pyi_out=generated --grpc_python_out=generated $(PROTOS)
-	touch generated/serving/__init__.py generated/serving/v1/__init__.py
+	touch generated/serving/__init__.py generated/serving/v1/__init__.py generated/inference/__init__.py
 
 check-generated: generate
 	@git status --porcelain -- generated | grep . && \

@@ -21,15 +21,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from inference import open_inference_pb2_grpc
 from server.batching import BatchingConfig
 from server.config import Settings, load_settings, parse_args
 from server.dispatch import Dispatcher, HandlerRegistry, InterceptorChain
+from server.gateway.inference_v2 import REST_INFER_RPC, rest_infer_handler
 from server.gateway.server import HttpGateway
 from server.gateway.tfserving import REST_PREDICT_RPC, TFServingRest, rest_predict_handler
 from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
+from server.services.inference_v2 import InferenceV2Servicer
 from server.services.predict import PredictServicer
 from server.services.stream import StreamPredictServicer
 from server.services.tasks import TaskServicer
@@ -111,6 +114,7 @@ class App:
         self.health_server, self.health_port = self._health_only_server(settings.health_server_address)
         self.gateway = self._http_gateway()
         self.tfserving = self._tfserving_rest()
+        self.stopping = threading.Event()
         self.stopped = threading.Event()
 
     def _http_gateway(self) -> HttpGateway | None:
@@ -128,6 +132,7 @@ class App:
             files_root=None if settings.aws_bucket else settings.upload_dir,
             ssl_context=server_ssl_context(settings),
             admits=self.telemetry.authenticator.admits,
+            inference_v2=settings.inference_v2,
         )
 
     def _tfserving_rest(self) -> TFServingRest | None:
@@ -172,6 +177,11 @@ class App:
                 TFServingPredictionServicer(self.predictor, self.repository, self.settings.max_message_bytes), registry
             )
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(TFServingModelServicer(self.repository), registry)
+        if self.settings.inference_v2:
+            open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceV2Servicer(self.predictor, self.repository, self.ready), registry
+            )
+            registry.add_in_process(REST_INFER_RPC, rest_infer_handler(self.predictor))
         task_pb2_grpc.add_TaskServiceServicer_to_server(
             TaskServicer(self.tasks.manager, self.tasks.exports), registry
         )
@@ -192,6 +202,10 @@ class App:
     def http_address(self) -> str | None:
         """host:port of the HTTP shim once listening (None without one)."""
         return self.gateway.address if self.gateway is not None else None
+
+    def ready(self) -> bool:
+        """Every model is loaded and warmed up, and the server is not shutting down (health SERVING)."""
+        return self.repository.ready.is_set() and not self.stopping.is_set()
 
     def start(self) -> None:
         """Listen, load and warm up every model, then report SERVING."""
@@ -231,6 +245,7 @@ class App:
         if self.stopped.is_set():
             return
         grace = self.settings.grace_period_seconds if grace is None else grace
+        self.stopping.set()
         log.info("shutting down: health NOT_SERVING, draining in-flight calls for up to %.1fs", grace)
         self.health.enter_graceful_shutdown()
         drained = self.server.stop(grace)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     grace_period_seconds: float = Field(10.0, ge=0, description="drain time on SIGTERM")
     reflection: bool = True
     tfserving_grpc: bool = Field(True, description="also serve TensorFlow Serving's gRPC PredictionService and ModelService")
+    inference_v2: bool = Field(
+        True, description="also serve the Open Inference Protocol (KServe V2, Triton): gRPC, and REST under /v2 on the shim"
+    )
 
     # Models
     model_dir: Path = Path("./models")

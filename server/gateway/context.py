@@ -103,6 +103,10 @@ class HttpServicerContext(grpc.ServicerContext):
         self.route = route  # "POST /v1/models/{model}:predict", for the access log
         # (name, version) when the model comes from the URL rather than the request message
         self.model_target: tuple[str, int] | None = None
+        # Open Inference Protocol binary bodies: the length of the JSON part of the request
+        # (`Inference-Header-Content-Length`) and of the answer (None: the whole body is JSON).
+        self.json_length_in: int | None = None
+        self.json_length_out: int | None = None
         self._metadata = metadata
         self._peer = peer
         self._deadline = None if timeout is None else time.monotonic() + timeout

@@ -11,6 +11,8 @@ tracing) and servicers as gRPC callers. Besides the RPC routes it serves:
     GET /metrics         when a metrics function is given
     GET /files/<key>     files under `files_root`, read-only, when one is given
                          (never outside it, never a path with a part starting with ".")
+    /v2/...              the Open Inference Protocol's REST API, when enabled
+                         (server/gateway/inference_v2.py)
 
 Unknown paths answer 404 and known paths under another method 405, in the
 same error shape as every RPC error.
@@ -33,6 +35,7 @@ from grpc_health.v1 import health_pb2
 from server.dispatch import Dispatcher
 from server.errors import NotFound, ServingError, status_of
 from server.gateway.calls import CallFailed, RpcCall
+from server.gateway.inference_v2 import InferenceV2Rest
 from server.gateway.listener import LoopServer
 from server.gateway.openapi import openapi_document
 from server.gateway.responses import MethodNotAllowed, dumps, error_response, json_response
@@ -61,6 +64,7 @@ class HttpGateway(LoopServer):
         ssl_context: ssl.SSLContext | None = None,
         pool: descriptor_pool.DescriptorPool | None = None,
         admits: Admits | None = None,
+        inference_v2: bool = False,
     ) -> None:
         super().__init__(address, "HTTP_SERVER_ADDRESS", "http-gateway", ssl_context)
         self.dispatcher = dispatcher
@@ -71,6 +75,8 @@ class HttpGateway(LoopServer):
         self.files_root = files_root
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="http")
         self.rpc = RpcHandler(dispatcher, self.executor, max_body_bytes, admits)
+        # The Open Inference Protocol's REST API under /v2 (its paths are not the API's annotations)
+        self.inference_v2 = InferenceV2Rest(dispatcher, self.executor, max_body_bytes, admits) if inference_v2 else None
         self.system: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
             "/openapi.json": self._openapi,
             "/healthz": self._healthz,
@@ -96,6 +102,8 @@ class HttpGateway(LoopServer):
                 if request.method not in ("GET", "HEAD"):
                     raise MethodNotAllowed(request.method, request.path, ("GET", "HEAD"))
                 return await (system or self._file)(request)
+            if self.inference_v2 is not None and (request.path == "/v2" or request.path.startswith("/v2/")):
+                return await self.inference_v2.handle(request)
             route, variables = self.router.match(request.method, request.rel_url.raw_path)
             return await self.rpc.handle(request, route, variables)
         except ServingError as exc:

@@ -7,8 +7,8 @@ a comment). Several keys may share a name (rotation). Callers send
 SHA-256 digests with `hmac.compare_digest`, against every configured key, so
 the time taken does not depend on which key (if any) matched.
 
-`grpc.health.v1` is always open (probes), server reflection by
-`AUTH_EXEMPT_REFLECTION`. With no keys configured authentication is off.
+`grpc.health.v1` and the Open Inference Protocol's ServerLive and ServerReady
+are always open (probes), server reflection by `AUTH_EXEMPT_REFLECTION`. With no keys configured authentication is off.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from server.telemetry.calls import Behavior, current_call, wrap_handler
 from server.telemetry.ratelimit import RateLimiter
 
 HEALTH_PREFIX = "/grpc.health.v1."
+PROBE_METHODS = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.", "/grpc.reflection.v1.")
 MISSING_KEY = "missing API key: send the metadata 'authorization: Bearer <key>'"
 WRONG_KEY = "invalid API key"
@@ -86,7 +87,7 @@ class Authenticator:
     def __init__(self, keys: list[ApiKey], exempt_reflection: bool = True, limiter: RateLimiter | None = None) -> None:
         self.keys = keys
         self.limiter = limiter
-        self._exempt = (HEALTH_PREFIX, *(REFLECTION_PREFIXES if exempt_reflection else ()))
+        self._exempt = (HEALTH_PREFIX, *PROBE_METHODS, *(REFLECTION_PREFIXES if exempt_reflection else ()))
 
     @property
     def enabled(self) -> bool:

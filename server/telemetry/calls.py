@@ -99,8 +99,9 @@ class CallRecord:
         return value or None
 
     def model_name(self) -> str | None:
-        """The model a call names: `model` (or `request.model`), or TensorFlow Serving's `model_spec.name`."""
-        name = self.request_field("model")
+        """The model a call names: `model` (or `request.model`), the Open Inference Protocol's
+        `model_name`, or TensorFlow Serving's `model_spec.name`."""
+        name = self.request_field("model") or self.request_field("model_name")
         message = self.first_request
         if name is None and message is not None and _message_field(message, "model_spec"):
             name = _string_field(message.model_spec, "name") or None

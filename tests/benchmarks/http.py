@@ -1,5 +1,5 @@
 """HTTP/JSON shim benchmark: JSON Predict through the shim beside gRPC unary, on one server,
-and TensorFlow Serving's REST and gRPC APIs beside them.
+and TensorFlow Serving's and the Open Inference Protocol's REST and gRPC APIs beside them.
 
     .venv/bin/python -m tests.benchmarks.http [--rounds 3] [--duration 5]
 
@@ -11,8 +11,9 @@ tensors); this module's HTTP load generator (aiohttp client in this process,
 one keep-alive connection per caller) with JSON `floatVal` input and typed
 output through the shim, and with TF Serving's `{"instances": ...}` body; and
 a `grpc.aio` loop in this process calling TF Serving's
-`PredictionService/Predict` (TensorProto input). Medians over the rounds are
-reported. Only loopback is targeted; every run stops by itself.
+`PredictionService/Predict` (TensorProto input); the Open Inference
+Protocol's `ModelInfer` the same way (raw input contents), and its REST infer
+through the shim (flat JSON `data`). Medians over the rounds are reported. Only loopback is targeted; every run stops by itself.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tests.benchmarks.core import client_bench
 from tests.servers import ServerProcess, free_port
 
 CONCURRENCY = [8, 64]
-TRANSPORTS = ("gRPC unary", "HTTP JSON", "TF Serving gRPC", "TF Serving REST")
+TRANSPORTS = ("gRPC unary", "HTTP JSON", "TF Serving gRPC", "TF Serving REST", "V2 gRPC", "V2 REST")
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -53,6 +54,13 @@ def tfserving_body(seed: int = 0) -> bytes:
     """The same row as TensorFlow Serving's REST predict body."""
     x = np.random.default_rng(seed).random((1, 8, 8, 1), dtype=np.float32)
     return json.dumps({"instances": np.round(x, 6).tolist()}).encode()
+
+
+def v2_body(seed: int = 0) -> bytes:
+    """The same row as an Open Inference Protocol REST infer body (flat data)."""
+    x = np.random.default_rng(seed).random((1, 8, 8, 1), dtype=np.float32)
+    tensor = {"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": np.round(x, 6).ravel().tolist()}
+    return json.dumps({"inputs": [tensor]}).encode()
 
 
 async def closed_loop(send: Callable[[], Awaitable[str]], concurrency: int, duration: float, warmup: float) -> dict:
@@ -99,6 +107,28 @@ async def tfserving_grpc_bench(target: str, concurrency: int, duration: float, w
         return await closed_loop(send, concurrency, duration, warmup)
 
 
+async def v2_grpc_bench(target: str, concurrency: int, duration: float, warmup: float = 1.0) -> dict:
+    """Closed-loop Open Inference Protocol ModelInfer (one grpc.aio channel, raw input contents)."""
+    import grpc
+
+    from inference import open_inference_pb2, open_inference_pb2_grpc
+
+    x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
+    request = open_inference_pb2.ModelInferRequest(model_name="digits", raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="image", datatype="FP32", shape=x.shape)
+    async with grpc.aio.insecure_channel(target) as channel:
+        infer = open_inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+
+        async def send() -> str:
+            try:
+                await infer(request, timeout=REQUEST_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+            return "OK"
+
+        return await closed_loop(send, concurrency, duration, warmup)
+
+
 async def http_bench(url: str, concurrency: int, duration: float, warmup: float = 1.0, body: bytes | None = None) -> dict:
     """Closed-loop JSON Predict at `concurrency`; requests/s and latency over the measured window."""
     body = predict_body() if body is None else body
@@ -130,6 +160,7 @@ def runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict]]:
             server.wait_serving()
             url = f"{server.http_url}/v1/models/digits:predict"
             tfserving_url = f"http://127.0.0.1:{tfserving_port}/v1/models/digits:predict"
+            v2_url = f"{server.http_url}/v2/models/digits/infer"
             for _ in range(rounds):
                 for concurrency in CONCURRENCY:
                     results.setdefault(("gRPC unary", concurrency), []).append(
@@ -143,6 +174,12 @@ def runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict]]:
                     )
                     results.setdefault(("TF Serving REST", concurrency), []).append(
                         asyncio.run(http_bench(tfserving_url, concurrency, duration, body=tfserving_body()))
+                    )
+                    results.setdefault(("V2 gRPC", concurrency), []).append(
+                        asyncio.run(v2_grpc_bench(server.target, concurrency, duration))
+                    )
+                    results.setdefault(("V2 REST", concurrency), []).append(
+                        asyncio.run(http_bench(v2_url, concurrency, duration, body=v2_body()))
                     )
         finally:
             server.stop()
@@ -176,7 +213,7 @@ def report(results: dict[tuple[str, int], list[dict]], rounds: int, duration: fl
         for c in CONCURRENCY
     )
     lines += ["", f"HTTP JSON / gRPC unary requests/s (same run): {ratios} (target: at least 0.5x)."]
-    for transport in ("TF Serving gRPC", "TF Serving REST"):
+    for transport in ("TF Serving gRPC", "TF Serving REST", "V2 gRPC", "V2 REST"):
         ratios = ", ".join(
             f"{median((transport, c), 'requests_per_s') / median(('gRPC unary', c), 'requests_per_s'):.2f}x "
             f"at concurrency {c}"

@@ -72,14 +72,20 @@ def api_rpcs() -> list[Rpc]:
 
 
 def grpc_rpcs() -> list[Rpc]:
-    """`api_rpcs()` and TensorFlow Serving's gRPC API, also served on the gRPC port (not over the shim)."""
+    """`api_rpcs()`, TensorFlow Serving's gRPC API and the Open Inference Protocol's, also served on the
+    gRPC port (not over the shim's routes); the protocol's probes, which need no key, are left out."""
     from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
+    from inference import open_inference_pb2
+    from server.telemetry.auth import PROBE_METHODS
+
     rpcs = api_rpcs()
-    for module in (prediction_service_pb2, model_service_pb2):
+    for module in (prediction_service_pb2, model_service_pb2, open_inference_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
-                rpcs.append(Rpc(f"/{service.full_name}/{method.name}", method))
+                name = f"/{service.full_name}/{method.name}"
+                if name not in PROBE_METHODS:
+                    rpcs.append(Rpc(name, method))
     return rpcs
 
 
