@@ -93,6 +93,13 @@ class Predictor:
         outputs = model.batcher.run(arrays, deadline)
         return {n: outputs[n] for n in (output_filter or outputs)}
 
+    def submit_arrays(self, model: LoadedModel, arrays: dict[str, np.ndarray], deadline: float | None = None) -> Future:
+        """Validate and queue inputs another wire format decoded; a future of every output's rows."""
+        if not arrays:
+            raise InvalidArgument(f"inputs: none given; model '{model.name}' takes {_described_inputs(model)}")
+        model.validate(arrays)
+        return model.batcher.submit(arrays, deadline)
+
     @staticmethod
     def decode_inputs(model: LoadedModel, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
         """Tensors via the codec; encoded images decoded to the input's shape."""
@@ -170,9 +177,13 @@ def _store_files(store: ObjectStore, prefix: str, output: FileOutput, rows: np.n
     return refs
 
 
+def best_classes(scores: np.ndarray, k: int) -> np.ndarray:
+    """The indices of each row's `k` highest scores, best first (ties: the lower index first)."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, : min(k, scores.shape[1])]
+
+
 def _top_k(scores: np.ndarray, labels: list[str], k: int) -> list[predict_pb2.Classification]:
-    k = min(k, scores.shape[1])
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    best = best_classes(scores, k)
     return [
         predict_pb2.Classification(
             classes=[

@@ -32,9 +32,11 @@ def test_bytes_raw_is_length_prefixed() -> None:
     with pytest.raises(InvalidArgument, match="raw BYTES element 1 is cut short"):
         tensors.from_raw("t", "BYTES", [2], struct.pack("<I", 2) + b"ab" + struct.pack("<I", 5) + b"c")
     with pytest.raises(InvalidArgument, match="end after 1 of 2 elements"):
-        tensors.from_raw("t", "BYTES", [2], struct.pack("<I", 2) + b"ab")
+        tensors.from_raw("t", "BYTES", [2], struct.pack("<I", 2) + b"abxx")
     with pytest.raises(InvalidArgument, match="hold more than the 1 elements"):
         tensors.from_raw("t", "BYTES", [1], struct.pack("<I", 1) + b"ab")
+    with pytest.raises(InvalidArgument, match="raw BYTES contents of 5 bytes cannot hold 8589934592 elements"):
+        tensors.from_raw("t", "BYTES", [2**33], struct.pack("<I", 1) + b"x")  # refused before allocating
 
 
 def test_contents_take_the_datatype_field_and_refuse_out_of_range_values() -> None:

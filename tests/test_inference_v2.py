@@ -6,9 +6,11 @@ Against the real App and demo models; Triton's own clients run in a subprocess.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
@@ -129,9 +131,40 @@ def test_grpc_classification_parameter_answers_top_classes(v2: Served) -> None:
         (length,) = struct.unpack_from("<I", data, offset)
         values.append(data[offset + 4 : offset + 4 + length].decode())
         offset += 4 + length
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :3]
-    want = [f"{scores[r, i]:g}:{i}:{i}" for r in range(2) for i in best[r]]
-    assert values == want
+    assert len(values) == 6
+    for row in range(2):
+        found = [re.fullmatch(r"(\d\.\d{6}):(\d):(\d)", value) for value in values[3 * row : 3 * row + 3]]
+        assert all(found), values  # Triton's "score:index:label", the score with six decimals
+        indices = [int(match[2]) for match in found]
+        assert [match[3] for match in found] == [str(i) for i in indices]  # the labels file says "0".."9"
+        assert indices == sorted(range(10), key=lambda i: -scores[row, i])[:3]
+        np.testing.assert_allclose([float(match[1]) for match in found], scores[row, indices], atol=5e-7)
+
+
+def test_grpc_stream_answers_each_message_by_id(v2: Served) -> None:
+    rows = [digits_rows(n, seed=50 + n) for n in (1, 3, 2)]
+    good = [infer_request("digits", r, id=f"s{i}") for i, r in enumerate(rows)]
+    unknown = infer_request("digits", rows[0], id="bad-model", model_version="1")
+    unknown.model_name = "nope"
+    wrong = infer_request("digits", rows[0], id="bad-type")
+    wrong.inputs[0].datatype = "FP64"
+    messages = [good[0], unknown, good[1], wrong, good[2]]
+    answers = list(v2.stub.ModelStreamInfer(iter(messages), timeout=30, metadata=AUTH))
+    by_id = {answer.infer_response.id: answer for answer in answers}
+    assert len(answers) == 5 and sorted(by_id) == sorted(m.id for m in messages)
+    for index, x in enumerate(rows):
+        answer = by_id[f"s{index}"]
+        assert (answer.error_message, answer.infer_response.model_name, answer.infer_response.model_version) == (
+            "", "digits", "1"
+        )
+        # Batched with the stream's other messages: equal up to float32 rounding of other batch sizes.
+        want = v2.own_api("digits", {"image": x})["probabilities"]
+        np.testing.assert_allclose(raw_output(answer.infer_response), want, rtol=1e-5, atol=1e-6)
+    assert by_id["bad-model"].error_message.startswith("model 'nope' not found")
+    assert (by_id["bad-model"].infer_response.model_name, by_id["bad-model"].infer_response.model_version) == ("nope", "1")
+    assert by_id["bad-type"].error_message == (
+        "input 'image': datatype FP64 does not match model 'digits', which expects FP32"
+    )
 
 
 def test_grpc_probes_and_metadata(v2: Served) -> None:
@@ -242,7 +275,7 @@ def test_grpc_errors_name_what_is_wrong(v2: Served, edit, code, message) -> None
     assert raised.value.details().startswith(message), raised.value.details()
 
 
-def test_grpc_contents_out_of_range_for_the_datatype(v2: Served) -> None:
+def test_grpc_contents_must_be_the_datatypes_field(v2: Served) -> None:
     request = pb.ModelInferRequest(model_name="digits_decoder")
     tensor = request.inputs.add(name="digit", datatype="INT32", shape=[1])
     tensor.contents.int64_contents.append(2**40)
@@ -260,7 +293,7 @@ def test_rest_probes_and_metadata(v2: Served) -> None:
     )
     assert v2.get("/v2/health/ready", key=None).json() == {"ready": True}
     assert v2.get("/v2").json() == {
-        "name": "tf-grpc-serving", "version": v2.get("/v2").json()["version"],
+        "name": "tf-grpc-serving", "version": metadata.version("tf-grpc-serving"),
         "extensions": ["classification", "binary_tensor_data"],
     }
     assert v2.get("/v2/models/digits").json() == {
@@ -323,7 +356,7 @@ def test_rest_classification_and_integer_inputs(v2: Served) -> None:
             "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]}
     (output,) = v2.post("/v2/models/digits/infer", body).json()["outputs"]
     assert output == {"name": "probabilities", "datatype": "BYTES", "shape": [1, 1],
-                      "data": [f"{scores[best]:g}:{best}:{best}"]}
+                      "data": [f"{scores[best]:.6f}:{best}:{best}"]}
 
 
 ONE_ROW = {"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": [0.5] * 64}
@@ -362,6 +395,21 @@ REST_ERRORS = [
     ("POST", "/v2/models/digits", {}, 405, "method POST is not allowed for /v2/models/digits; allowed: GET"),
     ("GET", "/v2/repository/index", None, 404, "no such path: /v2/repository/index"),
     ("GET", "/v2/models/nope", None, 404, "model 'nope' not found"),
+    ("GET", "/v2/models/digits/versions/%C2%B2", None, 400, "version: expected a version number such as '1', got '²'"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "model_name": "other"}, 400,
+     "model_name: the body names model 'other' but the path 'digits'"),
+    ("POST", "/v2/models/digits/versions/1/infer", {"inputs": [ONE_ROW], "model_version": "2"}, 400,
+     "model_version: the body names version 2 but the path 1"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "outputs": [{"name": "probabilities"}] * 2}, 400,
+     "output 'probabilities': requested twice"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [1] * 65, "data": [0.5]}]}, 400,
+     "input 'image': shape has 65 dimensions; at most 32 are taken"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [0, 2**62, 2**62], "data": []}]}, 400,
+     "input 'image': shape has more than 4611686018427387904 elements"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [10**1000] * 5}]}, 400,
+     "input 'image': shape has more than 4611686018427387904 elements"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [1, 8, 8]}]}, 400,
+     "input 'image': shape [1, 8, 8] does not match the model's FLOAT32 [-1, 8, 8, 1]"),
 ]
 
 
@@ -373,6 +421,58 @@ def test_rest_errors_name_what_is_wrong(v2: Served, method, path, body, status, 
         response = v2.post(path, body)
     assert response.status_code == status, response.text
     assert response.json()["error"].startswith(message), response.json()
+
+
+def test_rest_takes_kserve_style_bodies(v2: Served) -> None:
+    """KServe's client names the model in the body, and nulls stand for fields not given."""
+    rows = digits_rows(1, seed=47)
+    want = v2.own_api("digits", {"image": rows})["probabilities"]
+    body = {"model_name": "digits", "model_version": "1", "id": None, "parameters": None, "outputs": None,
+            "inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "parameters": None,
+                        "data": rows.ravel().tolist()}]}
+    response = v2.post("/v2/models/digits/infer", body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert "id" not in answer and answer["model_version"] == "1"
+    np.testing.assert_array_equal(np.asarray(answer["outputs"][0]["data"], np.float32).reshape(1, 10), want)
+
+
+def test_rest_binary_data_output_for_every_output(v2: Served) -> None:
+    rows = digits_rows(1, seed=48)
+    want = v2.own_api("digits", {"image": rows})["probabilities"]
+    body = {"parameters": {"binary_data_output": True},
+            "inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": rows.ravel().tolist()}]}
+    response = v2.post("/v2/models/digits/infer", body)
+    length = int(response.headers["Inference-Header-Content-Length"])
+    assert json.loads(response.content[:length])["outputs"][0]["parameters"] == {"binary_data_size": 40}
+    np.testing.assert_array_equal(np.frombuffer(response.content[length:], "<f4").reshape(1, 10), want)
+
+
+@pytest.mark.parametrize("value", ["²", "9" * 5000, "-1", "1e3"])
+def test_rest_header_length_must_be_a_byte_count(v2: Served, value: str) -> None:
+    response = v2.post("/v2/models/digits/infer", {"inputs": [ONE_ROW]},
+                       headers={"Inference-Header-Content-Length": value.encode().decode("latin-1")})
+    assert (response.status_code, response.json()["error"]) == (
+        400, "header Inference-Header-Content-Length: expected the JSON part's length in bytes"
+    )
+
+
+def test_grpc_shapes_numpy_cannot_take_are_refused(v2: Served) -> None:
+    def send(shape: list[int], raw: bytes, datatype: str = "FP32") -> grpc.RpcError:
+        request = pb.ModelInferRequest(model_name="digits", raw_input_contents=[raw])
+        request.inputs.add(name="image", datatype=datatype, shape=shape)
+        with pytest.raises(grpc.RpcError) as raised:
+            v2.stub.ModelInfer(request, timeout=30, metadata=AUTH)
+        return raised.value
+
+    assert send([1] * 65, bytes(4)).details() == "input 'image': shape has 65 dimensions; at most 32 are taken"
+    assert send([0, 2**62, 2**62], b"").details() == (
+        "input 'image': shape has more than 4611686018427387904 elements"
+    )
+    assert send([1, 8, 8, 1], bytes(256)[:-4], "FP32").code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as raised:
+        v2.stub.ModelMetadata(pb.ModelMetadataRequest(name="digits", version="²"), timeout=10, metadata=AUTH)
+    assert raised.value.details() == "version: expected a version number such as '1', got '²'"
 
 
 def test_rest_binary_parts_must_add_up(v2: Served) -> None:
@@ -465,12 +565,19 @@ def test_triton_clients_work_unchanged(make_app, tmp_path: Path) -> None:
         want = own_api(channel, "digits", {"image": rows})["probabilities"]
         image = own_api(channel, "digits_decoder", {"digit": digits})["image"]
     best = np.argsort(-want, axis=1, kind="stable")[:, :2]
-    top = [[f"{want[r, i]:g}:{i}:{i}" for i in best[r]] for r in range(3)]
+    top = [[f"{want[r, i]:.6f}:{i}:{i}" for i in best[r]] for r in range(3)]
 
     grpc_seen, http_seen = seen["grpc"], seen["http"]
+    stream = grpc_seen["stream"]
+    assert sorted(stream) == ["error", "stream-0", "stream-1", "stream-2"]
+    for index in range(3):
+        np.testing.assert_allclose(np.asarray(stream[f"stream-{index}"], np.float32), want, rtol=1e-5, atol=1e-6)
+    assert stream["error"].startswith("model 'nope' not found")
     assert (grpc_seen["live"], grpc_seen["ready"], grpc_seen["model_ready"], grpc_seen["unknown_model_ready"]) == (
         True, True, True, False
     )
+    assert grpc_seen["server"] == {"name": "tf-grpc-serving", "version": metadata.version("tf-grpc-serving"),
+                                   "extensions": ["classification", "binary_tensor_data"]}
     assert grpc_seen["metadata"]["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "8", "8", "1"]}]
     assert grpc_seen["id"] == "triton-grpc-1"
     np.testing.assert_array_equal(np.asarray(grpc_seen["probabilities"], np.float32), want)

@@ -11,6 +11,7 @@ each client saw, for tests/test_inference_v2.py to check.
 from __future__ import annotations
 
 import json
+import queue
 import sys
 from typing import Any
 
@@ -43,6 +44,7 @@ def with_grpc(target: str, rows: np.ndarray, digits: np.ndarray) -> dict[str, An
     wrong.set_data_from_numpy(rows.astype(np.float64))
     metadata = client.get_model_metadata("digits", as_json=True)
     return {
+        "stream": streamed(client, image),
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),
         "model_ready": client.is_model_ready("digits"),
@@ -56,6 +58,24 @@ def with_grpc(target: str, rows: np.ndarray, digits: np.ndarray) -> dict[str, An
         "wrong_datatype": failure(lambda: client.infer("digits", [wrong])),
         "unknown_model": failure(lambda: client.infer("nope", [image])),
     }
+
+
+def streamed(client: grpcclient.InferenceServerClient, image: grpcclient.InferInput) -> dict[str, Any]:
+    """ModelStreamInfer through the client's stream API: three good requests and one for an unknown model."""
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    for index in range(3):
+        client.async_stream_infer("digits", [image], request_id=f"stream-{index}")
+    client.async_stream_infer("nope", [image], request_id="stream-bad")
+    got = [answers.get(timeout=30) for _ in range(4)]
+    client.stop_stream()
+    seen: dict[str, Any] = {}
+    for result, error in got:
+        if error is not None:
+            seen["error"] = error.message()
+        else:
+            seen[result.get_response().id] = result.as_numpy("probabilities").tolist()
+    return seen
 
 
 def with_http(url: str, rows: np.ndarray, digits: np.ndarray) -> dict[str, Any]:

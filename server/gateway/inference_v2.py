@@ -52,6 +52,7 @@ from server.services.predict import deadline_of
 # Dispatched in process only (never served over gRPC): the request body in, the answer's body out.
 REST_INFER_RPC = "/serving.v1.InferenceV2Rest/Infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_LENGTH_VALUE = re.compile(r"[0-9]{1,15}")
 _MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer)?")
 _PROBES = {"/v2/health/live": ("ServerLive", pb.ServerLiveRequest, "live"),
            "/v2/health/ready": ("ServerReady", pb.ServerReadyRequest, "ready")}
@@ -132,7 +133,7 @@ class InferenceV2Rest:
         context = context_for(request, route)
         json_length = request.headers.get(HEADER_LENGTH)
         if json_length is not None:
-            if not json_length.isdigit():
+            if not _LENGTH_VALUE.fullmatch(json_length):
                 raise InvalidArgument(f"header {HEADER_LENGTH}: expected the JSON part's length in bytes")
             context.json_length_in = int(json_length)
         # No valid key: the body is not read; the interceptors answer 401 (and log it).
@@ -175,7 +176,7 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         else:
             header, binary = body[:json_length], memoryview(body)[json_length:]
         payload = _parse(header)
-        model = predictor.repository.get(*target)
+        model = predictor.repository.get(*_target(payload, *target))
         arrays = _inputs(model, payload, binary)
         wanted, binary_outputs = _outputs(payload)
         outputs = infer(predictor, model, arrays, wanted, deadline_of(context))
@@ -212,14 +213,30 @@ def _parse(header: bytes | memoryview) -> dict[str, Any]:
         raise InvalidArgument("request body: nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidArgument('request body: expected a JSON object with "inputs"')
-    unknown = sorted(set(payload) - {"id", "parameters", "inputs", "outputs"})
+    payload = {key: value for key, value in payload.items() if value is not None}  # null: not given
+    unknown = sorted(set(payload) - {"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
     if unknown:
-        raise InvalidArgument(f"request body: unknown field '{unknown[0]}'; expected id, parameters, inputs, outputs")
-    if "id" in payload and not isinstance(payload["id"], str):
-        raise InvalidArgument("id: expected a string")
+        raise InvalidArgument(
+            f"request body: unknown field '{unknown[0]}'; expected id, parameters, inputs, outputs "
+            "(and model_name, model_version)"
+        )
+    for field in ("id", "model_name", "model_version"):
+        if field in payload and not isinstance(payload[field], str):
+            raise InvalidArgument(f"{field}: expected a string")
     if not isinstance(payload.get("parameters", {}), dict):
         raise InvalidArgument("parameters: expected an object")
     return payload
+
+
+def _target(payload: dict[str, Any], model: str, version: int) -> tuple[str, int]:
+    """The model and version to run: the path's; a body's own model_name and model_version (KServe's
+    client sends them) must agree with it, and the body's version applies when the path names none."""
+    if payload.get("model_name", model) != model:
+        raise InvalidArgument(f"model_name: the body names model '{payload['model_name']}' but the path '{model}'")
+    named = version_of("model_version", payload.get("model_version", ""))
+    if named and version and named != version:
+        raise InvalidArgument(f"model_version: the body names version {named} but the path {version}")
+    return model, version or named
 
 
 def _inputs(model: Any, payload: dict[str, Any], binary: bytes | memoryview) -> dict[str, np.ndarray]:
@@ -249,6 +266,8 @@ def _inputs(model: Any, payload: dict[str, Any], binary: bytes | memoryview) -> 
         if not isinstance(parameters, dict):
             raise InvalidArgument(f"{label}: parameters must be an object")
         size = parameters.get("binary_data_size")
+        if item.get("data") is None:
+            item = {k: v for k, v in item.items() if k != "data"}
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidArgument(f"{label}: binary_data_size must be a byte count")

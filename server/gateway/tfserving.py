@@ -251,15 +251,9 @@ def input_array(name: str, value: Any, spec: TensorInfo) -> np.ndarray:
         raise out_of_range  # integers too large for any numpy integer type
     if array.size and array.dtype.kind not in kinds:
         raise InvalidArgument(f"input '{name}': expected {_KIND_WORDS[spec.dtype.kind]} for {expected}")
-    if spec.dtype.kind in "iu" and array.size:
-        info = np.iinfo(spec.dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise out_of_range
-    with np.errstate(over="ignore"):  # checked just below
-        converted = array.astype(spec.dtype)
-    if spec.dtype.kind == "f" and array.size and not np.isfinite(converted).all() and np.isfinite(array).all():
-        raise out_of_range  # finite numbers that would become infinite in the input's precision
-    return converted
+    if not codec.fits(array, spec.dtype):
+        raise out_of_range
+    return array.astype(spec.dtype)
 
 
 def _strings(name: str, value: Any) -> Any:
@@ -295,11 +289,8 @@ def predict_json(model: LoadedModel, outputs: dict[str, np.ndarray], columnar: b
 
 
 def _json_values(name: str, array: np.ndarray) -> Any:
-    if array.dtype.kind == "f" and array.dtype.itemsize < 8:
-        # The shortest decimal that reads back as the same float32 (0.99999994, not 0.9999999403953552).
-        return array.astype(str).astype(np.float64).tolist()
     if array.dtype != object:
-        return array.tolist()
+        return codec.float_list(array)
     binary = name.endswith("_bytes")
     return _nested(array.tolist(), lambda b: _bytes_json(b, binary))
 

@@ -141,3 +141,28 @@ def from_numpy(array: np.ndarray, *, raw: bool = True) -> tensor_pb2.Tensor:
     else:
         getattr(tensor, TYPED_FIELDS[code]).extend(array.reshape(-1).tolist())
     return tensor
+
+
+def fits(values: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether numbers (ints, floats or Python ints in an object array) convert to `dtype` unchanged in
+    range: integers within its bounds, finite floats staying finite."""
+    if not values.size:
+        return True
+    if values.dtype == object:  # Python integers too large for any numpy integer type
+        return False
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return bool(values.min() >= info.min and values.max() <= info.max)
+    if dtype.kind == "f" and values.dtype.kind in "iuf":
+        with np.errstate(over="ignore"):
+            converted = values.astype(dtype)
+        return bool(np.isfinite(converted).all() or not np.isfinite(values).all())
+    return True
+
+
+def float_list(array: np.ndarray) -> list:
+    """A float array as nested lists, float16/float32 values written as the shortest decimal that reads
+    back as the same value (0.99999994, not 0.9999999403953552)."""
+    if array.dtype.kind == "f" and array.dtype.itemsize < 8:
+        return array.astype(str).astype(np.float64).tolist()
+    return array.tolist()

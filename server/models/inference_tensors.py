@@ -23,19 +23,21 @@ import numpy as np
 
 from server.errors import InvalidArgument
 from server.models import codec
+from serving.v1 import tensor_pb2
 
-# The API's dtypes (codec.NUMPY_DTYPES) under their V2 names; object arrays hold bytes.
-DATATYPES: Final[dict[str, np.dtype]] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
+# The API's dtypes under their V2 names (numpy dtypes from codec.NUMPY_DTYPES; object arrays hold bytes).
+_V2_NAMES: Final[dict[int, str]] = {
+    tensor_pb2.DATA_TYPE_BOOL: "BOOL",
+    tensor_pb2.DATA_TYPE_UINT8: "UINT8", tensor_pb2.DATA_TYPE_UINT16: "UINT16",
+    tensor_pb2.DATA_TYPE_UINT32: "UINT32", tensor_pb2.DATA_TYPE_UINT64: "UINT64",
+    tensor_pb2.DATA_TYPE_INT8: "INT8", tensor_pb2.DATA_TYPE_INT16: "INT16",
+    tensor_pb2.DATA_TYPE_INT32: "INT32", tensor_pb2.DATA_TYPE_INT64: "INT64",
+    tensor_pb2.DATA_TYPE_FLOAT16: "FP16", tensor_pb2.DATA_TYPE_FLOAT32: "FP32", tensor_pb2.DATA_TYPE_FLOAT64: "FP64",
+    tensor_pb2.DATA_TYPE_STRING: "BYTES",
 }
-assert set(DATATYPES.values()) == set(codec.NUMPY_DTYPES.values())
-_NAMES: Final[dict[tuple[str, int], str]] = {
-    (dtype.kind, dtype.itemsize): name for name, dtype in DATATYPES.items() if name != "BYTES"
-}
+DATATYPES: Final[dict[str, np.dtype]] = {name: codec.NUMPY_DTYPES[code] for code, name in _V2_NAMES.items()}
+MAX_DIMENSIONS = 32
+MAX_DIMENSION = 2**62  # a shape's dimensions, and their product (zeros counted as 1)
 # Where gRPC `InferTensorContents` carries each datatype (FP16 only travels raw).
 CONTENTS_FIELDS: Final[dict[str, str]] = {
     "BOOL": "bool_contents",
@@ -49,12 +51,10 @@ _LENGTH = struct.Struct("<I")
 
 def datatype_of(dtype: np.dtype) -> str:
     """The V2 datatype of a numpy dtype ("BYTES" for strings and bytes)."""
-    if dtype.kind in "OSU":
-        return "BYTES"
-    name = _NAMES.get((dtype.kind, dtype.itemsize))
-    if name is None:
-        raise InvalidArgument(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
-    return name
+    try:
+        return _V2_NAMES[codec.data_type_of(np.empty(0, dtype))]
+    except codec.TensorCodecError:
+        raise InvalidArgument(f"numpy dtype {dtype} has no Open Inference Protocol datatype") from None
 
 
 def element_count(tensor: str, datatype: str, shape: Any) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -63,10 +63,16 @@ def element_count(tensor: str, datatype: str, shape: Any) -> tuple[np.dtype, tup
     if dtype is None:
         raise InvalidArgument(f"{tensor}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
     if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidArgument(f"{tensor}: shape must be a list of integers, got {shape!r}"[:200])
+        raise InvalidArgument(f"{tensor}: shape must be a list of integers, got {str(shape)[:100]}")
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidArgument(f"{tensor}: shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS} are taken")
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"{tensor}: shape {list(shape)} has a negative dimension")
+    # Checked before any product is printed or any array shaped: a zero-size tensor may not carry
+    # dimensions numpy cannot represent, and huge JSON integers are not formatted.
+    if any(d > MAX_DIMENSION for d in shape) or math.prod(max(d, 1) for d in shape) > MAX_DIMENSION:
+        raise InvalidArgument(f"{tensor}: shape has more than {MAX_DIMENSION} elements")
     dims = tuple(int(d) for d in shape)
-    if any(d < 0 for d in dims):
-        raise InvalidArgument(f"{tensor}: shape {list(dims)} has a negative dimension")
     return dtype, dims, math.prod(dims)
 
 
@@ -94,8 +100,7 @@ def from_contents(tensor: str, datatype: str, shape: Any, contents: Any) -> np.n
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(dims)
-    values_array = np.asarray(values)
-    return _narrowed(tensor, values_array, dtype, datatype).reshape(dims)
+    return _narrowed(tensor, np.asarray(values), dtype, datatype).reshape(dims)
 
 
 def from_raw(tensor: str, datatype: str, shape: Any, data: bytes | memoryview) -> np.ndarray:
@@ -154,10 +159,7 @@ def to_json(array: np.ndarray) -> list[Any]:
     """REST `data`: the values flattened in row-major order (BYTES as text where it is UTF-8)."""
     if array.dtype.kind in "OSU":
         return [_text(v) for v in array.reshape(-1).tolist()]
-    if array.dtype.kind == "f" and array.dtype.itemsize < 8:
-        # The shortest decimal that reads back as the same float32 (0.99999994, not 0.9999999403953552).
-        return array.reshape(-1).astype(str).astype(np.float64).tolist()
-    return array.reshape(-1).tolist()
+    return codec.float_list(array.reshape(-1))
 
 
 def _text(value: Any) -> str:
@@ -171,21 +173,15 @@ def _text(value: Any) -> str:
 
 def _narrowed(tensor: str, values: np.ndarray, dtype: np.dtype, datatype: str) -> np.ndarray:
     """`values` as `dtype`, refusing what does not fit (a wider integer, a finite float turned infinite)."""
-    if values.size and dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if values.dtype == object or values.min() < info.min or values.max() > info.max:
-            raise InvalidArgument(f"{tensor}: a value is outside the range of {datatype}")
-    if values.dtype == object:
+    if not codec.fits(values, dtype):
         raise InvalidArgument(f"{tensor}: a value is outside the range of {datatype}")
-    with np.errstate(over="ignore"):
-        converted = values.astype(dtype)
-    if dtype.kind == "f" and values.size and not np.isfinite(converted).all() and np.isfinite(values).all():
-        raise InvalidArgument(f"{tensor}: a value is outside the range of {datatype}")
-    return converted
+    return values.astype(dtype)
 
 
 def _length_prefixed(tensor: str, data: bytes | memoryview, count: int) -> np.ndarray:
     view = memoryview(data)
+    if count * _LENGTH.size > len(view):  # before anything is allocated for the elements
+        raise InvalidArgument(f"{tensor}: raw BYTES contents of {len(view)} bytes cannot hold {count} elements")
     array = np.empty(count, dtype=object)
     offset = 0
     for index in range(count):

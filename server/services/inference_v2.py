@@ -1,7 +1,9 @@
 """The Open Inference Protocol's gRPC service (KServe V2, Triton), so its clients work unchanged.
 
 `inference.GRPCInferenceService` on the gRPC port: ServerLive, ServerReady,
-ModelReady, ServerMetadata, ModelMetadata and ModelInfer. A ModelInfer runs
+ModelReady, ServerMetadata, ModelMetadata, ModelInfer and Triton's streaming
+ModelStreamInfer (services/streaming.py: each message batched as it comes,
+answered in completion order, a failed one with its `error_message`). A ModelInfer runs
 through the same interceptors, Predictor and Batcher as
 `serving.v1.PredictService/Predict`, with the same error table. Outputs are
 answered as raw contents, as Triton does. A requested output may carry the
@@ -14,25 +16,29 @@ extension answers.
 
 from __future__ import annotations
 
+import re
+from concurrent.futures import Future
 from importlib import metadata as package_metadata
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
 
 from inference import open_inference_pb2 as pb
 from inference import open_inference_pb2_grpc
-from server.errors import InvalidArgument, NotFound, Unavailable
+from server.errors import InvalidArgument, NotFound, Unavailable, status_of
 from server.models import inference_tensors as tensors
 from server.models.model import LoadedModel
 from server.models.repository import ModelRepository
-from server.predictor import Predictor
+from server.predictor import Predictor, best_classes
 from server.services.predict import deadline_of
+from server.services.streaming import BatchedStream
 
 SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "tf-grpc-serving"
 PLATFORM = "tensorflow_savedmodel"
 EXTENSIONS = ("classification", "binary_tensor_data")
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
 Output = tuple[str, np.ndarray]  # (name, values)
 
@@ -48,7 +54,7 @@ def version_of(field: str, version: str) -> int:
     """A V2 version string as a number (0: the newest served)."""
     if not version:
         return 0
-    if not version.isdigit() or len(version) > 18 or int(version) == 0:
+    if not _VERSION.fullmatch(version):
         raise InvalidArgument(f"{field}: expected a version number such as '1', got {version!r}"[:200])
     return int(version)
 
@@ -85,7 +91,9 @@ def requested_outputs(model: LoadedModel, outputs: Sequence[tuple[str, int]]) ->
     """(name, classification count) of each requested output (all of them when none are named)."""
     if not outputs:
         return [(name, 0) for name in model.outputs]
-    for name, classes in outputs:
+    for index, (name, classes) in enumerate(outputs):
+        if any(name == earlier for earlier, _ in outputs[:index]):
+            raise InvalidArgument(f"output '{name}': requested twice")
         if name not in model.outputs:
             returns = ", ".join(f"'{n}'" for n in model.outputs)
             raise InvalidArgument(f"outputs: unknown output '{name}'; model '{model.name}' returns {returns}")
@@ -105,26 +113,33 @@ def infer(
 ) -> list[Output]:
     """Run decoded inputs through the model's Batcher; the requested outputs, in order."""
     wanted = requested_outputs(model, outputs)
+    check_inputs(model, arrays)
+    results = predictor.predict_arrays(model, arrays, deadline, sorted({name for name, _ in wanted}))
+    return shaped_outputs(model, results, wanted)
+
+
+def check_inputs(model: LoadedModel, arrays: dict[str, np.ndarray]) -> None:
     if not arrays:
         raise InvalidArgument(f"inputs: none given; model '{model.name}' takes " + ", ".join(
             f"'{n}' ({tensors.datatype_of(s.dtype)} {list(s.shape)})" for n, s in model.inputs.items()
         ))
-    results = predictor.predict_arrays(model, arrays, deadline, sorted({name for name, _ in wanted}))
+
+
+def shaped_outputs(model: LoadedModel, results: dict[str, np.ndarray], wanted: Sequence[tuple[str, int]]) -> list[Output]:
+    """The wanted outputs of a batch's rows, in order, classified where asked."""
     return [(name, _classified(results[name], classes, model.labels) if classes else results[name])
             for name, classes in wanted]
 
 
 def _classified(scores: np.ndarray, classes: int, labels: list[str]) -> np.ndarray:
-    """The top `classes` of each row as "score:index[:label]" strings, best first."""
-    classes = min(classes, scores.shape[1])
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :classes]
-    rows = [
-        [f"{row[i]:g}:{i}" + (f":{labels[i]}" if i < len(labels) else "") for i in indices]
-        for row, indices in zip(scores.tolist(), best.tolist())
-    ]
-    array = np.empty((len(rows), classes), dtype=object)
-    for r, row in enumerate(rows):
-        array[r, :] = [value.encode() for value in row]
+    """The top `classes` of each row as "score:index[:label]" strings, best first, the score with six
+    decimals (Triton's format: "0.998573:3:3")."""
+    best = best_classes(scores, classes)
+    array = np.empty(best.shape, dtype=object)
+    for r, (row, indices) in enumerate(zip(scores.tolist(), best.tolist())):
+        array[r, :] = [
+            (f"{row[i]:f}:{i}" + (f":{labels[i]}" if i < len(labels) else "")).encode() for i in indices
+        ]
     return array
 
 
@@ -171,10 +186,13 @@ def requested_of(request: pb.ModelInferRequest) -> list[tuple[str, int]]:
 class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol over the Predictor; `ready()` is the server's readiness."""
 
-    def __init__(self, predictor: Predictor, repository: ModelRepository, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, predictor: Predictor, repository: ModelRepository, ready: Callable[[], bool], max_in_flight: int = 256
+    ) -> None:
         self.predictor = predictor
         self.repository = repository
         self.ready = ready
+        self.max_in_flight = max_in_flight  # per ModelStreamInfer stream
 
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -199,14 +217,68 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
         return metadata_of(self.repository, model)
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
-        if not request.model_name:
-            raise InvalidArgument("model_name: required")
-        model = self.repository.get(request.model_name, version_of("model_version", request.model_version))
+        model = self._model_of(request)
         outputs = infer(self.predictor, model, decode_inputs(model, request), requested_of(request),
                         deadline_of(context))
-        response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
-        for name, array in outputs:
-            response.outputs.add(name=name, datatype=tensors.datatype_of(array.dtype), shape=array.shape)
-            response.raw_output_contents.append(tensors.to_raw(array))
-        return response
+        return response_of(model, request.id, outputs)
+
+    def ModelStreamInfer(
+        self, request_iterator: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        deadline = deadline_of(context)
+
+        def submit(request: pb.ModelInferRequest) -> _PendingInfer:
+            model = self._model_of(request)
+            arrays = decode_inputs(model, request)
+            wanted = requested_outputs(model, requested_of(request))
+            check_inputs(model, arrays)
+            return _PendingInfer(request, model, wanted, self.predictor.submit_arrays(model, arrays, deadline))
+
+        return BatchedStream(submit, _streamed, _stream_error, self.max_in_flight).run(request_iterator, context)
+
+    def _model_of(self, request: pb.ModelInferRequest) -> LoadedModel:
+        if not request.model_name:
+            raise InvalidArgument("model_name: required")
+        return self.repository.get(request.model_name, version_of("model_version", request.model_version))
+
+
+def response_of(model: LoadedModel, request_id: str, outputs: list[Output]) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request_id)
+    for name, array in outputs:
+        response.outputs.add(name=name, datatype=tensors.datatype_of(array.dtype), shape=array.shape)
+        response.raw_output_contents.append(tensors.to_raw(array))
+    return response
+
+
+class _PendingInfer:
+    """A streamed request queued in its model's Batcher."""
+
+    def __init__(self, request: pb.ModelInferRequest, model: LoadedModel, wanted: list[tuple[str, int]],
+                 rows: Future) -> None:
+        self.request = request
+        self.model = model
+        self.wanted = wanted
+        self.rows = rows
+
+    def add_done_callback(self, callback: Callable[[_PendingInfer], None]) -> None:
+        self.rows.add_done_callback(lambda _: callback(self))
+
+
+def _streamed(pending: _PendingInfer) -> pb.ModelStreamInferResponse:
+    try:
+        outputs = shaped_outputs(pending.model, pending.rows.result(0), pending.wanted)
+    except Exception as exc:
+        return _stream_error(pending.request, exc)
+    return pb.ModelStreamInferResponse(infer_response=response_of(pending.model, pending.request.id, outputs))
+
+
+def _stream_error(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
+    """A failed message's answer: the error's message, and the request's id to match it by."""
+    _, message = status_of(exc)
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
 
