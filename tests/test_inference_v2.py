@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -188,6 +189,41 @@ def test_grpc_needs_a_key_except_for_probes(v2: Served) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         v2.stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=10)
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_repository_index_lists_every_version_found_and_its_state(make_app, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    for version in (1, 2):  # the default policy serves the newest only
+        shutil.copytree(MODEL_DIR / "digits" / "1", models / "digits" / str(version))
+    (models / "digits" / "²").mkdir()  # digits, but not a version number: skipped
+    (models / "digits" / "²" / "saved_model.pb").write_bytes(b"")
+    app = make_app(model_dir=models)
+    with grpc.insecure_channel(app.address) as channel:
+        stub = open_inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+        assert [(m.name, m.version, m.state, m.reason) for m in index.models] == [
+            ("digits", "1", "UNAVAILABLE",
+             "not served: the model's version_policy does not ask for it, or it appeared with MODEL_POLL_SECONDS=0"),
+            ("digits", "2", "READY", ""),
+        ]
+        ready = stub.RepositoryIndex(pb.RepositoryIndexRequest(repository_name="models", ready=True), timeout=10)
+        assert [(m.name, m.version, m.state) for m in ready.models] == [("digits", "2", "READY")]
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.RepositoryIndex(pb.RepositoryIndexRequest(repository_name="other"), timeout=10)
+        assert (raised.value.code(), raised.value.details()) == (
+            grpc.StatusCode.NOT_FOUND,
+            "repository_name: no repository 'other'; the one repository is 'models' (MODEL_DIR)",
+        )
+    url = f"http://{app.http_address}/v2/repository/index"
+    assert requests.post(url, json={"ready": True}, timeout=10).json() == [
+        {"name": "digits", "version": "2", "state": "READY", "reason": ""}
+    ]
+    assert len(requests.post(url, timeout=10).json()) == 2  # no body: everything
+    bad = requests.post(url, json={"ready": "yes"}, timeout=10)
+    assert (bad.status_code, bad.json()["error"]) == (
+        400, 'request body: "repository_name" is a string and "ready" true or false'
+    )
+    assert requests.get(url, timeout=10).status_code == 405
 
 
 def test_reflection_lists_the_service(v2: Served) -> None:
@@ -393,7 +429,7 @@ REST_ERRORS = [
      "version: expected a version number such as '1', got 'x'"),
     ("GET", "/v2/models/digits/infer", None, 405, "method GET is not allowed for /v2/models/digits/infer; allowed: POST"),
     ("POST", "/v2/models/digits", {}, 405, "method POST is not allowed for /v2/models/digits; allowed: GET"),
-    ("GET", "/v2/repository/index", None, 404, "no such path: /v2/repository/index"),
+    ("POST", "/v2/repository/models/digits/load", {}, 404, "no such path: /v2/repository/models/digits/load"),
     ("GET", "/v2/models/nope", None, 404, "model 'nope' not found"),
     ("GET", "/v2/models/digits/versions/%C2%B2", None, 400, "version: expected a version number such as '1', got '²'"),
     ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "model_name": "other"}, 400,
@@ -579,6 +615,13 @@ def test_triton_clients_work_unchanged(make_app, tmp_path: Path) -> None:
     assert grpc_seen["server"] == {"name": "tf-grpc-serving", "version": metadata.version("tf-grpc-serving"),
                                    "extensions": ["classification", "binary_tensor_data"]}
     assert grpc_seen["metadata"]["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "8", "8", "1"]}]
+    assert grpc_seen["index"] == {"models": [
+        {"name": "digits", "version": "1", "state": "READY"}, {"name": "digits_decoder", "version": "1", "state": "READY"}
+    ]}
+    assert http_seen["index"] == [
+        {"name": "digits", "version": "1", "state": "READY", "reason": ""},
+        {"name": "digits_decoder", "version": "1", "state": "READY", "reason": ""},
+    ]
     assert grpc_seen["id"] == "triton-grpc-1"
     np.testing.assert_array_equal(np.asarray(grpc_seen["probabilities"], np.float32), want)
     np.testing.assert_array_equal(np.asarray(grpc_seen["decoded"], np.float32), image)

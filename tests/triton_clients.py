@@ -49,6 +49,7 @@ def with_grpc(target: str, rows: np.ndarray, digits: np.ndarray) -> dict[str, An
         "ready": client.is_server_ready(),
         "model_ready": client.is_model_ready("digits"),
         "unknown_model_ready": client.is_model_ready("nope"),
+        "index": client.get_model_repository_index(as_json=True),
         "server": client.get_server_metadata(as_json=True),
         "metadata": metadata,
         "id": result.get_response().id,
@@ -85,6 +86,7 @@ def with_http(url: str, rows: np.ndarray, digits: np.ndarray) -> dict[str, Any]:
         "ready": client.is_server_ready(),
         "model_ready": client.is_model_ready("digits"),
         "metadata": client.get_model_metadata("digits"),
+        "index": client.get_model_repository_index(),
     }
     for binary in (True, False):  # binary tensor data (the client's default) and JSON
         image = httpclient.InferInput("image", list(rows.shape), "FP32")

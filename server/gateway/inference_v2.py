@@ -5,6 +5,7 @@
     GET  /v2/models/{model}[/versions/{v}]            model metadata
     GET  /v2/models/{model}[/versions/{v}]/ready      200 {"name", "ready": true}, else 400
     POST /v2/models/{model}[/versions/{v}]/infer      {"inputs": [...], "outputs": [...]}
+    POST /v2/repository/index                         [{"name", "version", "state", "reason"}, ...]
 
 Each request is one call through the dispatcher, so auth, the access log,
 metrics, tracing, deadlines and batching are the same as over gRPC: the probes
@@ -42,6 +43,7 @@ from server.errors import InvalidArgument, NotFound, ServingError, Unimplemented
 from server.gateway.bodies import read_body
 from server.gateway.calls import CallFailed, RpcCall
 from server.gateway.responses import MethodNotAllowed
+from server.gateway.context import metadata_from_headers
 from server.gateway.rpc import Admits, admit_all, context_for, in_pool
 from server.gateway.tfserving import error_body
 from server.models import inference_tensors as tensors
@@ -92,10 +94,14 @@ class InferenceV2Rest:
                 return reply
             ready = getattr(reply, field)
             return _json({field: ready}, 200 if ready else 400)
+        if path == "/v2/repository/index":
+            self._expect(request, "POST")
+            return await self._index(request)
         match = _MODEL_PATH.fullmatch(path)
         if match is None:
             raise NotFound(f"no such path: {request.path}; the Open Inference Protocol's paths are /v2, "
-                           "/v2/health/{live,ready} and /v2/models/{model}[/versions/{version}][/ready|/infer]")
+                           "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer] "
+                           "and /v2/repository/index")
         model, verb = match["model"], match["verb"] or ""
         number = version_of("version", match["version"] or "")  # checked before any call
         version = str(number) if number else ""
@@ -128,6 +134,16 @@ class InferenceV2Rest:
             return await in_pool(self.executor, call, call.invoke, build)
         except CallFailed as failed:
             return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
+
+    async def _index(self, request: web.Request) -> web.Response:
+        method = f"/{SERVICE}/RepositoryIndex"
+        admitted = self.admits(method, metadata_from_headers(request.headers))
+        body = await read_body(request, self.max_body_bytes) if admitted else b""
+        reply = await self._call(request, "RepositoryIndex", partial(_index_request, body), "POST /v2/repository/index")
+        if isinstance(reply, web.Response):
+            return reply
+        return _json([{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
+                      for m in reply.models])
 
     async def _infer(self, request: web.Request, model: str, number: int, route: str) -> web.Response:
         context = context_for(request, route)
@@ -202,6 +218,22 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         return wrappers_pb2.BytesValue(value=b"".join([text, *blobs]))
 
     return grpc.unary_unary_rpc_method_handler(rest_infer)
+
+
+def _index_request(body: bytes) -> pb.RepositoryIndexRequest:
+    """The optional body of POST /v2/repository/index: {"repository_name": ..., "ready": ...}."""
+    if not body.strip():
+        return pb.RepositoryIndexRequest()
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidArgument("request body: not JSON") from None
+    if not isinstance(payload, dict) or set(payload) - {"repository_name", "ready"}:
+        raise InvalidArgument('request body: expected an object with "repository_name" and "ready" (both optional)')
+    name, ready = payload.get("repository_name") or "", payload.get("ready") or False
+    if not isinstance(name, str) or not isinstance(ready, bool):
+        raise InvalidArgument('request body: "repository_name" is a string and "ready" true or false')
+    return pb.RepositoryIndexRequest(repository_name=name, ready=ready)
 
 
 def _parse(header: bytes | memoryview) -> dict[str, Any]:

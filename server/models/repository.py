@@ -43,7 +43,7 @@ def find_versions(model_dir: Path) -> dict[str, list[int]]:
         versions = [
             int(v.name)
             for v in model_root.iterdir()
-            if v.is_dir() and v.name.isdigit() and (v / "saved_model.pb").is_file()
+            if v.is_dir() and v.name.isascii() and v.name.isdigit() and (v / "saved_model.pb").is_file()
         ]
         if versions:
             found[model_root.name] = sorted(versions, reverse=True)
@@ -172,6 +172,25 @@ class ModelRepository:
         """Every served version, by model name, newest version first."""
         with self._lock:
             return [served[v] for _, served in sorted(self._models.items()) for v in sorted(served, reverse=True)]
+
+    def index(self) -> list[tuple[str, int, str, str]]:
+        """(name, version, state, reason) of every version found under the directory now or served:
+        READY when served, LOADING during start-up, else UNAVAILABLE with the reason."""
+        found = find_versions(self.model_dir)
+        served = self._models
+        entries = []
+        for name in sorted(set(found) | set(served)):
+            for version in sorted(set(found.get(name, ())) | set(served.get(name, {}))):
+                if version in served.get(name, {}):
+                    entries.append((name, version, "READY", ""))
+                elif (name, version) in self._failed:
+                    entries.append((name, version, "UNAVAILABLE", "failed to load; the server log says why"))
+                elif not self.ready.is_set():
+                    entries.append((name, version, "LOADING", ""))
+                else:
+                    entries.append((name, version, "UNAVAILABLE", "not served: the model's version_policy does not "
+                                    "ask for it, or it appeared with MODEL_POLL_SECONDS=0"))
+        return entries
 
     def versions_of(self, model: LoadedModel) -> list[int]:
         """The versions found on disk for a model, newest first (at least the one served)."""

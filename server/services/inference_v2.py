@@ -1,9 +1,11 @@
 """The Open Inference Protocol's gRPC service (KServe V2, Triton), so its clients work unchanged.
 
 `inference.GRPCInferenceService` on the gRPC port: ServerLive, ServerReady,
-ModelReady, ServerMetadata, ModelMetadata, ModelInfer and Triton's streaming
+ModelReady, ServerMetadata, ModelMetadata, ModelInfer, Triton's streaming
 ModelStreamInfer (services/streaming.py: each message batched as it comes,
-answered in completion order, a failed one with its `error_message`). A ModelInfer runs
+answered in completion order, a failed one with its `error_message`) and
+Triton's RepositoryIndex (models are loaded from MODEL_DIR, not through the
+API: load and unload are not served). A ModelInfer runs
 through the same interceptors, Predictor and Batcher as
 `serving.v1.PredictService/Predict`, with the same error table. Outputs are
 answered as raw contents, as Triton does. A requested output may carry the
@@ -37,7 +39,8 @@ from server.services.streaming import BatchedStream
 SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "tf-grpc-serving"
 PLATFORM = "tensorflow_savedmodel"
-EXTENSIONS = ("classification", "binary_tensor_data")
+EXTENSIONS = ("classification", "binary_tensor_data")  # the repository index alone is not Triton's whole extension
+REPOSITORY = "models"
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
 Output = tuple[str, np.ndarray]  # (name, values)
@@ -235,6 +238,18 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
             return _PendingInfer(request, model, wanted, self.predictor.submit_arrays(model, arrays, deadline))
 
         return BatchedStream(submit, _streamed, _stream_error, self.max_in_flight).run(request_iterator, context)
+
+    def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        if request.repository_name not in ("", REPOSITORY):
+            raise NotFound(f"repository_name: no repository '{request.repository_name}'; the one repository is "
+                           f"'{REPOSITORY}' (MODEL_DIR)")
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(version), state=state, reason=reason)
+            for name, version, state, reason in self.repository.index()
+            if state == "READY" or not request.ready
+        ])
 
     def _model_of(self, request: pb.ModelInferRequest) -> LoadedModel:
         if not request.model_name:
