@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -66,6 +67,19 @@ def test_json_data_flat_nested_and_deep() -> None:
         tensors.from_json("t", "UINT8", [1], [-1])
     with pytest.raises(InvalidArgument, match="t: unknown datatype 'F32'"):
         tensors.from_json("t", "F32", [1], [1.0])
+
+
+def test_narrowing_refuses_each_value_that_does_not_fit_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from numpy's casts
+        assert codec.narrowed(np.array([np.nan, 1e10]), np.dtype("<f2")) is None  # the NaN does not hide the 1e10
+        assert np.isnan(codec.narrowed(np.array([np.nan, 1.0]), np.dtype("<f2"))[0])
+        assert codec.narrowed(np.array([70000]), np.dtype("<f2")) is None
+        assert codec.narrowed(np.array([70000]), np.dtype("<f4")).tolist() == [70000.0]
+        assert codec.narrowed(np.array([2**31]), np.dtype("<i4")) is None
+        assert codec.narrowed(np.array([2**70], dtype=object), np.dtype("<u8")) is None
+    with pytest.raises(InvalidArgument, match="shape is too large: its FP64 values would take more than"):
+        tensors.from_raw("t", "FP64", [2**60, 0], b"")
 
 
 def test_json_answers() -> None:

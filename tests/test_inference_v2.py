@@ -202,8 +202,7 @@ def test_repository_index_lists_every_version_found_and_its_state(make_app, tmp_
         stub = open_inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
         assert [(m.name, m.version, m.state, m.reason) for m in index.models] == [
-            ("digits", "1", "UNAVAILABLE",
-             "not served: the model's version_policy does not ask for it, or it appeared with MODEL_POLL_SECONDS=0"),
+            ("digits", "1", "UNAVAILABLE", "not served: the model's version_policy does not ask for it"),
             ("digits", "2", "READY", ""),
         ]
         ready = stub.RepositoryIndex(pb.RepositoryIndexRequest(repository_name="models", ready=True), timeout=10)
@@ -224,6 +223,17 @@ def test_repository_index_lists_every_version_found_and_its_state(make_app, tmp_
         400, 'request body: "repository_name" is a string and "ready" true or false'
     )
     assert requests.get(url, timeout=10).status_code == 405
+
+    # A newer version copied in later (MODEL_POLL_SECONDS=0), then a broken version_policy.
+    shutil.copytree(MODEL_DIR / "digits" / "1", models / "digits" / "3")
+    assert requests.post(url, json={"ready": None}, timeout=10).json()[-1] == {
+        "name": "digits", "version": "3", "state": "UNAVAILABLE",
+        "reason": "found after start-up; with MODEL_POLL_SECONDS=0 new versions are not loaded",
+    }
+    (models / "digits" / "serving.json").write_text(json.dumps({"version_policy": {"latest": 0}}))
+    reasons = {entry["version"]: entry["reason"] for entry in requests.post(url, timeout=10).json()}
+    assert reasons["2"] == ""  # still served
+    assert reasons["3"].startswith("not served: ") and "version_policy" in reasons["3"], reasons
 
 
 def test_reflection_lists_the_service(v2: Served) -> None:
@@ -441,9 +451,11 @@ REST_ERRORS = [
     ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [1] * 65, "data": [0.5]}]}, 400,
      "input 'image': shape has 65 dimensions; at most 32 are taken"),
     ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [0, 2**62, 2**62], "data": []}]}, 400,
-     "input 'image': shape has more than 4611686018427387904 elements"),
+     "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes"),
+    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [0, 2**62], "data": []}]}, 400,
+     "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes"),
     ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [10**1000] * 5}]}, 400,
-     "input 'image': shape has more than 4611686018427387904 elements"),
+     "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes"),
     ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [1, 8, 8]}]}, 400,
      "input 'image': shape [1, 8, 8] does not match the model's FLOAT32 [-1, 8, 8, 1]"),
 ]
@@ -503,7 +515,7 @@ def test_grpc_shapes_numpy_cannot_take_are_refused(v2: Served) -> None:
 
     assert send([1] * 65, bytes(4)).details() == "input 'image': shape has 65 dimensions; at most 32 are taken"
     assert send([0, 2**62, 2**62], b"").details() == (
-        "input 'image': shape has more than 4611686018427387904 elements"
+        "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes"
     )
     assert send([1, 8, 8, 1], bytes(256)[:-4], "FP32").code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as raised:

@@ -230,7 +230,8 @@ def _index_request(body: bytes) -> pb.RepositoryIndexRequest:
         raise InvalidArgument("request body: not JSON") from None
     if not isinstance(payload, dict) or set(payload) - {"repository_name", "ready"}:
         raise InvalidArgument('request body: expected an object with "repository_name" and "ready" (both optional)')
-    name, ready = payload.get("repository_name") or "", payload.get("ready") or False
+    payload = {key: value for key, value in payload.items() if value is not None}  # null: not given
+    name, ready = payload.get("repository_name", ""), payload.get("ready", False)
     if not isinstance(name, str) or not isinstance(ready, bool):
         raise InvalidArgument('request body: "repository_name" is a string and "ready" true or false')
     return pb.RepositoryIndexRequest(repository_name=name, ready=ready)

@@ -251,9 +251,10 @@ def input_array(name: str, value: Any, spec: TensorInfo) -> np.ndarray:
         raise out_of_range  # integers too large for any numpy integer type
     if array.size and array.dtype.kind not in kinds:
         raise InvalidArgument(f"input '{name}': expected {_KIND_WORDS[spec.dtype.kind]} for {expected}")
-    if not codec.fits(array, spec.dtype):
+    converted = codec.narrowed(array, spec.dtype)
+    if converted is None:
         raise out_of_range
-    return array.astype(spec.dtype)
+    return converted
 
 
 def _strings(name: str, value: Any) -> Any:

@@ -143,21 +143,21 @@ def from_numpy(array: np.ndarray, *, raw: bool = True) -> tensor_pb2.Tensor:
     return tensor
 
 
-def fits(values: np.ndarray, dtype: np.dtype) -> bool:
-    """Whether numbers (ints, floats or Python ints in an object array) convert to `dtype` unchanged in
-    range: integers within its bounds, finite floats staying finite."""
-    if not values.size:
-        return True
-    if values.dtype == object:  # Python integers too large for any numpy integer type
-        return False
-    if dtype.kind in "iu":
+def narrowed(values: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """Numbers (ints, floats, or Python ints in an object array) as `dtype`, or None when a value does
+    not fit: an integer outside its bounds, or a finite number that would become infinite."""
+    if values.size and values.dtype == object:  # Python integers too large for any numpy integer type
+        return None
+    if values.size and dtype.kind in "iu":
         info = np.iinfo(dtype)
-        return bool(values.min() >= info.min and values.max() <= info.max)
-    if dtype.kind == "f" and values.dtype.kind in "iuf":
-        with np.errstate(over="ignore"):
-            converted = values.astype(dtype)
-        return bool(np.isfinite(converted).all() or not np.isfinite(values).all())
-    return True
+        if values.min() < info.min or values.max() > info.max:
+            return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = values.astype(dtype)
+    if values.size and dtype.kind == "f" and values.dtype.kind in "iuf":
+        if not np.all(np.isfinite(converted) | ~np.isfinite(values)):  # each value on its own
+            return None
+    return converted
 
 
 def float_list(array: np.ndarray) -> list:

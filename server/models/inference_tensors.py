@@ -37,7 +37,7 @@ _V2_NAMES: Final[dict[int, str]] = {
 }
 DATATYPES: Final[dict[str, np.dtype]] = {name: codec.NUMPY_DTYPES[code] for code, name in _V2_NAMES.items()}
 MAX_DIMENSIONS = 32
-MAX_DIMENSION = 2**62  # a shape's dimensions, and their product (zeros counted as 1)
+MAX_BYTES = 2**62  # what a shape may ask for, zero dimensions counted as 1 (numpy's own limit is 2**63)
 # Where gRPC `InferTensorContents` carries each datatype (FP16 only travels raw).
 CONTENTS_FIELDS: Final[dict[str, str]] = {
     "BOOL": "bool_contents",
@@ -70,8 +70,9 @@ def element_count(tensor: str, datatype: str, shape: Any) -> tuple[np.dtype, tup
         raise InvalidArgument(f"{tensor}: shape {list(shape)} has a negative dimension")
     # Checked before any product is printed or any array shaped: a zero-size tensor may not carry
     # dimensions numpy cannot represent, and huge JSON integers are not formatted.
-    if any(d > MAX_DIMENSION for d in shape) or math.prod(max(d, 1) for d in shape) > MAX_DIMENSION:
-        raise InvalidArgument(f"{tensor}: shape has more than {MAX_DIMENSION} elements")
+    if any(d > MAX_BYTES for d in shape) or math.prod(max(d, 1) for d in shape) * dtype.itemsize > MAX_BYTES:
+        raise InvalidArgument(f"{tensor}: shape is too large: its {datatype} values would take more than "
+                              f"{MAX_BYTES} bytes")
     dims = tuple(int(d) for d in shape)
     return dtype, dims, math.prod(dims)
 
@@ -173,9 +174,10 @@ def _text(value: Any) -> str:
 
 def _narrowed(tensor: str, values: np.ndarray, dtype: np.dtype, datatype: str) -> np.ndarray:
     """`values` as `dtype`, refusing what does not fit (a wider integer, a finite float turned infinite)."""
-    if not codec.fits(values, dtype):
+    converted = codec.narrowed(values, dtype)
+    if converted is None:
         raise InvalidArgument(f"{tensor}: a value is outside the range of {datatype}")
-    return values.astype(dtype)
+    return converted
 
 
 def _length_prefixed(tensor: str, data: bytes | memoryview, count: int) -> np.ndarray:

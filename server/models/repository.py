@@ -40,11 +40,14 @@ def find_versions(model_dir: Path) -> dict[str, list[int]]:
     if not model_dir.is_dir():
         return found
     for model_root in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-        versions = [
-            int(v.name)
-            for v in model_root.iterdir()
-            if v.is_dir() and v.name.isascii() and v.name.isdigit() and (v / "saved_model.pb").is_file()
-        ]
+        try:
+            versions = [
+                int(v.name)
+                for v in model_root.iterdir()
+                if v.is_dir() and v.name.isascii() and v.name.isdigit() and (v / "saved_model.pb").is_file()
+            ]
+        except OSError:  # removed while listed, or unreadable: not a model now
+            continue
         if versions:
             found[model_root.name] = sorted(versions, reverse=True)
     return found
@@ -183,14 +186,26 @@ class ModelRepository:
             for version in sorted(set(found.get(name, ())) | set(served.get(name, {}))):
                 if version in served.get(name, {}):
                     entries.append((name, version, "READY", ""))
-                elif (name, version) in self._failed:
-                    entries.append((name, version, "UNAVAILABLE", "failed to load; the server log says why"))
-                elif not self.ready.is_set():
-                    entries.append((name, version, "LOADING", ""))
                 else:
-                    entries.append((name, version, "UNAVAILABLE", "not served: the model's version_policy does not "
-                                    "ask for it, or it appeared with MODEL_POLL_SECONDS=0"))
+                    entries.append((name, version, *self._not_served(name, version, found.get(name, []))))
         return entries
+
+    def _not_served(self, name: str, version: int, found: list[int]) -> tuple[str, str]:
+        """The state of a version found but not served, and why."""
+        if (name, version) in self._failed:
+            return "UNAVAILABLE", "failed to load; the server log says why"
+        problem = self._policy_problems.get(name)
+        try:
+            wanted = self._wanted(name, found) if found and not problem else []
+        except (ValueError, OSError) as exc:
+            problem = str(exc)
+        if problem:
+            return "UNAVAILABLE", f"not served: {problem}"
+        if version not in wanted:
+            return "UNAVAILABLE", "not served: the model's version_policy does not ask for it"
+        if not self.ready.is_set() or self.poll_seconds:
+            return "LOADING", ""  # at start-up, or at the next poll
+        return "UNAVAILABLE", "found after start-up; with MODEL_POLL_SECONDS=0 new versions are not loaded"
 
     def versions_of(self, model: LoadedModel) -> list[int]:
         """The versions found on disk for a model, newest first (at least the one served)."""

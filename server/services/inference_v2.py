@@ -282,9 +282,9 @@ class _PendingInfer:
 def _streamed(pending: _PendingInfer) -> pb.ModelStreamInferResponse:
     try:
         outputs = shaped_outputs(pending.model, pending.rows.result(0), pending.wanted)
-    except Exception as exc:
+        return pb.ModelStreamInferResponse(infer_response=response_of(pending.model, pending.request.id, outputs))
+    except Exception as exc:  # this message's error; the stream goes on
         return _stream_error(pending.request, exc)
-    return pb.ModelStreamInferResponse(infer_response=response_of(pending.model, pending.request.id, outputs))
 
 
 def _stream_error(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:

@@ -72,6 +72,8 @@ class BatchedStream(Generic[Request, Response]):
         done = threading.Semaphore(0)
         try:
             for message in requests:
+                if stop.is_set():  # the handler is gone: queue nothing more
+                    return
                 while not slots.acquire(timeout=0.5):
                     if stop.is_set() or not context.is_active():
                         return
