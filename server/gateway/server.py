@@ -10,7 +10,8 @@ tracing) and servicers as gRPC callers. Besides the RPC routes it serves:
     GET /readyz          200 when gRPC health says SERVING for "", else 503
     GET /metrics         when a metrics function is given
     GET /files/<key>     files under `files_root`, read-only, when one is given
-                         (never outside it, never a path with a part starting with ".")
+                         (never outside it, never a path with a part starting with ".";
+                         with API keys configured, only for a caller with a valid key)
     /v2/...              the Open Inference Protocol's REST API, when enabled
                          (server/gateway/inference_v2.py)
 
@@ -33,8 +34,9 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2
 
 from server.dispatch import Dispatcher
-from server.errors import NotFound, ServingError, status_of
+from server.errors import NotFound, ServingError, Unauthenticated, status_of
 from server.gateway.calls import CallFailed, RpcCall
+from server.gateway.context import metadata_from_headers
 from server.gateway.inference_v2 import InferenceV2Rest
 from server.gateway.listener import LoopServer
 from server.gateway.openapi import openapi_document
@@ -45,6 +47,8 @@ from server.gateway.rpc import Admits, RpcHandler, context_for
 log = logging.getLogger("server.gateway")
 
 HEALTH_CHECK_RPC = "/grpc.health.v1.Health/Check"
+FILES_PATH = "/files/"  # asked of the authenticator like a method: never exempt
+FILES_KEY = "a valid API key is needed for /files: send the header 'Authorization: Bearer <key>'"
 MetricsFunction = Callable[[], tuple[bytes, str]]
 
 
@@ -135,6 +139,8 @@ class HttpGateway(LoopServer):
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         assert self.files_root is not None
+        if not self.rpc.admits(FILES_PATH, metadata_from_headers(request.headers)):
+            raise Unauthenticated(FILES_KEY)
         key = request.path[len("/files/"):]
         root = self.files_root.resolve()
         try:

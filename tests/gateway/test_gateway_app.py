@@ -171,6 +171,23 @@ def test_multipart_upload_stores_the_file_and_files_serves_it(served: Served) ->
     assert requests.delete(served.url + stored["url"], timeout=30).status_code == 405
 
 
+def test_files_need_a_key_when_keys_are_configured(make_app) -> None:
+    app = make_app(api_keys="files:files-key")
+    url = f"http://{app.http_address}"
+    auth = {"Authorization": "Bearer files-key"}
+    stored = requests.post(f"{url}/v1/uploads", files={"file": ("a.txt", b"secret rows")}, headers=auth, timeout=30)
+    assert stored.status_code == 200, stored.text
+    path = stored.json()["url"]
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = requests.get(url + path, headers=headers, timeout=30)
+        assert (refused.status_code, refused.headers.get("WWW-Authenticate"), refused.json()["message"]) == (
+            401, "Bearer", "a valid API key is needed for /files: send the header 'Authorization: Bearer <key>'"
+        )
+    assert requests.get(url + "/files/nothing-here", timeout=30).status_code == 401  # nothing learnt without a key
+    fetched = requests.get(url + path, headers=auth, timeout=30)
+    assert (fetched.status_code, fetched.content) == (200, b"secret rows")
+
+
 def test_probes_openapi_and_metrics(served: Served) -> None:
     assert requests.get(f"{served.url}/healthz", timeout=30).json() == {"status": "SERVING"}
     ready = requests.get(f"{served.url}/readyz", timeout=30)
