@@ -82,6 +82,20 @@ def test_narrowing_refuses_each_value_that_does_not_fit_without_warnings() -> No
         tensors.from_raw("t", "FP64", [2**60, 0], b"")
 
 
+def test_json_fast_path_agrees_with_the_checks() -> None:
+    x = np.random.default_rng(0).random((2, 3, 4)).astype(np.float32)
+    assert np.array_equal(tensors.from_json("t", "FP32", [2, 3, 4], x.tolist()), x)  # numpy reads it in one go
+    assert np.array_equal(tensors.from_json("t", "FP32", [2, 3, 4], x.ravel().tolist()), x)
+    with pytest.raises(InvalidArgument, match="t: data holds 3 values but shape \\[2, 2\\] needs 4"):
+        tensors.from_json("t", "FP32", [2, 2], [[1, 2], [3]])  # ragged: counted one by one
+    with pytest.raises(InvalidArgument, match="t: INT32 data must be integers"):
+        tensors.from_json("t", "INT32", [2], [1.0, 2.0])
+    with pytest.raises(InvalidArgument, match="t: FP32 data must be numbers"):
+        tensors.from_json("t", "FP32", [2], [True, False])
+    with pytest.raises(InvalidArgument, match="t: a value is outside the range of INT64"):
+        tensors.from_json("t", "INT64", [2], [1, 2**63])
+
+
 def test_json_answers() -> None:
     assert tensors.to_json(np.array([[0.1, 1 / 3]], np.float32)) == [0.1, 0.33333334]
     assert tensors.to_json(np.array([b"ok"], dtype=object)) == ["ok"]
