@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Iterator
 
 import grpc
 import numpy as np
 import pytest
+import requests
 import tensorflow as tf
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -191,10 +193,45 @@ PREDICT_ERRORS = [
      grpc.StatusCode.INVALID_ARGUMENT, "inputs: unknown input 'junk'; model 'digits' takes 'image'"),
     (tfs_request("digits", {"image": ZEROS}, signature_name="predict"), grpc.StatusCode.INVALID_ARGUMENT,
      "model_spec.signature_name: only 'serving_default' is served, not 'predict'"),
-    (tfs_request("digits", {"image": ZEROS}, version_label="stable"), grpc.StatusCode.UNIMPLEMENTED,
-     "model_spec.version_label: version labels are not supported; set model_spec.version"),
+    (tfs_request("digits", {"image": ZEROS}, version_label="stable"), grpc.StatusCode.NOT_FOUND,
+     "model 'digits' has no version label 'stable'; its labels: none (set version_labels in its serving.json)"),
     (tfs_request("", {"image": ZEROS}), grpc.StatusCode.INVALID_ARGUMENT, "model_spec.name: required"),
 ]
+
+
+def test_version_labels_name_versions(make_app, tmp_path: Path) -> None:
+    """serving.json "version_labels" (TF Serving's model config labels): gRPC version_label and REST /labels/."""
+    models = tmp_path / "models"
+    for version in (1, 2):
+        shutil.copytree(MODEL_DIR / "digits" / "1", models / "digits" / str(version))
+    labels = {"stable": 1, "canary": 2, "retired": 3}
+    (models / "digits" / "serving.json").write_text(json.dumps({"version_policy": "all", "version_labels": labels}))
+    app = make_app(model_dir=models, tfserving_rest_address="127.0.0.1:0")
+    with grpc.insecure_channel(app.address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for label, version in (("stable", 1), ("canary", 2)):
+            response = stub.Predict(tfs_request("digits", {"image": ZEROS}, version_label=label), timeout=30)
+            assert response.model_spec.version.value == version
+            status_request = get_model_status_pb2.GetModelStatusRequest()
+            status_request.model_spec.name, status_request.model_spec.version_label = "digits", label
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=30)
+            assert [s.version for s in status.model_version_status] == [version]
+        for label, message in (
+            ("retired", "label 'retired' of model 'digits' names version 3, which is not served; served: 2, 1"),
+            ("beta", "model 'digits' has no version label 'beta'; its labels: 'canary', 'retired', 'stable'"),
+        ):
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.Predict(tfs_request("digits", {"image": ZEROS}, version_label=label), timeout=30)
+            assert (raised.value.code(), raised.value.details()) == (grpc.StatusCode.NOT_FOUND, message)
+    rest = f"http://{app.tfserving.address}/v1/models/digits/labels"
+    assert requests.get(f"{rest}/canary/metadata", timeout=30).json()["model_spec"]["version"] == "2"
+    assert requests.get(f"{rest}/stable", timeout=30).json()["model_version_status"][0]["version"] == "1"
+    predicted = requests.post(f"{rest}/stable:predict", json={"instances": ZEROS.tolist()}, timeout=30)
+    assert predicted.status_code == 200 and len(predicted.json()["predictions"]) == 1
+    missing = requests.get(f"{rest}/beta", timeout=30)
+    assert (missing.status_code, missing.json()["error"]) == (
+        404, "model 'digits' has no version label 'beta'; its labels: 'canary', 'retired', 'stable'"
+    )
 
 
 @pytest.mark.parametrize("request_, code, message", PREDICT_ERRORS, ids=[str(i) for i in range(len(PREDICT_ERRORS))])

@@ -13,7 +13,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from client.messages import predict_request, tensor_inputs
 from server.errors import NotFound, Unavailable
-from server.models.repository import version_policy
+from server.models.repository import version_labels, version_policy
 from serving.v1 import predict_pb2
 from tests.conftest import digits_rows
 from tests.servers import wait_for
@@ -38,6 +38,18 @@ def test_invalid_policies_are_refused_naming_the_file(raw) -> None:
     assert str(info.value) == (
         'models/x/serving.json: version_policy must be "latest", "all", {"latest": N} (N >= 1) or '
         f'{{"specific": [versions]}}; got {json.dumps(raw)}'
+    )
+
+
+@pytest.mark.parametrize("raw", [["stable"], {"stable": 0}, {"stable": "1"}, {"1st": 1}, {"": 1}, {"a b": 2},
+                                 {"stable": True}])
+def test_invalid_version_labels_are_refused_naming_the_file(raw) -> None:
+    assert version_labels({"stable": 1, "canary-2.x": 2}, "s.json") == {"stable": 1, "canary-2.x": 2}
+    with pytest.raises(ValueError) as info:
+        version_labels(raw, "models/x/serving.json")
+    assert str(info.value) == (
+        'models/x/serving.json: version_labels must map labels (a letter, then letters, digits, "_", "." or "-") '
+        f'to versions (>= 1), e.g. {{"stable": 1, "canary": 2}}; got {json.dumps(raw)}'
     )
 
 

@@ -18,8 +18,9 @@ are the same as over gRPC (an unknown path, verb or method is answered 404,
 in-process method `REST_PREDICT_RPC`, which parses the JSON body only after the
 interceptors admitted the call (without a valid key the body is not even
 read), converts it with the model's own input dtypes, and runs it through the
-Predictor. Version labels, `:classify` and `:regress`
-are not served.
+Predictor. `:classify` and `:regress` are not served. `/labels/<label>`
+names the version a label of the model's serving.json "version_labels"
+points to.
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ class TFServingRest(LoopServer):
         max_workers: int,
         ssl_context: ssl.SSLContext | None = None,
         admits: Admits | None = None,
+        version_of_label: Callable[[str, str], int] | None = None,
     ) -> None:
         super().__init__(address, "TFSERVING_REST_ADDRESS", "tfserving-rest", ssl_context)
+        self.version_of_label = version_of_label  # (model, label) -> version; None: labels are not served
         self.dispatcher = dispatcher
         self.max_body_bytes = max_body_bytes
         self.admits = admits or admit_all
@@ -102,10 +105,12 @@ class TFServingRest(LoopServer):
         match = _PATH.fullmatch(request.path)
         if match is None:
             raise NotFound(f"no such path: {request.path}; the TensorFlow Serving API is under /v1/models/")
-        if match["label"] is not None:
-            raise Unimplemented("version labels are not supported; name the version: /versions/<n>")
         model, verb = match["model"], match["verb"] or ""
         version = int(match["version"] or 0)
+        if match["label"] is not None:
+            if self.version_of_label is None:
+                raise Unimplemented("version labels are not served here; name the version: /versions/<n>")
+            version = self.version_of_label(model, match["label"])
         expected = "POST" if verb.startswith(":") else "GET"
         if request.method != expected:
             return _json({"error": f"method {request.method} is not allowed for {request.path}; use {expected}"}, 405)
@@ -113,7 +118,8 @@ class TFServingRest(LoopServer):
             raise Unimplemented(f"{verb[1:]} is not supported; use :predict")
         if verb.startswith(":") and verb != ":predict":
             raise NotFound(f"no such method '{verb[1:]}'; TensorFlow Serving's are predict, classify and regress")
-        route = f"{request.method} /v1/models/{{model}}{'/versions/{version}' if version else ''}{verb} (TF Serving)"
+        where = "/labels/{label}" if match["label"] is not None else "/versions/{version}" if version else ""
+        route = f"{request.method} /v1/models/{{model}}{where}{verb} (TF Serving)"
         context = context_for(request, route)
         build: Callable[[], Any]
         if verb == ":predict":

@@ -21,6 +21,7 @@ need no lock.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import threading
 import time
@@ -77,6 +78,24 @@ def version_policy(raw: object, where: str) -> VersionPolicy:
     )
 
 
+_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+def version_labels(raw: object, where: str) -> dict[str, int]:
+    """serving.json's "version_labels": {"stable": 1, "canary": 2}, as TensorFlow Serving's model config has them."""
+    if raw is None:
+        return {}
+    if isinstance(raw, dict) and all(
+        isinstance(k, str) and _LABEL.fullmatch(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        for k, v in raw.items()
+    ):
+        return dict(raw)
+    raise ValueError(
+        f'{where}: version_labels must map labels (a letter, then letters, digits, "_", "." or "-") to '
+        f"versions (>= 1), e.g. {{\"stable\": 1, \"canary\": 2}}; got {json.dumps(raw)[:200]}"
+    )
+
+
 RETRY_FAILED_SECONDS = 300.0  # a version that failed to load is tried again after this, or when its files change
 
 
@@ -116,6 +135,7 @@ class ModelRepository:
         self._failed: dict[tuple[str, int], tuple[tuple[int, float] | None, float]] = {}
         self._missing: dict[str, int] = {}  # served model -> polls in a row that did not find it
         self._policy_problems: dict[str, str] = {}  # model -> the last policy problem logged
+        self._labels: dict[str, dict[str, int]] = {}  # model -> version label -> version (replaced whole)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._retiring: dict[int, tuple[threading.Timer, LoadedModel]] = {}
@@ -128,6 +148,7 @@ class ModelRepository:
                 f"no models in {self.model_dir.resolve()}: expected <name>/<version>/saved_model.pb"
             )
         for name, versions in self.versions.items():
+            self._read_labels(name)
             wanted = self._wanted(name, versions)
             if not wanted:
                 raise RuntimeError(
@@ -144,6 +165,28 @@ class ModelRepository:
         model_root = self.model_dir / name
         policy = version_policy(serving_config(model_root).get("version_policy"), str(model_root / "serving.json"))
         return policy(versions)
+
+    def _read_labels(self, name: str) -> None:
+        """Take the model's version labels from its serving.json; ValueError if they are invalid."""
+        model_root = self.model_dir / name
+        labels = version_labels(serving_config(model_root).get("version_labels"), str(model_root / "serving.json"))
+        self._labels = {**self._labels, name: labels}
+
+    def version_of_label(self, name: str, label: str) -> int:
+        """The version a label names (serving.json "version_labels"); NotFound for an unknown label or a
+        version that is not served."""
+        self.get(name)  # NotFound (or Unavailable) for an unknown model
+        labels = self._labels.get(name, {})
+        version = labels.get(label)
+        if version is None:
+            known = ", ".join(f"'{k}'" for k in sorted(labels)) or "none (set version_labels in its serving.json)"
+            raise NotFound(f"model '{name}' has no version label '{label}'; its labels: {known}")
+        if version not in self._models.get(name, {}):
+            served = ", ".join(str(v) for v in sorted(self._models.get(name, {}), reverse=True))
+            raise NotFound(
+                f"label '{label}' of model '{name}' names version {version}, which is not served; served: {served}"
+            )
+        return version
 
     def get(self, name: str, version: int = 0) -> LoadedModel:
         """The loaded model; NotFound for unknown names or versions not served."""
@@ -257,6 +300,7 @@ class ModelRepository:
     def _follow_policy(self, name: str, versions: list[int]) -> None:
         """Load the versions the policy wants that are not served; then retire the ones it no longer wants."""
         try:
+            self._read_labels(name)
             wanted = self._wanted(name, versions)
             problem = "" if wanted else f"its version_policy serves none of the versions found {versions}"
         except (ValueError, OSError) as exc:

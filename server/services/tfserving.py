@@ -6,9 +6,9 @@ messages are the `tensorflow-serving-api` package's; tensors are TensorFlow's
 `TensorProto`, read with `tf.make_ndarray` and written with
 `tf.make_tensor_proto` (`tensor_content` bytes for numbers). A Predict runs
 through the same Predictor and Batcher as `serving.v1.PredictService/Predict`,
-with the same interceptors and error table. Classify, Regress,
-MultiInference, version labels and HandleReloadConfigRequest answer
-UNIMPLEMENTED.
+with the same interceptors and error table. A `version_label` is resolved
+through the model's serving.json "version_labels". Classify, Regress,
+MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceS
         self.max_tensor_bytes = max_tensor_bytes  # a TensorProto may not expand past this (MAX_MESSAGE_BYTES)
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
-        model = self.repository.get(*model_of(request.model_spec))
+        model = self.repository.get(*model_of(request.model_spec, self.repository))
         unknown = sorted(set(request.inputs) - set(model.inputs))
         if unknown:  # before anything is decoded
             takes = ", ".join(f"'{n}'" for n in model.inputs)
@@ -68,7 +68,7 @@ class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceS
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        name, version = model_of(request.model_spec)
+        name, version = model_of(request.model_spec, self.repository)
         model = self.repository.get(name, version)
         fields = list(request.metadata_field)
         if set(fields) != {"signature_def"}:
@@ -105,7 +105,7 @@ class TFServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
-        name, version = model_of(request.model_spec)
+        name, version = model_of(request.model_spec, self.repository)
         models = [self.repository.get(name, version)] if version else self.repository.served(name)
         response = get_model_status_pb2.GetModelStatusResponse()
         for model in models:
@@ -115,14 +115,15 @@ class TFServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def model_of(spec: model_pb2.ModelSpec) -> tuple[str, int]:
-    """(name, version or 0 for the served one) of a ModelSpec; only the serving signature is served."""
-    if spec.HasField("version_label"):
-        raise Unimplemented("model_spec.version_label: version labels are not supported; set model_spec.version")
+def model_of(spec: model_pb2.ModelSpec, repository: ModelRepository) -> tuple[str, int]:
+    """(name, version or 0 for the newest served) of a ModelSpec, a version label resolved through the
+    model's serving.json "version_labels"; only the serving signature is served."""
     if spec.signature_name not in ("", SIGNATURE):
         raise InvalidArgument(f"model_spec.signature_name: only '{SIGNATURE}' is served, not '{spec.signature_name}'")
     if not spec.name:
         raise InvalidArgument("model_spec.name: required")
+    if spec.HasField("version_label"):
+        return spec.name, repository.version_of_label(spec.name, spec.version_label)
     return spec.name, spec.version.value if spec.HasField("version") else 0
 
 
