@@ -72,7 +72,7 @@ class Predictor:
 
     def prepare(self, request: predict_pb2.PredictRequest) -> tuple[LoadedModel, dict[str, np.ndarray]]:
         """Find the model and decode and validate the inputs (before anything is queued)."""
-        model = self.repository.get(request.model, request.version)
+        model = self.repository.get(request.model, request.version, request.version_label)
         arrays = self.decode_inputs(model, request)
         model.validate(arrays)
         _check_output_filter(model, request.output_filter)

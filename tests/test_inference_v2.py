@@ -236,6 +236,41 @@ def test_repository_index_lists_every_version_found_and_its_state(make_app, tmp_
     assert reasons["3"].startswith("not served: ") and "version_policy" in reasons["3"], reasons
 
 
+def test_version_labels_name_versions_in_every_api(make_app, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    for version in (1, 2):
+        shutil.copytree(MODEL_DIR / "digits" / "1", models / "digits" / str(version))
+    config = {"version_policy": "all", "version_labels": {"stable": 1, "canary": 2}}
+    (models / "digits" / "serving.json").write_text(json.dumps(config))
+    app = make_app(model_dir=models)
+    x = digits_rows(1, seed=49)
+    with grpc.insecure_channel(app.address) as channel:
+        v2_stub = open_inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        own = predict_pb2_grpc.PredictServiceStub(channel)
+        for label, version in (("stable", 1), ("canary", 2)):
+            answer = v2_stub.ModelInfer(infer_request("digits", x, model_version=label), timeout=30)
+            assert (answer.model_name, answer.model_version) == ("digits", str(version))
+            assert v2_stub.ModelReady(pb.ModelReadyRequest(name="digits", version=label), timeout=30).ready
+            request = predict_pb2.PredictRequest(model="digits", version_label=label)
+            request.inputs["image"].tensor.CopyFrom(codec.from_numpy(x))
+            assert own.Predict(request, timeout=30).model.version == version
+            got = own.GetModel(predict_pb2.GetModelRequest(model="digits", version_label=label), timeout=30)
+            assert got.model.version == version
+        assert not v2_stub.ModelReady(pb.ModelReadyRequest(name="digits", version="beta"), timeout=30).ready
+        with pytest.raises(grpc.RpcError) as raised:
+            own.GetModel(predict_pb2.GetModelRequest(model="digits", version=1, version_label="canary"), timeout=30)
+        assert (raised.value.code(), raised.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "give a version (1) or a version label ('canary'), not both"
+        )
+    base = f"http://{app.http_address}"
+    body = {"inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    assert requests.post(f"{base}/v2/models/digits/versions/canary/infer", json=body, timeout=30).json()[
+        "model_version"] == "2"
+    assert requests.post(f"{base}/v2/models/digits/infer", json={**body, "model_version": "stable"}, timeout=30).json()[
+        "model_version"] == "1"
+    assert requests.get(f"{base}/v1/models/digits?versionLabel=canary", timeout=30).json()["model"]["version"] == "2"
+
+
 def test_reflection_lists_the_service(v2: Served) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(v2.channel)
     replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
@@ -280,8 +315,10 @@ def _text_classification(request: pb.ModelInferRequest) -> None:
 GRPC_ERRORS = [
     (lambda r: setattr(r, "model_name", "nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
     (lambda r: setattr(r, "model_name", ""), grpc.StatusCode.INVALID_ARGUMENT, "model_name: required"),
-    (lambda r: setattr(r, "model_version", "one"), grpc.StatusCode.INVALID_ARGUMENT,
-     "model_version: expected a version number such as '1', got 'one'"),
+    (lambda r: setattr(r, "model_version", "one"), grpc.StatusCode.NOT_FOUND,
+     "model 'digits' has no version label 'one'; its labels: none (set version_labels in its serving.json)"),
+    (lambda r: setattr(r, "model_version", "1.0"), grpc.StatusCode.INVALID_ARGUMENT,
+     "model_version: expected a version number such as '1' or a version label such as 'stable', got '1.0'"),
     (lambda r: setattr(r, "model_version", "9"), grpc.StatusCode.NOT_FOUND, "version 9 of model 'digits' is not served"),
     (lambda r: setattr(r.inputs[0], "datatype", "FP64"), grpc.StatusCode.INVALID_ARGUMENT,
      "input 'image': datatype FP64 does not match model 'digits', which expects FP32"),
@@ -435,13 +472,16 @@ REST_ERRORS = [
     ("POST", "/v2/models/nope/infer", {"inputs": [ONE_ROW]}, 404, "model 'nope' not found"),
     ("POST", "/v2/models/digits/versions/9/infer", {"inputs": [ONE_ROW]}, 404,
      "version 9 of model 'digits' is not served"),
-    ("POST", "/v2/models/digits/versions/x/infer", {"inputs": [ONE_ROW]}, 400,
-     "version: expected a version number such as '1', got 'x'"),
+    ("POST", "/v2/models/digits/versions/x/infer", {"inputs": [ONE_ROW]}, 404,
+     "model 'digits' has no version label 'x'; its labels: none (set version_labels in its serving.json)"),
+    ("POST", "/v2/models/digits/versions/-1/infer", {"inputs": [ONE_ROW]}, 400,
+     "version: expected a version number such as '1' or a version label such as 'stable', got '-1'"),
     ("GET", "/v2/models/digits/infer", None, 405, "method GET is not allowed for /v2/models/digits/infer; allowed: POST"),
     ("POST", "/v2/models/digits", {}, 405, "method POST is not allowed for /v2/models/digits; allowed: GET"),
     ("POST", "/v2/repository/models/digits/load", {}, 404, "no such path: /v2/repository/models/digits/load"),
     ("GET", "/v2/models/nope", None, 404, "model 'nope' not found"),
-    ("GET", "/v2/models/digits/versions/%C2%B2", None, 400, "version: expected a version number such as '1', got '²'"),
+    ("GET", "/v2/models/digits/versions/%C2%B2", None, 400,
+     "version: expected a version number such as '1' or a version label such as 'stable', got '²'"),
     ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "model_name": "other"}, 400,
      "model_name: the body names model 'other' but the path 'digits'"),
     ("POST", "/v2/models/digits/versions/1/infer", {"inputs": [ONE_ROW], "model_version": "2"}, 400,
@@ -520,7 +560,9 @@ def test_grpc_shapes_numpy_cannot_take_are_refused(v2: Served) -> None:
     assert send([1, 8, 8, 1], bytes(256)[:-4], "FP32").code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as raised:
         v2.stub.ModelMetadata(pb.ModelMetadataRequest(name="digits", version="²"), timeout=10, metadata=AUTH)
-    assert raised.value.details() == "version: expected a version number such as '1', got '²'"
+    assert raised.value.details() == (
+        "version: expected a version number such as '1' or a version label such as 'stable', got '²'"
+    )
 
 
 def test_rest_binary_parts_must_add_up(v2: Served) -> None:

@@ -103,12 +103,12 @@ class InferenceV2Rest:
                            "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer] "
                            "and /v2/repository/index")
         model, verb = match["model"], match["verb"] or ""
-        number = version_of("version", match["version"] or "")  # checked before any call
-        version = str(number) if number else ""
+        version = match["version"] or ""
+        version_of("version", version)  # checked before any call
         route = f"{request.method} /v2/models/{{model}}{'/versions/{version}' if version else ''}{verb}"
         if verb == "/infer":
             self._expect(request, "POST")
-            return await self._infer(request, model, number, route)
+            return await self._infer(request, model, version, route)
         self._expect(request, "GET")
         if verb == "/ready":
             reply = await self._call(request, "ModelReady", partial(pb.ModelReadyRequest, name=model, version=version),
@@ -145,7 +145,7 @@ class InferenceV2Rest:
         return _json([{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
                       for m in reply.models])
 
-    async def _infer(self, request: web.Request, model: str, number: int, route: str) -> web.Response:
+    async def _infer(self, request: web.Request, model: str, version: str, route: str) -> web.Response:
         context = context_for(request, route)
         json_length = request.headers.get(HEADER_LENGTH)
         if json_length is not None:
@@ -155,7 +155,7 @@ class InferenceV2Rest:
         # No valid key: the body is not read; the interceptors answer 401 (and log it).
         admitted = self.admits(REST_INFER_RPC, context.invocation_metadata())
         body = await read_body(request, self.max_body_bytes) if admitted else b""
-        context.model_target = (model, number)
+        context.model_target = (model, version)  # the version as the path gives it: a number or a label
         call = RpcCall(self.dispatcher, REST_INFER_RPC, context)
         try:
             reply = await in_pool(self.executor, call, call.invoke, partial(wrappers_pb2.BytesValue, value=body))
@@ -192,7 +192,8 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         else:
             header, binary = body[:json_length], memoryview(body)[json_length:]
         payload = _parse(header)
-        model = predictor.repository.get(*_target(payload, *target))
+        name, version = _target(payload, *target)
+        model = predictor.repository.get(name, *version_of("model_version", version))
         arrays = _inputs(model, payload, binary)
         wanted, binary_outputs = _outputs(payload)
         outputs = infer(predictor, model, arrays, wanted, deadline_of(context))
@@ -261,12 +262,13 @@ def _parse(header: bytes | memoryview) -> dict[str, Any]:
     return payload
 
 
-def _target(payload: dict[str, Any], model: str, version: int) -> tuple[str, int]:
-    """The model and version to run: the path's; a body's own model_name and model_version (KServe's
-    client sends them) must agree with it, and the body's version applies when the path names none."""
+def _target(payload: dict[str, Any], model: str, version: str) -> tuple[str, str]:
+    """The model and version (a number or a label) to run: the path's; a body's own model_name and
+    model_version (KServe's client sends them) must agree with it, and the body's version applies when
+    the path names none."""
     if payload.get("model_name", model) != model:
         raise InvalidArgument(f"model_name: the body names model '{payload['model_name']}' but the path '{model}'")
-    named = version_of("model_version", payload.get("model_version", ""))
+    named = payload.get("model_version", "")
     if named and version and named != version:
         raise InvalidArgument(f"model_version: the body names version {named} but the path {version}")
     return model, version or named

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from server.batching import BatchingConfig
-from server.errors import NotFound, Unavailable
+from server.errors import InvalidArgument, NotFound, Unavailable
 from server.models.model import LoadedModel, load_model, serving_config
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def version_policy(raw: object, where: str) -> VersionPolicy:
     )
 
 
-_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")  # a version label
 
 
 def version_labels(raw: object, where: str) -> dict[str, int]:
@@ -86,7 +86,7 @@ def version_labels(raw: object, where: str) -> dict[str, int]:
     if raw is None:
         return {}
     if isinstance(raw, dict) and all(
-        isinstance(k, str) and _LABEL.fullmatch(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        isinstance(k, str) and LABEL.fullmatch(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
         for k, v in raw.items()
     ):
         return dict(raw)
@@ -188,8 +188,13 @@ class ModelRepository:
             )
         return version
 
-    def get(self, name: str, version: int = 0) -> LoadedModel:
-        """The loaded model; NotFound for unknown names or versions not served."""
+    def get(self, name: str, version: int = 0, label: str = "") -> LoadedModel:
+        """The loaded model (by version, or by a version label); NotFound for unknown names, versions or
+        labels, or versions not served."""
+        if label:
+            if version:
+                raise InvalidArgument(f"give a version ({version}) or a version label ('{label}'), not both")
+            version = self.version_of_label(name, label)
         served = self._models.get(name)
         if not served:
             if not self.ready.is_set():

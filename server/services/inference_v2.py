@@ -31,7 +31,7 @@ from inference import open_inference_pb2_grpc
 from server.errors import InvalidArgument, NotFound, Unavailable, status_of
 from server.models import inference_tensors as tensors
 from server.models.model import LoadedModel
-from server.models.repository import ModelRepository
+from server.models.repository import LABEL, ModelRepository
 from server.predictor import Predictor, best_classes
 from server.services.predict import deadline_of
 from server.services.streaming import BatchedStream
@@ -53,13 +53,18 @@ def server_version() -> str:
         return "0"
 
 
-def version_of(field: str, version: str) -> int:
-    """A V2 version string as a number (0: the newest served)."""
+def version_of(field: str, version: str) -> tuple[int, str]:
+    """A V2 version string as (number, label) for `ModelRepository.get`: "3" is version 3, "canary" the
+    version its label names (serving.json "version_labels"), "" the newest served."""
     if not version:
-        return 0
-    if not _VERSION.fullmatch(version):
-        raise InvalidArgument(f"{field}: expected a version number such as '1', got {version!r}"[:200])
-    return int(version)
+        return 0, ""
+    if _VERSION.fullmatch(version):
+        return int(version), ""
+    if LABEL.fullmatch(version):
+        return 0, version
+    raise InvalidArgument(
+        f"{field}: expected a version number such as '1' or a version label such as 'stable', got {version!r}"[:200]
+    )
 
 
 def metadata_of(repository: ModelRepository, model: LoadedModel) -> pb.ModelMetadataResponse:
@@ -82,9 +87,9 @@ def metadata_of(repository: ModelRepository, model: LoadedModel) -> pb.ModelMeta
 
 def model_ready(repository: ModelRepository, name: str, version: str) -> bool:
     """Whether that model (and version) is served; an unknown model is simply not ready."""
-    number = version_of("version", version)
+    number, label = version_of("version", version)
     try:
-        repository.get(name, number)
+        repository.get(name, number, label)
     except (NotFound, Unavailable):
         return False
     return True
@@ -216,7 +221,7 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
         if not request.name:
             raise InvalidArgument("name: required")
-        model = self.repository.get(request.name, version_of("version", request.version))
+        model = self.repository.get(request.name, *version_of("version", request.version))
         return metadata_of(self.repository, model)
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
@@ -254,7 +259,7 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     def _model_of(self, request: pb.ModelInferRequest) -> LoadedModel:
         if not request.model_name:
             raise InvalidArgument("model_name: required")
-        return self.repository.get(request.model_name, version_of("model_version", request.model_version))
+        return self.repository.get(request.model_name, *version_of("model_version", request.model_version))
 
 
 def response_of(model: LoadedModel, request_id: str, outputs: list[Output]) -> pb.ModelInferResponse:

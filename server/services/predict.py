@@ -53,7 +53,7 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
         return predict_pb2.PredictAsyncResponse(task=self.tasks.submit(request))
 
     def GetModel(self, request: predict_pb2.GetModelRequest, context: grpc.ServicerContext) -> predict_pb2.GetModelResponse:
-        model = self.repository.get(request.model, request.version)
+        model = self.repository.get(request.model, request.version, request.version_label)
         served = [m.version for m in self.repository.served(model.name)]
         return predict_pb2.GetModelResponse(model=model.metadata(self.repository.versions_of(model), served))
 

@@ -28,7 +28,7 @@ from serving.v1 import task_pb2 as serving_dot_v1_dot_task__pb2
 from serving.v1 import tensor_pb2 as serving_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/v1/predict.proto\x12\nserving.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x16serving/v1/model.proto\x1a\x15serving/v1/task.proto\x1a\x17serving/v1/tensor.proto\"\xc4\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x36\n\x06inputs\x18\x03 \x03(\x0b\x32&.serving.v1.PredictRequest.InputsEntry\x12\x15\n\routput_filter\x18\x04 \x03(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x33\n\x0foutput_encoding\x18\x07 \x01(\x0e\x32\x1a.serving.v1.TensorEncoding\x12\x13\n\x0brecord_task\x18\x08 \x01(\x08\x12\x14\n\x0cinline_files\x18\t \x01(\x08\x1a@\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.serving.v1.Input:\x02\x38\x01\"9\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"9\n\x0e\x43lassification\x12\'\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x16.serving.v1.ClassScore\"{\n\x07\x46ileRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x15\n\rpresigned_url\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0b\n\x03key\x18\x07 \x01(\t\".\n\x08\x46ileList\x12\"\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x13.serving.v1.FileRef\"\x8a\x03\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.serving.v1.ModelRef\x12\x39\n\x07outputs\x18\x03 \x03(\x0b\x32(.serving.v1.PredictResponse.OutputsEntry\x12\x33\n\x0f\x63lassifications\x18\x04 \x03(\x0b\x32\x1a.serving.v1.Classification\x12\x35\n\x05\x66iles\x18\x05 \x03(\x0b\x32&.serving.v1.PredictResponse.FilesEntry\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x1a\x42\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.serving.v1.Tensor:\x02\x38\x01\x1a\x42\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.serving.v1.FileList:\x02\x38\x01\"\xa5\x02\n\x13PredictAsyncRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.serving.v1.PredictRequest\x12\x13\n\x0bwebhook_url\x18\x02 \x01(\t\x12&\n\x05retry\x18\x03 \x01(\x0b\x32\x17.serving.v1.RetryPolicy\x12!\n\x19max_time_in_queue_seconds\x18\x04 \x01(\x05\x12?\n\x08metadata\x18\x05 \x03(\x0b\x32-.serving.v1.PredictAsyncRequest.MetadataEntry\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x14PredictAsyncResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.serving.v1.Task\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"<\n\x10GetModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.serving.v1.ModelMetadata\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.serving.v1.ModelMetadata*e\n\x0eTensorEncoding\x12\x1f\n\x1bTENSOR_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13TENSOR_ENCODING_RAW\x10\x01\x12\x19\n\x15TENSOR_ENCODING_TYPED\x10\x02\x32\xc7\x03\n\x0ePredictService\x12i\n\x07Predict\x12\x1a.serving.v1.PredictRequest\x1a\x1b.serving.v1.PredictResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/models/{model}:predict:\x01*\x12\x85\x01\n\x0cPredictAsync\x12\x1f.serving.v1.PredictAsyncRequest\x1a .serving.v1.PredictAsyncResponse\"2\x82\xd3\xe4\x93\x02,\"\'/v1/models/{request.model}:predictAsync:\x01*\x12\x61\n\x08GetModel\x12\x1b.serving.v1.GetModelRequest\x1a\x1c.serving.v1.GetModelResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/models/{model}\x12_\n\nListModels\x12\x1d.serving.v1.ListModelsRequest\x1a\x1e.serving.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/modelsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/v1/predict.proto\x12\nserving.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x16serving/v1/model.proto\x1a\x15serving/v1/task.proto\x1a\x17serving/v1/tensor.proto\"\xdb\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x36\n\x06inputs\x18\x03 \x03(\x0b\x32&.serving.v1.PredictRequest.InputsEntry\x12\x15\n\routput_filter\x18\x04 \x03(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x33\n\x0foutput_encoding\x18\x07 \x01(\x0e\x32\x1a.serving.v1.TensorEncoding\x12\x13\n\x0brecord_task\x18\x08 \x01(\x08\x12\x14\n\x0cinline_files\x18\t \x01(\x08\x12\x15\n\rversion_label\x18\n \x01(\t\x1a@\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.serving.v1.Input:\x02\x38\x01\"9\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"9\n\x0e\x43lassification\x12\'\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x16.serving.v1.ClassScore\"{\n\x07\x46ileRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x15\n\rpresigned_url\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0b\n\x03key\x18\x07 \x01(\t\".\n\x08\x46ileList\x12\"\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x13.serving.v1.FileRef\"\x8a\x03\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.serving.v1.ModelRef\x12\x39\n\x07outputs\x18\x03 \x03(\x0b\x32(.serving.v1.PredictResponse.OutputsEntry\x12\x33\n\x0f\x63lassifications\x18\x04 \x03(\x0b\x32\x1a.serving.v1.Classification\x12\x35\n\x05\x66iles\x18\x05 \x03(\x0b\x32&.serving.v1.PredictResponse.FilesEntry\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x1a\x42\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.serving.v1.Tensor:\x02\x38\x01\x1a\x42\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.serving.v1.FileList:\x02\x38\x01\"\xa5\x02\n\x13PredictAsyncRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.serving.v1.PredictRequest\x12\x13\n\x0bwebhook_url\x18\x02 \x01(\t\x12&\n\x05retry\x18\x03 \x01(\x0b\x32\x17.serving.v1.RetryPolicy\x12!\n\x19max_time_in_queue_seconds\x18\x04 \x01(\x05\x12?\n\x08metadata\x18\x05 \x03(\x0b\x32-.serving.v1.PredictAsyncRequest.MetadataEntry\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x14PredictAsyncResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.serving.v1.Task\"H\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rversion_label\x18\x03 \x01(\t\"<\n\x10GetModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.serving.v1.ModelMetadata\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.serving.v1.ModelMetadata*e\n\x0eTensorEncoding\x12\x1f\n\x1bTENSOR_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13TENSOR_ENCODING_RAW\x10\x01\x12\x19\n\x15TENSOR_ENCODING_TYPED\x10\x02\x32\xc7\x03\n\x0ePredictService\x12i\n\x07Predict\x12\x1a.serving.v1.PredictRequest\x1a\x1b.serving.v1.PredictResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/models/{model}:predict:\x01*\x12\x85\x01\n\x0cPredictAsync\x12\x1f.serving.v1.PredictAsyncRequest\x1a .serving.v1.PredictAsyncResponse\"2\x82\xd3\xe4\x93\x02,\"\'/v1/models/{request.model}:predictAsync:\x01*\x12\x61\n\x08GetModel\x12\x1b.serving.v1.GetModelRequest\x1a\x1c.serving.v1.GetModelResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/models/{model}\x12_\n\nListModels\x12\x1d.serving.v1.ListModelsRequest\x1a\x1e.serving.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/modelsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,40 +51,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTSERVICE'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/models/{model}'
   _globals['_PREDICTSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_PREDICTSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
-  _globals['_TENSORENCODING']._serialized_start=1708
-  _globals['_TENSORENCODING']._serialized_end=1809
+  _globals['_TENSORENCODING']._serialized_start=1754
+  _globals['_TENSORENCODING']._serialized_end=1855
   _globals['_PREDICTREQUEST']._serialized_start=143
-  _globals['_PREDICTREQUEST']._serialized_end=467
-  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=403
-  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=467
-  _globals['_CLASSSCORE']._serialized_start=469
-  _globals['_CLASSSCORE']._serialized_end=526
-  _globals['_CLASSIFICATION']._serialized_start=528
-  _globals['_CLASSIFICATION']._serialized_end=585
-  _globals['_FILEREF']._serialized_start=587
-  _globals['_FILEREF']._serialized_end=710
-  _globals['_FILELIST']._serialized_start=712
-  _globals['_FILELIST']._serialized_end=758
-  _globals['_PREDICTRESPONSE']._serialized_start=761
-  _globals['_PREDICTRESPONSE']._serialized_end=1155
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=1021
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=1087
-  _globals['_PREDICTRESPONSE_FILESENTRY']._serialized_start=1089
-  _globals['_PREDICTRESPONSE_FILESENTRY']._serialized_end=1155
-  _globals['_PREDICTASYNCREQUEST']._serialized_start=1158
-  _globals['_PREDICTASYNCREQUEST']._serialized_end=1451
-  _globals['_PREDICTASYNCREQUEST_METADATAENTRY']._serialized_start=1404
-  _globals['_PREDICTASYNCREQUEST_METADATAENTRY']._serialized_end=1451
-  _globals['_PREDICTASYNCRESPONSE']._serialized_start=1453
-  _globals['_PREDICTASYNCRESPONSE']._serialized_end=1507
-  _globals['_GETMODELREQUEST']._serialized_start=1509
-  _globals['_GETMODELREQUEST']._serialized_end=1558
-  _globals['_GETMODELRESPONSE']._serialized_start=1560
-  _globals['_GETMODELRESPONSE']._serialized_end=1620
-  _globals['_LISTMODELSREQUEST']._serialized_start=1622
-  _globals['_LISTMODELSREQUEST']._serialized_end=1641
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1643
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1706
-  _globals['_PREDICTSERVICE']._serialized_start=1812
-  _globals['_PREDICTSERVICE']._serialized_end=2267
+  _globals['_PREDICTREQUEST']._serialized_end=490
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=426
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=490
+  _globals['_CLASSSCORE']._serialized_start=492
+  _globals['_CLASSSCORE']._serialized_end=549
+  _globals['_CLASSIFICATION']._serialized_start=551
+  _globals['_CLASSIFICATION']._serialized_end=608
+  _globals['_FILEREF']._serialized_start=610
+  _globals['_FILEREF']._serialized_end=733
+  _globals['_FILELIST']._serialized_start=735
+  _globals['_FILELIST']._serialized_end=781
+  _globals['_PREDICTRESPONSE']._serialized_start=784
+  _globals['_PREDICTRESPONSE']._serialized_end=1178
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=1044
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=1110
+  _globals['_PREDICTRESPONSE_FILESENTRY']._serialized_start=1112
+  _globals['_PREDICTRESPONSE_FILESENTRY']._serialized_end=1178
+  _globals['_PREDICTASYNCREQUEST']._serialized_start=1181
+  _globals['_PREDICTASYNCREQUEST']._serialized_end=1474
+  _globals['_PREDICTASYNCREQUEST_METADATAENTRY']._serialized_start=1427
+  _globals['_PREDICTASYNCREQUEST_METADATAENTRY']._serialized_end=1474
+  _globals['_PREDICTASYNCRESPONSE']._serialized_start=1476
+  _globals['_PREDICTASYNCRESPONSE']._serialized_end=1530
+  _globals['_GETMODELREQUEST']._serialized_start=1532
+  _globals['_GETMODELREQUEST']._serialized_end=1604
+  _globals['_GETMODELRESPONSE']._serialized_start=1606
+  _globals['_GETMODELRESPONSE']._serialized_end=1666
+  _globals['_LISTMODELSREQUEST']._serialized_start=1668
+  _globals['_LISTMODELSREQUEST']._serialized_end=1687
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1689
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1752
+  _globals['_PREDICTSERVICE']._serialized_start=1858
+  _globals['_PREDICTSERVICE']._serialized_end=2313
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ TENSOR_ENCODING_RAW: TensorEncoding
 TENSOR_ENCODING_TYPED: TensorEncoding
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "version", "inputs", "output_filter", "top_k", "request_id", "output_encoding", "record_task", "inline_files")
+    __slots__ = ("model", "version", "inputs", "output_filter", "top_k", "request_id", "output_encoding", "record_task", "inline_files", "version_label")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class PredictRequest(_message.Message):
     OUTPUT_ENCODING_FIELD_NUMBER: _ClassVar[int]
     RECORD_TASK_FIELD_NUMBER: _ClassVar[int]
     INLINE_FILES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LABEL_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     inputs: _containers.MessageMap[str, _tensor_pb2.Input]
@@ -47,7 +48,8 @@ class PredictRequest(_message.Message):
     output_encoding: TensorEncoding
     record_task: bool
     inline_files: bool
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Input]] = ..., output_filter: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., output_encoding: _Optional[_Union[TensorEncoding, str]] = ..., record_task: _Optional[bool] = ..., inline_files: _Optional[bool] = ...) -> None: ...
+    version_label: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Input]] = ..., output_filter: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., output_encoding: _Optional[_Union[TensorEncoding, str]] = ..., record_task: _Optional[bool] = ..., inline_files: _Optional[bool] = ..., version_label: _Optional[str] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("label", "index", "score")
@@ -149,12 +151,14 @@ class PredictAsyncResponse(_message.Message):
     def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
-    __slots__ = ("model", "version")
+    __slots__ = ("model", "version", "version_label")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LABEL_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    version_label: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., version_label: _Optional[str] = ...) -> None: ...
 
 class GetModelResponse(_message.Message):
     __slots__ = ("model",)
