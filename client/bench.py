@@ -30,7 +30,7 @@ from client.bench_result import BenchResult, latency_summary
 from client.bench_senders import Sender, StreamSender, UnarySender
 from client.channel import DEFAULT_TARGET, call_metadata, open_aio_channel
 from client.library import Client
-from client.messages import predict_request, tensor_inputs
+from client.messages import Version, predict_request, tensor_inputs
 from serving.v1 import model_pb2
 from server.models.codec import NUMPY_DTYPES, dtype_name
 
@@ -108,7 +108,7 @@ def run_bench(
     target: str = DEFAULT_TARGET,
     *,
     model: str = "digits",
-    version: int = 0,
+    version: Version = 0,
     mode: Mode = "unary",
     concurrency: int = 1,
     channels: int = 1,

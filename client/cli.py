@@ -22,6 +22,7 @@ from client.channel import DEFAULT_TARGET
 from client.errors import ClientError
 from client.formatting import models_table, prediction_text, response_json
 from client.library import Client
+from client.messages import Version
 from client.results import PredictResult
 from serving.v1 import model_pb2, predict_pb2
 from server.models.codec import NUMPY_DTYPES
@@ -48,11 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = _command(commands, "model", "print one model's metadata as JSON", _model)
     model.add_argument("name")
-    model.add_argument("--version", type=int, default=0, help="0: newest loaded")
+    model.add_argument("--version", type=version_arg, default=0, help=VERSION_HELP)
 
     predict = _command(commands, "predict", "run a model on images or arrays", _predict)
     predict.add_argument("--model", required=True)
-    predict.add_argument("--version", type=int, default=0, help="0: newest loaded")
+    predict.add_argument("--version", type=version_arg, default=0, help=VERSION_HELP)
     predict.add_argument(
         "--image", type=Path, action="append", default=[], help="image file, one row each"
     )
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = _command(commands, "bench", "load-test Predict or StreamPredict", _bench)
     bench.add_argument("--model", default="digits")
-    bench.add_argument("--version", type=int, default=0)
+    bench.add_argument("--version", type=version_arg, default=0, help=VERSION_HELP)
     bench.add_argument("--mode", choices=("unary", "stream"), default="unary")
     bench.add_argument("--concurrency", type=int, default=1, help="workers, one closed loop each")
     bench.add_argument("--channels", type=int, default=1, help="channels the workers share")
@@ -138,6 +139,14 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         help="client certificate chain, for servers requiring client certificates (with --client-key)",
     )
     parser.add_argument("--client-key", type=Path, default=default(None), metavar="PEM", help="client private key")
+
+
+VERSION_HELP = "a version number (0: the newest loaded) or a version label such as canary"
+
+
+def version_arg(text: str) -> Version:
+    """--version: a number, or a label of the model's serving.json "version_labels"."""
+    return int(text) if text.isascii() and text.isdigit() else text
 
 
 def _command(

@@ -14,11 +14,13 @@ from client.connection import Connection
 from client.errors import ClientError
 from client.messages import (
     ImageSource,
+    Version,
     image_input,
     image_input_name,
     predict_request,
     stream_requests,
     tensor_inputs,
+    version_fields,
 )
 from client.results import PredictResult, StreamResult
 from client.uploads import DEFAULT_CHUNK_BYTES, UploadSource, upload_requests
@@ -45,14 +47,14 @@ class Client(Connection):
         self._stream = stream_pb2_grpc.StreamPredictServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._upload = upload_pb2_grpc.UploadServiceStub(self._channel)
-        self._models: dict[tuple[str, int], model_pb2.ModelMetadata] = {}
+        self._models: dict[tuple[str, Version], model_pb2.ModelMetadata] = {}
 
     def predict(
         self,
         model: str,
         inputs: Mapping[str, np.ndarray],
         *,
-        version: int = 0,
+        version: Version = 0,
         outputs: Iterable[str] | None = None,
         top_k: int = 0,
         request_id: str | None = None,
@@ -81,7 +83,7 @@ class Client(Connection):
         images: ImageSource | Sequence[ImageSource],
         *,
         input: str | None = None,
-        version: int = 0,
+        version: Version = 0,
         outputs: Iterable[str] | None = None,
         top_k: int = 0,
         request_id: str | None = None,
@@ -110,7 +112,7 @@ class Client(Connection):
         model: str,
         batches: Iterable[Mapping[str, np.ndarray]],
         *,
-        version: int = 0,
+        version: Version = 0,
         outputs: Iterable[str] | None = None,
         top_k: int = 0,
         request_ids: Sequence[str] | None = None,
@@ -147,7 +149,7 @@ class Client(Connection):
         model: str,
         inputs: Mapping[str, np.ndarray],
         *,
-        version: int = 0,
+        version: Version = 0,
         outputs: Iterable[str] | None = None,
         top_k: int = 0,
         request_id: str | None = None,
@@ -174,10 +176,10 @@ class Client(Connection):
         return response.task
 
     def get_model(
-        self, model: str, version: int = 0, *, timeout: float | None = None
+        self, model: str, version: Version = 0, *, timeout: float | None = None
     ) -> model_pb2.ModelMetadata:
-        """Metadata of one model version (0: the newest loaded one)."""
-        request = predict_pb2.GetModelRequest(model=model, version=version)
+        """Metadata of one model version (0: the newest loaded one; a string: a version label)."""
+        request = predict_pb2.GetModelRequest(model=model, **version_fields(version))
         metadata = self._call(self._predict.GetModel, request, timeout).model
         self._models[(model, version)] = metadata
         return metadata
@@ -237,7 +239,7 @@ class Client(Connection):
         except grpc.RpcError as error:
             raise ClientError.from_rpc_error(error) from None
 
-    def _cached_model(self, model: str, version: int) -> model_pb2.ModelMetadata:
+    def _cached_model(self, model: str, version: Version) -> model_pb2.ModelMetadata:
         """Metadata from an earlier `get_model`, else fetched now."""
         cached = self._models.get((model, version))
         return cached if cached is not None else self.get_model(model, version)

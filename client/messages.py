@@ -14,6 +14,14 @@ from server.models.codec import from_numpy
 ImageSource = bytes | str | os.PathLike
 """Encoded image bytes, or the path of an image file."""
 
+Version = int | str
+"""A model version number (0: the newest served), or a version label such as "canary"."""
+
+
+def version_fields(version: Version) -> dict[str, int | str]:
+    """`version` or `version_label` of a request message."""
+    return {"version_label": version} if isinstance(version, str) else {"version": version}
+
 
 def tensor_inputs(arrays: Mapping[str, np.ndarray]) -> dict[str, tensor_pb2.Input]:
     """Encode arrays as raw little-endian tensors, by input name."""
@@ -38,7 +46,7 @@ def predict_request(
     model: str,
     inputs: Mapping[str, tensor_pb2.Input],
     *,
-    version: int = 0,
+    version: Version = 0,
     outputs: Iterable[str] | None = None,
     top_k: int = 0,
     request_id: str | None = None,
@@ -47,7 +55,7 @@ def predict_request(
     """A `PredictRequest` asking for raw output tensors."""
     return predict_pb2.PredictRequest(
         model=model,
-        version=version,
+        **version_fields(version),
         inputs=dict(inputs),
         output_filter=list(outputs or ()),
         top_k=top_k,
@@ -61,7 +69,7 @@ def stream_requests(
     model: str,
     batches: Iterable[Mapping[str, np.ndarray]],
     *,
-    version: int,
+    version: Version,
     outputs: Sequence[str],
     top_k: int,
     request_ids: Sequence[str],

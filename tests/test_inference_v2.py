@@ -270,6 +270,16 @@ def test_version_labels_name_versions_in_every_api(make_app, tmp_path: Path) -> 
         "model_version"] == "1"
     assert requests.get(f"{base}/v1/models/digits?versionLabel=canary", timeout=30).json()["model"]["version"] == "2"
 
+    from client import Client  # the client library and CLI take a label where they take a version
+
+    with Client(app.address, timeout=30) as client:
+        assert client.predict("digits", {"image": x}, version="canary").version == 2
+        assert client.get_model("digits", "stable").version == 1
+        assert [r.result.version for r in client.stream_predict("digits", [{"image": x}], version="canary")] == [2]
+    cli = subprocess.run([sys.executable, "-m", "client", "--target", app.address, "model", "digits", "--version",
+                          "canary"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0 and json.loads(cli.stdout)["version"] == "2", cli.stderr
+
 
 def test_reflection_lists_the_service(v2: Served) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(v2.channel)
