@@ -39,13 +39,13 @@ from google.protobuf.message import Message
 
 from inference import open_inference_pb2 as pb
 from server.dispatch import Dispatcher
-from server.errors import InvalidArgument, NotFound, ServingError, Unimplemented, status_of
+from server.errors import InvalidArgument, NotFound, Unimplemented
 from server.gateway.bodies import read_body
 from server.gateway.calls import CallFailed, RpcCall
 from server.gateway.responses import MethodNotAllowed
 from server.gateway.context import metadata_from_headers
 from server.gateway.rpc import Admits, admit_all, context_for, in_pool
-from server.gateway.tfserving import error_body
+from server.gateway.tfserving import error_body, with_error_body
 from server.models import inference_tensors as tensors
 from server.predictor import Predictor
 from server.services.inference_v2 import SERVICE, infer, version_of
@@ -70,12 +70,7 @@ class InferenceV2Rest:
         self.admits = admits or admit_all
 
     async def handle(self, request: web.Request) -> web.Response:
-        try:
-            return await self._route(request)
-        except ServingError as exc:
-            return error_body(exc.code, exc.message, getattr(exc, "http_status", None))
-        except Exception as exc:
-            return error_body(*status_of(exc))
+        return await with_error_body(self._route(request))
 
     async def _route(self, request: web.Request) -> web.Response:
         path = request.path.rstrip("/") or "/"

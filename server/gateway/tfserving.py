@@ -32,7 +32,7 @@ import re
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import grpc
 import numpy as np
@@ -94,12 +94,7 @@ class TFServingRest(LoopServer):
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _handle(self, request: web.Request) -> web.Response:
-        try:
-            return await self._route(request)
-        except ServingError as exc:
-            return error_body(exc.code, exc.message, getattr(exc, "http_status", None))
-        except Exception as exc:
-            return error_body(*status_of(exc))
+        return await with_error_body(self._route(request))
 
     async def _route(self, request: web.Request) -> web.Response:
         match = _PATH.fullmatch(request.path)
@@ -350,6 +345,16 @@ def metadata_json(metadata: model_pb2.ModelMetadata) -> dict[str, Any]:
             }
         },
     }
+
+
+async def with_error_body(answer: Awaitable[web.Response]) -> web.Response:
+    """The awaited answer, or any error it raised in the `{"error": message}` shape."""
+    try:
+        return await answer
+    except ServingError as exc:
+        return error_body(exc.code, exc.message, getattr(exc, "http_status", None))
+    except Exception as exc:
+        return error_body(*status_of(exc))
 
 
 def error_body(

@@ -87,19 +87,29 @@ async def closed_loop(send: Callable[[], Awaitable[str]], concurrency: int, dura
 
 async def tfserving_grpc_bench(target: str, concurrency: int, duration: float, warmup: float = 1.0) -> dict:
     """Closed-loop TF Serving gRPC Predict (one grpc.aio channel); requests/s and latency."""
-    import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "digits"
     request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)))
+    return await grpc_aio_bench(
+        target, lambda channel: prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict, request,
+        concurrency, duration, warmup,
+    )
+
+
+async def grpc_aio_bench(target: str, method: Callable, request: object, concurrency: int, duration: float,
+                         warmup: float) -> dict:
+    """Closed-loop calls of `method(channel)` with `request` on one grpc.aio channel."""
+    import grpc
+
     async with grpc.aio.insecure_channel(target) as channel:
-        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+        call = method(channel)
 
         async def send() -> str:
             try:
-                await predict(request, timeout=REQUEST_TIMEOUT_S)
+                await call(request, timeout=REQUEST_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
                 return exc.code().name
             return "OK"
@@ -109,24 +119,15 @@ async def tfserving_grpc_bench(target: str, concurrency: int, duration: float, w
 
 async def v2_grpc_bench(target: str, concurrency: int, duration: float, warmup: float = 1.0) -> dict:
     """Closed-loop Open Inference Protocol ModelInfer (one grpc.aio channel, raw input contents)."""
-    import grpc
-
     from inference import open_inference_pb2, open_inference_pb2_grpc
 
     x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
     request = open_inference_pb2.ModelInferRequest(model_name="digits", raw_input_contents=[x.tobytes()])
     request.inputs.add(name="image", datatype="FP32", shape=x.shape)
-    async with grpc.aio.insecure_channel(target) as channel:
-        infer = open_inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
-
-        async def send() -> str:
-            try:
-                await infer(request, timeout=REQUEST_TIMEOUT_S)
-            except grpc.aio.AioRpcError as exc:
-                return exc.code().name
-            return "OK"
-
-        return await closed_loop(send, concurrency, duration, warmup)
+    return await grpc_aio_bench(
+        target, lambda channel: open_inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request,
+        concurrency, duration, warmup,
+    )
 
 
 async def http_bench(url: str, concurrency: int, duration: float, warmup: float = 1.0, body: bytes | None = None) -> dict:
