@@ -147,7 +147,6 @@ class App:
             max_workers=settings.http_max_workers,
             ssl_context=server_ssl_context(settings),
             admits=self.telemetry.authenticator.admits,
-            version_of_label=self.repository.version_of_label,
         )
 
     def _health_only_server(self, address: str) -> tuple[grpc.Server | None, int]:

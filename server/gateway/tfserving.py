@@ -1,8 +1,8 @@
 """TensorFlow Serving's REST API, so its clients work unchanged (TFSERVING_REST_ADDRESS).
 
-    POST /v1/models/{model}[/versions/{v}]:predict     {"instances": ...} or {"inputs": ...}
-    GET  /v1/models/{model}[/versions/{v}]             model version status
-    GET  /v1/models/{model}[/versions/{v}]/metadata    signature metadata
+    POST /v1/models/{model}[/versions/{v}|/labels/{l}]:predict     {"instances": ...} or {"inputs": ...}
+    GET  /v1/models/{model}[/versions/{v}|/labels/{l}]             model version status
+    GET  /v1/models/{model}[/versions/{v}|/labels/{l}]/metadata    signature metadata
 
 Bodies follow TensorFlow Serving's documented JSON: the row format
 (`instances`: one value per row, or one object per row keyed by input name)
@@ -76,10 +76,8 @@ class TFServingRest(LoopServer):
         max_workers: int,
         ssl_context: ssl.SSLContext | None = None,
         admits: Admits | None = None,
-        version_of_label: Callable[[str, str], int] | None = None,
     ) -> None:
         super().__init__(address, "TFSERVING_REST_ADDRESS", "tfserving-rest", ssl_context)
-        self.version_of_label = version_of_label  # (model, label) -> version; None: labels are not served
         self.dispatcher = dispatcher
         self.max_body_bytes = max_body_bytes
         self.admits = admits or admit_all
@@ -101,11 +99,7 @@ class TFServingRest(LoopServer):
         if match is None:
             raise NotFound(f"no such path: {request.path}; the TensorFlow Serving API is under /v1/models/")
         model, verb = match["model"], match["verb"] or ""
-        version = int(match["version"] or 0)
-        if match["label"] is not None:
-            if self.version_of_label is None:
-                raise Unimplemented("version labels are not served here; name the version: /versions/<n>")
-            version = self.version_of_label(model, match["label"])
+        version, label = int(match["version"] or 0), match["label"] or ""  # a label is resolved in the call
         expected = "POST" if verb.startswith(":") else "GET"
         if request.method != expected:
             return _json({"error": f"method {request.method} is not allowed for {request.path}; use {expected}"}, 405)
@@ -113,7 +107,7 @@ class TFServingRest(LoopServer):
             raise Unimplemented(f"{verb[1:]} is not supported; use :predict")
         if verb.startswith(":") and verb != ":predict":
             raise NotFound(f"no such method '{verb[1:]}'; TensorFlow Serving's are predict, classify and regress")
-        where = "/labels/{label}" if match["label"] is not None else "/versions/{version}" if version else ""
+        where = "/labels/{label}" if label else "/versions/{version}" if version else ""
         route = f"{request.method} /v1/models/{{model}}{where}{verb} (TF Serving)"
         context = context_for(request, route)
         build: Callable[[], Any]
@@ -121,12 +115,12 @@ class TFServingRest(LoopServer):
             # No valid key: the body is not read; the interceptors answer 401 (and log it).
             admitted = self.admits(REST_PREDICT_RPC, context.invocation_metadata())
             body = await read_body(request, self.max_body_bytes) if admitted else b""
-            context.model_target = (model, version)  # the model named by the path, for rest_predict
+            context.model_target = (model, version, label)  # the model named by the path, for rest_predict
             call = RpcCall(self.dispatcher, REST_PREDICT_RPC, context)
             build = partial(wrappers_pb2.BytesValue, value=body)
         else:
             call = RpcCall(self.dispatcher, GET_MODEL_RPC, context)
-            build = partial(predict_pb2.GetModelRequest, model=model, version=version)
+            build = partial(predict_pb2.GetModelRequest, model=model, version=version, version_label=label)
         try:
             reply = await in_pool(self.executor, call, call.invoke, build)
         except CallFailed as failed:
@@ -134,7 +128,8 @@ class TFServingRest(LoopServer):
         if verb == ":predict":
             answer = reply.value
         else:
-            answer = _dumps(metadata_json(reply.model) if verb == "/metadata" else status_json(reply.model, version))
+            named = version or (reply.model.version if label else 0)
+            answer = _dumps(metadata_json(reply.model) if verb == "/metadata" else status_json(reply.model, named))
         return web.Response(body=answer, content_type="application/json", headers=context.response_headers())
 
 

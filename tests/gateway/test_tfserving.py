@@ -211,7 +211,9 @@ def test_api_keys_apply_before_anything_else(tfs: Served) -> None:
                       post(tfs, "/v1/models/nope:predict", {"instances": [ROW]}, key=key),
                       post(tfs, "/v1/models/digits:predict", "{not json", key=key),
                       post(tfs, "/v1/models/digits:predict", {"instances": [[1, 2]]}, key=key),
-                      get(tfs, "/v1/models/nope/metadata", key=key)):
+                      get(tfs, "/v1/models/nope/metadata", key=key),
+                      get(tfs, "/v1/models/digits/labels/beta", key=key),  # labels are resolved after the key
+                      post(tfs, "/v1/models/nope/labels/beta:predict", {"instances": [ROW]}, key=key)):
             assert reply.status_code == 401, reply.text
             assert reply.headers["WWW-Authenticate"] == "Bearer"
             assert list(reply.json()) == ["error"]
