@@ -86,18 +86,14 @@ class Predictor:
         output_filter: Sequence[str] = (),
     ) -> dict[str, np.ndarray]:
         """Validate, batch and run inputs another wire format decoded for `model` (from `repository.get`)."""
-        if not arrays:
-            raise InvalidArgument(f"inputs: none given; model '{model.name}' takes {_described_inputs(model)}")
-        model.validate(arrays)
+        _validate_decoded(model, arrays)
         _check_output_filter(model, output_filter)
         outputs = model.batcher.run(arrays, deadline)
         return {n: outputs[n] for n in (output_filter or outputs)}
 
     def submit_arrays(self, model: LoadedModel, arrays: dict[str, np.ndarray], deadline: float | None = None) -> Future:
         """Validate and queue inputs another wire format decoded; a future of every output's rows."""
-        if not arrays:
-            raise InvalidArgument(f"inputs: none given; model '{model.name}' takes {_described_inputs(model)}")
-        model.validate(arrays)
+        _validate_decoded(model, arrays)
         return model.batcher.submit(arrays, deadline)
 
     @staticmethod
@@ -147,6 +143,12 @@ class Predictor:
         if top_k > 0 and scores_name is not None:
             response.classifications.extend(_top_k(outputs[scores_name], model.labels, top_k))
         return response
+
+
+def _validate_decoded(model: LoadedModel, arrays: dict[str, np.ndarray]) -> None:
+    if not arrays:
+        raise InvalidArgument(f"inputs: none given; model '{model.name}' takes {_described_inputs(model)}")
+    model.validate(arrays)
 
 
 def _described_inputs(model: LoadedModel) -> str:

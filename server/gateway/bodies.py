@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 from aiohttp import ClientPayloadError, web
 from aiohttp.streams import StreamReader
@@ -12,6 +14,20 @@ from server.gateway.calls import FromLoop
 from server.gateway.responses import BodyTooLarge
 
 READ_SIZE = 64 * 1024
+
+
+def json_object(body: bytes | memoryview, expected: str) -> dict[str, Any]:
+    """A body that must be one JSON object; InvalidArgument saying what is wrong, `expected` when it is
+    JSON but not an object."""
+    try:
+        payload = json.loads(bytes(body))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body: not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("request body: nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise InvalidArgument(f"request body: {expected}")
+    return payload
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

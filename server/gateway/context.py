@@ -101,9 +101,8 @@ class HttpServicerContext(grpc.ServicerContext):
 
     def __init__(self, metadata: Metadata, peer: str, timeout: float | None, route: str | None = None) -> None:
         self.route = route  # "POST /v1/models/{model}:predict", for the access log
-        # When the model comes from the URL rather than the request message: (model, version, label)
-        # (TF Serving REST), or (model, version string) (the Open Inference Protocol's REST)
-        self.model_target: tuple | None = None
+        # (model, version, label) when the model comes from the URL rather than the request message
+        self.model_target: tuple[str, int, str] | None = None
         # Open Inference Protocol binary bodies: the length of the JSON part of the request
         # (`Inference-Header-Content-Length`) and of the answer (None: the whole body is JSON).
         self.json_length_in: int | None = None

@@ -40,15 +40,15 @@ from google.protobuf.message import Message
 from inference import open_inference_pb2 as pb
 from server.dispatch import Dispatcher
 from server.errors import InvalidArgument, NotFound, Unimplemented
-from server.gateway.bodies import read_body
+from server.gateway.bodies import json_object, read_body
 from server.gateway.calls import CallFailed, RpcCall
 from server.gateway.responses import MethodNotAllowed
-from server.gateway.context import metadata_from_headers
+from server.gateway.context import HttpServicerContext, metadata_from_headers
 from server.gateway.rpc import Admits, admit_all, context_for, in_pool
 from server.gateway.tfserving import error_body, with_error_body
 from server.models import inference_tensors as tensors
 from server.predictor import Predictor
-from server.services.inference_v2 import SERVICE, infer, version_of
+from server.services.inference_v2 import SERVICE, check_input, infer, version_of
 from server.services.predict import deadline_of
 
 # Dispatched in process only (never served over gRPC): the request body in, the answer's body out.
@@ -99,11 +99,11 @@ class InferenceV2Rest:
                            "and /v2/repository/index")
         model, verb = match["model"], match["verb"] or ""
         version = match["version"] or ""
-        version_of("version", version)  # checked before any call
+        number, label = version_of("version", version)  # checked before any call
         route = f"{request.method} /v2/models/{{model}}{'/versions/{version}' if version else ''}{verb}"
         if verb == "/infer":
             self._expect(request, "POST")
-            return await self._infer(request, model, version, route)
+            return await self._infer(request, (model, number, label), route)
         self._expect(request, "GET")
         if verb == "/ready":
             reply = await self._call(request, "ModelReady", partial(pb.ModelReadyRequest, name=model, version=version),
@@ -123,8 +123,11 @@ class InferenceV2Rest:
             raise MethodNotAllowed(request.method, request.path, (method,))
 
     async def _call(self, request: web.Request, method: str, build: Callable[[], Message], route: str) -> Any:
-        context = context_for(request, route)
-        call = RpcCall(self.dispatcher, f"/{SERVICE}/{method}", context)
+        return await self._invoke(context_for(request, route), f"/{SERVICE}/{method}", build)
+
+    async def _invoke(self, context: HttpServicerContext, rpc: str, build: Callable[[], Message]) -> Any:
+        """The call's reply, or its failure as a `{"error": ...}` response."""
+        call = RpcCall(self.dispatcher, rpc, context)
         try:
             return await in_pool(self.executor, call, call.invoke, build)
         except CallFailed as failed:
@@ -140,7 +143,7 @@ class InferenceV2Rest:
         return _json([{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
                       for m in reply.models])
 
-    async def _infer(self, request: web.Request, model: str, version: str, route: str) -> web.Response:
+    async def _infer(self, request: web.Request, target: tuple[str, int, str], route: str) -> web.Response:
         context = context_for(request, route)
         json_length = request.headers.get(HEADER_LENGTH)
         if json_length is not None:
@@ -150,12 +153,10 @@ class InferenceV2Rest:
         # No valid key: the body is not read; the interceptors answer 401 (and log it).
         admitted = self.admits(REST_INFER_RPC, context.invocation_metadata())
         body = await read_body(request, self.max_body_bytes) if admitted else b""
-        context.model_target = (model, version)  # the version as the path gives it: a number or a label
-        call = RpcCall(self.dispatcher, REST_INFER_RPC, context)
-        try:
-            reply = await in_pool(self.executor, call, call.invoke, partial(wrappers_pb2.BytesValue, value=body))
-        except CallFailed as failed:
-            return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
+        context.model_target = target  # (model, version, label) as the path gives them
+        reply = await self._invoke(context, REST_INFER_RPC, partial(wrappers_pb2.BytesValue, value=body))
+        if isinstance(reply, web.Response):
+            return reply
         headers = context.response_headers()
         if context.json_length_out is None:
             return web.Response(body=reply.value, content_type="application/json", headers=headers)
@@ -187,8 +188,7 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         else:
             header, binary = body[:json_length], memoryview(body)[json_length:]
         payload = _parse(header)
-        name, version = _target(payload, *target)
-        model = predictor.repository.get(name, *version_of("model_version", version))
+        model = predictor.repository.get(*_target(payload, *target))
         arrays = _inputs(model, payload, binary)
         wanted, binary_outputs = _outputs(payload)
         outputs = infer(predictor, model, arrays, wanted, deadline_of(context))
@@ -220,12 +220,10 @@ def _index_request(body: bytes) -> pb.RepositoryIndexRequest:
     """The optional body of POST /v2/repository/index: {"repository_name": ..., "ready": ...}."""
     if not body.strip():
         return pb.RepositoryIndexRequest()
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidArgument("request body: not JSON") from None
-    if not isinstance(payload, dict) or set(payload) - {"repository_name", "ready"}:
-        raise InvalidArgument('request body: expected an object with "repository_name" and "ready" (both optional)')
+    expected = 'expected an object with "repository_name" and "ready" (both optional)'
+    payload = json_object(body, expected)
+    if set(payload) - {"repository_name", "ready"}:
+        raise InvalidArgument(f"request body: {expected}")
     payload = {key: value for key, value in payload.items() if value is not None}  # null: not given
     name, ready = payload.get("repository_name", ""), payload.get("ready", False)
     if not isinstance(name, str) or not isinstance(ready, bool):
@@ -234,14 +232,7 @@ def _index_request(body: bytes) -> pb.RepositoryIndexRequest:
 
 
 def _parse(header: bytes | memoryview) -> dict[str, Any]:
-    try:
-        payload = json.loads(bytes(header))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"request body: not JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidArgument("request body: nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise InvalidArgument('request body: expected a JSON object with "inputs"')
+    payload = json_object(header, 'expected a JSON object with "inputs"')
     payload = {key: value for key, value in payload.items() if value is not None}  # null: not given
     unknown = sorted(set(payload) - {"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
     if unknown:
@@ -257,16 +248,20 @@ def _parse(header: bytes | memoryview) -> dict[str, Any]:
     return payload
 
 
-def _target(payload: dict[str, Any], model: str, version: str) -> tuple[str, str]:
-    """The model and version (a number or a label) to run: the path's; a body's own model_name and
-    model_version (KServe's client sends them) must agree with it, and the body's version applies when
-    the path names none."""
+def _target(payload: dict[str, Any], model: str, version: int, label: str) -> tuple[str, int, str]:
+    """The model, version and label to run: the path's; a body's own model_name and model_version
+    (KServe's client sends them) must agree with it, and the body's version applies when the path names
+    none."""
     if payload.get("model_name", model) != model:
         raise InvalidArgument(f"model_name: the body names model '{payload['model_name']}' but the path '{model}'")
     named = payload.get("model_version", "")
-    if named and version and named != version:
-        raise InvalidArgument(f"model_version: the body names version {named} but the path {version}")
-    return model, version or named
+    if not named:
+        return model, version, label
+    if version or label:
+        if version_of("model_version", named) != (version, label):
+            raise InvalidArgument(f"model_version: the body names version {named} but the path {version or label}")
+        return model, version, label
+    return model, *version_of("model_version", named)
 
 
 def _inputs(model: Any, payload: dict[str, Any], binary: bytes | memoryview) -> dict[str, np.ndarray]:
@@ -278,18 +273,10 @@ def _inputs(model: Any, payload: dict[str, Any], binary: bytes | memoryview) -> 
     for index, item in enumerate(inputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidArgument(f"inputs[{index}]: expected an object with a name")
-        name = item["name"]
-        label = f"input '{name}'"
-        spec = model.inputs.get(name)
-        if spec is None:
-            takes = ", ".join(f"'{n}'" for n in model.inputs)
-            raise InvalidArgument(f"inputs: unknown input '{name}'; model '{model.name}' takes {takes}")
-        if name in arrays:
-            raise InvalidArgument(f"{label}: given twice")
-        datatype = item.get("datatype")
-        if not isinstance(datatype, str):
-            raise InvalidArgument(f"{label}: datatype is required (e.g. \"FP32\")")
-        tensors.check_datatype(label, datatype, spec.dtype, model.name)
+        name, datatype = item["name"], item.get("datatype")
+        if name in model.inputs and name not in arrays and not isinstance(datatype, str):
+            raise InvalidArgument(f"input '{name}': datatype is required (e.g. \"FP32\")")
+        label = check_input(model, name, datatype, arrays)
         if "shape" not in item:
             raise InvalidArgument(f"{label}: shape is required")
         parameters = item.get("parameters") or {}

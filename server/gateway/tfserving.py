@@ -42,7 +42,7 @@ from tensorflow.core.framework import types_pb2
 
 from server.dispatch import Dispatcher
 from server.errors import InvalidArgument, NotFound, ServingError, Unimplemented, http_status_of, status_of
-from server.gateway.bodies import read_body
+from server.gateway.bodies import json_object, read_body
 from server.gateway.calls import CallFailed, RpcCall
 from server.gateway.listener import LoopServer
 from server.gateway.rpc import GET_MODEL_RPC, Admits, admit_all, context_for, in_pool
@@ -140,25 +140,13 @@ def rest_predict_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         target = getattr(context, "model_target", None)
         if target is None:
             raise Unimplemented(f"{REST_PREDICT_RPC} is served by the TensorFlow Serving REST listener only")
-        payload = _parse(request.value)
+        payload = json_object(request.value, 'expected a JSON object with "instances" or "inputs"')
         model = predictor.repository.get(*target)
         arrays, columnar = input_arrays(model, payload)
         outputs = predictor.predict_arrays(model, arrays, deadline_of(context))
         return wrappers_pb2.BytesValue(value=_dumps(predict_json(model, outputs, columnar)))
 
     return grpc.unary_unary_rpc_method_handler(rest_predict)
-
-
-def _parse(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"request body: not JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidArgument("request body: nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise InvalidArgument('request body: expected a JSON object with "instances" or "inputs"')
-    return payload
 
 
 def input_arrays(model: LoadedModel, payload: dict[str, Any]) -> tuple[dict[str, np.ndarray], bool]:

@@ -21,8 +21,8 @@ need no lock.
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -148,8 +148,7 @@ class ModelRepository:
                 f"no models in {self.model_dir.resolve()}: expected <name>/<version>/saved_model.pb"
             )
         for name, versions in self.versions.items():
-            self._read_labels(name)
-            wanted = self._wanted(name, versions)
+            wanted = self._wanted(name, versions, take_labels=True)
             if not wanted:
                 raise RuntimeError(
                     f"model {name}: the version_policy in {self.model_dir / name / 'serving.json'} serves none of "
@@ -160,17 +159,17 @@ class ModelRepository:
                 self._set_served(name, {**self._models.get(name, {}), version: model})
         self.ready.set()
 
-    def _wanted(self, name: str, versions: list[int]) -> list[int]:
-        """The versions (newest first) the model's policy serves out of `versions`; ValueError if it is invalid."""
+    def _wanted(self, name: str, versions: list[int], take_labels: bool = False) -> list[int]:
+        """The versions (newest first) the model's policy serves out of `versions`, from one read of its
+        serving.json, which also gives its version labels (kept when `take_labels`); ValueError if either
+        is invalid."""
         model_root = self.model_dir / name
-        policy = version_policy(serving_config(model_root).get("version_policy"), str(model_root / "serving.json"))
+        config, where = serving_config(model_root), str(model_root / "serving.json")
+        policy = version_policy(config.get("version_policy"), where)
+        labels = version_labels(config.get("version_labels"), where)
+        if take_labels:
+            self._labels = {**self._labels, name: labels}
         return policy(versions)
-
-    def _read_labels(self, name: str) -> None:
-        """Take the model's version labels from its serving.json; ValueError if they are invalid."""
-        model_root = self.model_dir / name
-        labels = version_labels(serving_config(model_root).get("version_labels"), str(model_root / "serving.json"))
-        self._labels = {**self._labels, name: labels}
 
     def version_of_label(self, name: str, label: str) -> int:
         """The version a label names (serving.json "version_labels"); NotFound for an unknown label or a
@@ -231,22 +230,31 @@ class ModelRepository:
         served = self._models
         entries = []
         for name in sorted(set(found) | set(served)):
-            for version in sorted(set(found.get(name, ())) | set(served.get(name, {}))):
-                if version in served.get(name, {}):
-                    entries.append((name, version, "READY", ""))
+            versions = sorted(set(found.get(name, ())) | set(served.get(name, {})))
+            unserved = [v for v in versions if v not in served.get(name, {})]
+            # the model's serving.json is read once, and only when some version needs a reason
+            wanted, problem = self._policy(name, found.get(name, [])) if unserved else ([], "")
+            problem = self._policy_problems.get(name) or problem
+            for version in versions:
+                if version in unserved:
+                    entries.append((name, version, *self._not_served(name, version, wanted, problem)))
                 else:
-                    entries.append((name, version, *self._not_served(name, version, found.get(name, []))))
+                    entries.append((name, version, "READY", ""))
         return entries
 
-    def _not_served(self, name: str, version: int, found: list[int]) -> tuple[str, str]:
+    def _policy(self, name: str, versions: list[int], take_labels: bool = False) -> tuple[list[int], str]:
+        """(the versions its policy wants, a problem): `_wanted`, with an invalid serving.json or a policy
+        that wants none of `versions` as a problem ("" when there is none) instead of an error."""
+        try:
+            wanted = self._wanted(name, versions, take_labels)
+        except (ValueError, OSError) as exc:
+            return [], str(exc)
+        return wanted, "" if wanted else f"its version_policy serves none of the versions found {versions}"
+
+    def _not_served(self, name: str, version: int, wanted: list[int], problem: str) -> tuple[str, str]:
         """The state of a version found but not served, and why."""
         if (name, version) in self._failed:
             return "UNAVAILABLE", "failed to load; the server log says why"
-        problem = self._policy_problems.get(name)
-        try:
-            wanted = self._wanted(name, found) if found and not problem else []
-        except (ValueError, OSError) as exc:
-            problem = str(exc)
         if problem:
             return "UNAVAILABLE", f"not served: {problem}"
         if version not in wanted:
@@ -304,12 +312,7 @@ class ModelRepository:
 
     def _follow_policy(self, name: str, versions: list[int]) -> None:
         """Load the versions the policy wants that are not served; then retire the ones it no longer wants."""
-        try:
-            self._read_labels(name)
-            wanted = self._wanted(name, versions)
-            problem = "" if wanted else f"its version_policy serves none of the versions found {versions}"
-        except (ValueError, OSError) as exc:
-            wanted, problem = [], str(exc)
+        wanted, problem = self._policy(name, versions, take_labels=True)
         if problem:
             if self._policy_problems.get(name) != problem:
                 log.error("model %s: %s; the served versions stay", name, problem)

@@ -120,17 +120,20 @@ def infer(
     deadline: float | None,
 ) -> list[Output]:
     """Run decoded inputs through the model's Batcher; the requested outputs, in order."""
-    wanted = requested_outputs(model, outputs)
-    check_inputs(model, arrays)
+    wanted = checked(model, arrays, outputs)
     results = predictor.predict_arrays(model, arrays, deadline, sorted({name for name, _ in wanted}))
     return shaped_outputs(model, results, wanted)
 
 
-def check_inputs(model: LoadedModel, arrays: dict[str, np.ndarray]) -> None:
+def checked(model: LoadedModel, arrays: dict[str, np.ndarray], outputs: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The outputs to answer, once the request's outputs and inputs are checked (with V2 datatype names;
+    the Predictor checks shapes and dtypes next)."""
+    wanted = requested_outputs(model, outputs)
     if not arrays:
         raise InvalidArgument(f"inputs: none given; model '{model.name}' takes " + ", ".join(
             f"'{n}' ({tensors.datatype_of(s.dtype)} {list(s.shape)})" for n, s in model.inputs.items()
         ))
+    return wanted
 
 
 def shaped_outputs(model: LoadedModel, results: dict[str, np.ndarray], wanted: Sequence[tuple[str, int]]) -> list[Output]:
@@ -160,14 +163,7 @@ def decode_inputs(model: LoadedModel, request: pb.ModelInferRequest) -> dict[str
         )
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
-        label = f"input '{tensor.name}'"
-        spec = model.inputs.get(tensor.name)
-        if spec is None:
-            takes = ", ".join(f"'{n}'" for n in model.inputs)
-            raise InvalidArgument(f"inputs: unknown input '{tensor.name}'; model '{model.name}' takes {takes}")
-        if tensor.name in arrays:
-            raise InvalidArgument(f"{label}: given twice")
-        tensors.check_datatype(label, tensor.datatype, spec.dtype, model.name)
+        label = check_input(model, tensor.name, tensor.datatype, arrays)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"{label}: set raw_input_contents or contents, not both")
@@ -175,6 +171,19 @@ def decode_inputs(model: LoadedModel, request: pb.ModelInferRequest) -> dict[str
         else:
             arrays[tensor.name] = tensors.from_contents(label, tensor.datatype, list(tensor.shape), tensor.contents)
     return arrays
+
+
+def check_input(model: LoadedModel, name: str, datatype: str, decoded: dict[str, np.ndarray]) -> str:
+    """Check an input's header against the model (a known name, not given twice, the model's own
+    datatype) before its values are read; the input's label for messages."""
+    if name not in model.inputs:
+        takes = ", ".join(f"'{n}'" for n in model.inputs)
+        raise InvalidArgument(f"inputs: unknown input '{name}'; model '{model.name}' takes {takes}")
+    label = f"input '{name}'"
+    if name in decoded:
+        raise InvalidArgument(f"{label}: given twice")
+    tensors.check_datatype(label, datatype, model.inputs[name].dtype, model.name)
+    return label
 
 
 def requested_of(request: pb.ModelInferRequest) -> list[tuple[str, int]]:
@@ -238,8 +247,7 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
         def submit(request: pb.ModelInferRequest) -> _PendingInfer:
             model = self._model_of(request)
             arrays = decode_inputs(model, request)
-            wanted = requested_outputs(model, requested_of(request))
-            check_inputs(model, arrays)
+            wanted = checked(model, arrays, requested_of(request))
             return _PendingInfer(request, model, wanted, self.predictor.submit_arrays(model, arrays, deadline))
 
         return BatchedStream(submit, _streamed, _stream_error, self.max_in_flight).run(request_iterator, context)
