@@ -52,8 +52,10 @@ model: setup
 test: setup lint check-generated check-deploy
 	$(PY) -m pytest -q
 
+# The serving benchmark (h2load from Debian's nghttp2-client drives the load): prints the table for
+# docs/benchmarks.md and writes docs/bench-digits.png.
 bench: setup
-	$(PY) -m tests.benchmarks.core
+	$(PY) -m tests.benchmarks.serving
 
 clean:
 	rm -rf $(VENV) .tools

@@ -1,4 +1,10 @@
-"""Composition root: settings -> core objects -> gRPC server; signals; shutdown order.
+"""Composition root: settings -> core objects -> servers on one event loop; signals; shutdown order.
+
+One asyncio event loop (in its own thread, "event-loop") serves the grpc.aio
+server and every HTTP listener. Servicer methods that are coroutines run on it
+and await the model's Batcher; plain ones (Redis, object storage, watches) run
+in the bounded "rpc" pool (server/threaded.py); models run on their own
+threads. The process's main thread only starts, waits for a signal and stops.
 
 Start-up: the gRPC server starts listening at once with health NOT_SERVING
 (so probes get an answer), the models load and warm up, then health turns
@@ -9,12 +15,13 @@ then close the batchers; last, flush the access log and the spans.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Any, Coroutine, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,7 +31,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from inference import open_inference_pb2_grpc
 from server.batching import BatchingConfig
 from server.config import Settings, load_settings, parse_args
-from server.dispatch import Dispatcher, HandlerRegistry, InterceptorChain
+from server.dispatch import Dispatcher, GrpcHandlers, HandlerRegistry, InterceptorChain
 from server.gateway.inference_v2 import REST_INFER_RPC, rest_infer_handler
 from server.gateway.server import HttpGateway
 from server.gateway.tfserving import REST_PREDICT_RPC, TFServingRest, rest_predict_handler
@@ -46,6 +53,8 @@ from server.telemetry.tls import grpc_server_credentials, load_tls, server_ssl_c
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2_grpc, upload_pb2_grpc
 
 MIN_RETIRE_SECONDS = 1.0  # a replaced model version stays loaded at least this long for calls holding it
+STOP_MARGIN_SECONDS = 5.0  # how long past the grace period the gRPC server may take to stop
+T = TypeVar("T")
 
 log = logging.getLogger("server")
 
@@ -90,25 +99,16 @@ class App:
         self.interceptors: list[grpc.ServerInterceptor] = [*self.telemetry.interceptors, ErrorInterceptor()]
         self.registry = self._register_services()
         self.dispatcher = Dispatcher(self.registry, self.interceptors)
-        self.server = grpc.server(
-            ThreadPoolExecutor(max_workers=settings.grpc_max_workers, thread_name_prefix="rpc"),
-            # Its own chain: the in-process dispatcher may not reach what only grpc serves (reflection).
-            interceptors=[InterceptorChain(self.interceptors)],
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-            ],
-        )
-        self.registry.install(self.server)
+        self.grpc_only = HandlerRegistry()  # what only gRPC serves: the in-process dispatcher never reaches it
         if settings.reflection:
             names = (*self.registry.services, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self.server)
+            reflection.enable_server_reflection(names, self.grpc_only)
+        self.executor = ThreadPoolExecutor(max_workers=settings.grpc_max_workers, thread_name_prefix="rpc")
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="event-loop", daemon=True)
+        self._loop_thread.start()
         self.tls = load_tls(settings)
-        self.port = (
-            self.server.add_secure_port(settings.grpc_server_address, grpc_server_credentials(self.tls))
-            if self.tls is not None
-            else self.server.add_insecure_port(settings.grpc_server_address)
-        )
+        self.server, self.port = self.on_loop(self._grpc_server())
         if not self.port:
             raise SystemExit(f"cannot listen on {settings.grpc_server_address}")
         self.health_server, self.health_port = self._health_only_server(settings.health_server_address)
@@ -116,6 +116,33 @@ class App:
         self.tfserving = self._tfserving_rest()
         self.stopping = threading.Event()
         self.stopped = threading.Event()
+
+    async def _grpc_server(self) -> tuple[grpc.aio.Server, int]:
+        """The grpc.aio server (made on the loop it runs on) and the port it bound."""
+        settings = self.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+            ],
+        )
+        # Its own chain: composed over what gRPC serves (reflection too, no in-process-only methods).
+        chain = InterceptorChain(self.interceptors)
+        server.add_generic_rpc_handlers((GrpcHandlers((self.registry, self.grpc_only), chain, self.executor),))
+        address = settings.grpc_server_address
+        try:
+            port = (
+                server.add_secure_port(address, grpc_server_credentials(self.tls))
+                if self.tls is not None
+                else server.add_insecure_port(address)
+            )
+        except RuntimeError:  # grpc.aio raises where the threaded server returned 0
+            port = 0
+        return server, port
+
+    def on_loop(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coroutine` on the App's event loop and wait for its result (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def _http_gateway(self) -> HttpGateway | None:
         """The HTTP/JSON shim over the same dispatcher (None when HTTP_SERVER_ADDRESS is empty)."""
@@ -133,6 +160,7 @@ class App:
             ssl_context=server_ssl_context(settings),
             admits=self.telemetry.authenticator.admits,
             inference_v2=settings.inference_v2,
+            loop=self.loop,
         )
 
     def _tfserving_rest(self) -> TFServingRest | None:
@@ -147,6 +175,7 @@ class App:
             max_workers=settings.http_max_workers,
             ssl_context=server_ssl_context(settings),
             admits=self.telemetry.authenticator.admits,
+            loop=self.loop,
         )
 
     def _health_only_server(self, address: str) -> tuple[grpc.Server | None, int]:
@@ -217,7 +246,7 @@ class App:
         for name in READY_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        self.server.start()
+        self.on_loop(self.server.start())
         if self.health_server is not None:
             self.health_server.start()
         if self.gateway is not None:
@@ -248,26 +277,34 @@ class App:
         self.stopping.set()
         log.info("shutting down: health NOT_SERVING, draining in-flight calls for up to %.1fs", grace)
         self.health.enter_graceful_shutdown()
-        drained = self.server.stop(grace)
-        # The HTTP listeners drain side by side, within one grace period.
-        stopping = [
-            threading.Thread(target=listener.stop, args=(grace,), name="stop-http")
-            for listener in (self.gateway, self.tfserving)
-            if listener is not None
-        ]
-        for thread in stopping:
-            thread.start()
-        for thread in stopping:
-            thread.join()
-        drained.wait()
+        try:
+            self.on_loop(self._drain(grace), timeout=grace + 2 * STOP_MARGIN_SECONDS)
+        except Exception as exc:
+            log.warning("draining did not finish cleanly: %r", exc)
         self.tasks.stop()
         self.repository.close(drain=True)
         self.object_store.close()
         self.telemetry.close()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join(STOP_MARGIN_SECONDS)
+        if not self._loop_thread.is_alive():
+            self.loop.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
         self.stopped.set()
         log.info("stopped")
+
+    async def _drain(self, grace: float) -> None:
+        """Stop accepting calls; gRPC and the HTTP listeners drain side by side within one grace period."""
+        listeners = [listener for listener in (self.gateway, self.tfserving) if listener is not None]
+        grpc_stopped = asyncio.wait_for(self.server.stop(grace), grace + STOP_MARGIN_SECONDS)
+        outcomes = await asyncio.gather(
+            grpc_stopped, *(listener.close(grace) for listener in listeners), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                log.warning("a listener did not stop cleanly: %r", outcome)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,13 +1,19 @@
 """The Batcher: merges concurrent requests into one model call.
 
-Many RPC threads call `submit()`; one worker thread per model version takes
-what is queued, concatenates the inputs along axis 0, runs the model once,
-and hands each caller exactly its own rows.
+Callers on the server's event loop `await infer()`; threads (task workers,
+streams) call `submit()` or `run()`. One model thread per model version takes
+what is queued, concatenates the inputs along axis 0, runs the model once, and
+hands each caller exactly its own rows. The event loop's callers are answered
+together, by one callback per batch on their loop: one cross-thread hop per
+batch, not per request, so the loop is never blocked by a model and the
+requests of one batch cost the loop one wake-up.
 
 - It never waits while the model is idle: as soon as the model is free it takes
   everything queued (up to `max_batch_size` rows). `max_batch_delay` may hold a
   batch open briefly for more requests to arrive. A `run()` that finds the model
   idle and the queue empty runs at once in its caller's thread.
+- A caller of `infer()` that goes away (its task is cancelled: the client
+  disconnected, or its deadline passed) is dropped before its batch runs.
 - The queue is bounded: a full queue raises `ResourceExhausted` at once.
 - A request whose deadline has passed is dropped before it runs.
 - With `allowed_batch_sizes` a batch is padded (repeating its last row) to the
@@ -20,6 +26,7 @@ and hands each caller exactly its own rows.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
 import logging
@@ -93,9 +100,10 @@ class _Pending:
     rows: int
     key: tuple  # non-batch shapes: only requests with equal keys are merged
     deadline: float | None  # time.monotonic() value
-    future: Future
+    future: Future | asyncio.Future  # asyncio.Future: a caller of `infer()`, answered on its loop
     enqueued: float = field(default_factory=time.monotonic)
     token: object = None  # from the observer's request_queued()
+    expired: bool = False  # an `infer()` caller's deadline passed (set on its loop)
 
 
 class Batcher:
@@ -125,6 +133,33 @@ class Batcher:
         with self._cond:
             self._enqueue(pending)
         return pending.future
+
+    async def infer(self, inputs: Arrays, deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Queue validated inputs from the event loop and await their rows.
+
+        Refusals come at once (full queue, closed, too many rows). Past
+        `deadline` (a `time.monotonic()` value; the loop's clock) it raises
+        DeadlineExceeded; a queued request is then never run. Cancelling the
+        awaiting task drops the request the same way.
+        """
+        loop = asyncio.get_running_loop()
+        pending = self._pending(inputs, deadline, loop.create_future())
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceeded(f"deadline passed before model '{self.name}' could run")
+        with self._cond:
+            self._enqueue(pending)
+        timer = None if deadline is None else loop.call_at(deadline, self._expire, pending)
+        try:
+            return await pending.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, pending: _Pending) -> None:
+        """On the loop at a caller's deadline: answer DeadlineExceeded (the model thread skips it)."""
+        if not pending.future.done():
+            pending.expired = True
+            pending.future.set_exception(DeadlineExceeded(f"deadline exceeded waiting for model '{self.name}'"))
 
     def run(self, inputs: Arrays, deadline: float | None = None) -> dict[str, np.ndarray]:
         """Run inputs in a batch and wait for their rows (until the deadline).
@@ -156,7 +191,7 @@ class Batcher:
             pending.future.cancel()
             raise DeadlineExceeded(f"deadline exceeded waiting for model '{self.name}'") from None
 
-    def _pending(self, inputs: Arrays, deadline: float | None) -> _Pending:
+    def _pending(self, inputs: Arrays, deadline: float | None, future: Future | asyncio.Future | None = None) -> _Pending:
         rows = _rows_of(inputs)
         if rows > self.config.max_batch_size:
             raise InvalidArgument(
@@ -166,7 +201,7 @@ class Batcher:
         key = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()))
         observer = self.config.observer
         token = observer.request_queued() if observer is not None else None
-        return _Pending(inputs, rows, key, deadline, Future(), token=token)
+        return _Pending(inputs, rows, key, deadline, Future() if future is None else future, token=token)
 
     def _enqueue(self, pending: _Pending) -> None:
         """Append to the queue (caller holds the lock) or refuse at once."""
@@ -190,8 +225,9 @@ class Batcher:
         with self._cond:
             self._closed = True
             if not drain:
-                while self._queue:
-                    _fail(self._queue.popleft().future, Unavailable(f"model '{self.name}' was unloaded"))
+                failed = [(item, Unavailable(f"model '{self.name}' was unloaded")) for item in self._queue]
+                self._queue.clear()
+                _deliver(failed)
             self._cond.notify_all()
         self._thread.join(timeout)
 
@@ -232,6 +268,7 @@ class Batcher:
         now = time.monotonic()
         batch: list[_Pending] = []
         kept: list[_Pending] = []
+        expired: list[tuple[_Pending, BaseException]] = []
         rows = 0
         key = None
         while self._queue:
@@ -239,7 +276,7 @@ class Batcher:
             if item.deadline is not None and item.deadline <= now:
                 self.stats.expired += 1
                 self._refused("expired")
-                _fail(item.future, DeadlineExceeded(f"deadline passed while queued for model '{self.name}'"))
+                expired.append((item, DeadlineExceeded(f"deadline passed while queued for model '{self.name}'")))
                 continue
             if key is None:
                 key = item.key
@@ -248,29 +285,39 @@ class Batcher:
                 if rows >= self.config.max_batch_size:
                     break
                 continue
-            if not item.future.set_running_or_notify_cancel():
+            if not _start(item.future):
+                if item.expired:
+                    self.stats.expired += 1
+                    self._refused("expired")
                 continue  # the caller gave up
             batch.append(item)
             rows += item.rows
         self._queue.extendleft(reversed(kept))
+        _deliver(expired)
         return batch
 
     def _execute(self, batch: list[_Pending]) -> None:
+        outcomes: list[tuple[_Pending, object]] = []
+        self._run(batch, outcomes)
+        _deliver(outcomes)
+
+    def _run(self, batch: list[_Pending], outcomes: list[tuple[_Pending, object]]) -> None:
+        """Run one batch; each request's rows (or error) go to `outcomes`."""
         started = time.monotonic()
         try:
             outputs, padded = self._call(batch)
         except Exception as exc:  # the model failed: isolate the request that caused it
             if len(batch) > 1:
                 for item in batch:
-                    self._execute([item])
+                    self._run([item], outcomes)
                 return
-            _fail(batch[0].future, _as_serving_error(exc, self.name))
+            outcomes.append((batch[0], _as_serving_error(exc, self.name)))
             return
         finished = time.monotonic()
         self._record(batch, padded)
         offset = 0
         for item in batch:
-            item.future.set_result({k: v[offset : offset + item.rows] for k, v in outputs.items()})
+            outcomes.append((item, {k: v[offset : offset + item.rows] for k, v in outputs.items()}))
             offset += item.rows
         if self.config.observer is not None:
             self._observe(self.config.observer, batch, padded, started, finished)
@@ -338,12 +385,45 @@ def _padded_size(rows: int, allowed: tuple[int, ...]) -> int:
     return allowed[bisect.bisect_left(allowed, rows)]
 
 
-def _fail(future: Future, exc: BaseException) -> None:
-    if not future.done():
+def _start(future: Future | asyncio.Future) -> bool:
+    """Whether the caller still waits (a thread's future is marked running)."""
+    if isinstance(future, Future):
+        return future.set_running_or_notify_cancel()
+    return not future.done()  # read across threads: at worst a result nobody takes is computed
+
+
+def _deliver(outcomes: list[tuple[_Pending, object]]) -> None:
+    """Hand each request its rows or its error: threads' futures at once, each event loop's callers
+    in one callback on that loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
+    for item, outcome in outcomes:
+        future = item.future
+        if isinstance(future, Future):
+            _settle(future, outcome)
+        else:
+            by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+    for loop, answers in by_loop.items():
         try:
-            future.set_exception(exc)
-        except Exception:  # cancelled concurrently
+            loop.call_soon_threadsafe(_settle_all, answers)
+        except RuntimeError:  # the loop is closed: nobody waits any more
             pass
+
+
+def _settle_all(answers: list[tuple[asyncio.Future, object]]) -> None:
+    for future, outcome in answers:
+        _settle(future, outcome)
+
+
+def _settle(future: Future | asyncio.Future, outcome: object) -> None:
+    if future.done():
+        return
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except Exception:  # cancelled concurrently
+        pass
 
 
 def _as_serving_error(exc: Exception, name: str) -> ServingError:

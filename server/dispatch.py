@@ -1,17 +1,23 @@
-"""In-process dispatch of RPCs through the same handlers and interceptors as the gRPC server.
+"""One call path for every transport: the registered handlers behind the interceptor chain.
 
-The HTTP shim (and tests) call servicers this way: `Dispatcher.handler()`
+The HTTP shim (and tests) call servicers in process: `Dispatcher.handler()`
 runs the server's interceptor chain (errors, auth, logging, metrics, tracing)
-exactly as grpc does and returns the `RpcMethodHandler` to invoke, so no
-transport needs its own copy of those concerns.
+as the gRPC server does and returns the `RpcMethodHandler` to invoke, so no
+transport needs its own copy of those concerns. The grpc.aio server gets the
+same chain through `GrpcHandlers`, with plain (blocking) behaviors moved to
+worker threads (server/threaded.py); coroutine behaviors run on the loop.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Executor
 from typing import Any, Callable, NamedTuple, Sequence
 
 import grpc
+
+from server.telemetry.calls import is_async
+from server.threaded import threaded_handler
 
 
 class CallDetails(NamedTuple):
@@ -55,9 +61,10 @@ class HandlerRegistry:
         for service, handlers in self.methods.items():
             server.add_registered_method_handlers(service, handlers)
 
-    def find(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        """The handler for a full method name (`/package.Service/Method`)."""
-        handler = self.in_process.get(details.method)
+    def find(self, details: grpc.HandlerCallDetails, in_process: bool = True) -> grpc.RpcMethodHandler | None:
+        """The handler for a full method name (`/package.Service/Method`); `in_process=False`: as gRPC
+        serves it (no in-process-only methods)."""
+        handler = self.in_process.get(details.method) if in_process else None
         if handler is not None:
             return handler
         service, _, method = details.method.lstrip("/").rpartition("/")
@@ -115,3 +122,40 @@ class Dispatcher:
 
     def handler(self, method: str, metadata: Sequence[tuple[str, str]] = ()) -> grpc.RpcMethodHandler | None:
         return self.chain.intercept_service(self.registry.find, CallDetails(method, tuple(metadata)))
+
+
+class GrpcHandlers(grpc.GenericRpcHandler):
+    """What the grpc.aio server serves: `registries`' handlers through the chain, composed once per method.
+
+    Plain behaviors run in `executor` (server/threaded.py); coroutine and
+    async-generator behaviors run on the event loop.
+    """
+
+    def __init__(self, registries: Sequence[HandlerRegistry], chain: InterceptorChain, executor: Executor) -> None:
+        self.registries = tuple(registries)
+        self.chain = chain
+        self.executor = executor
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = self.chain.intercept_service(self._find, CallDetails(method, ()))
+            if handler is None:
+                return None
+            if not is_async(_behavior(handler)):
+                handler = threaded_handler(handler, self.executor)
+            handler = self._handlers.setdefault(method, handler)
+        return handler
+
+    def _find(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        for registry in self.registries:
+            handler = registry.find(details, in_process=False)
+            if handler is not None:
+                return handler
+        return None
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream

@@ -1,33 +1,38 @@
-"""Server interceptors. `ErrorInterceptor` is the one place exceptions become statuses."""
+"""Server interceptors. `ErrorInterceptor` is the one place exceptions become statuses.
+
+Every interceptor wraps a method's behavior once (see `dispatch.InterceptorChain`)
+and keeps its kind: a coroutine function (a servicer method run on the event
+loop) gets a coroutine wrapper, an async generator an async generator, a plain
+function (run in a worker thread) a plain wrapper.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+import inspect
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import grpc
 
 from server.errors import status_of
+from server.telemetry.calls import is_async, wrap_handler
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Turns exceptions raised by servicers into gRPC statuses via `errors.status_of`."""
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))
-        return handler._replace(stream_stream=_wrap_stream(handler.stream_stream))
+        return wrap_handler(continuation(handler_call_details), _wrapped)
 
 
-def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
+def _wrapped(behavior: Callable, _request_streaming: bool, response_streaming: bool) -> Callable:
+    if is_async(behavior):
+        return _wrap_async_stream(behavior) if response_streaming else _wrap_async_unary(behavior)
+    return _wrap_stream(behavior) if response_streaming else _wrap_unary(behavior)
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> Any:
     code, message = status_of(exc)
-    context.abort(code, message)
+    return context.abort(code, message)  # grpc.aio's is a coroutine; the others raise
 
 
 def _wrap_unary(behavior: Callable) -> Callable:
@@ -50,6 +55,35 @@ def _wrap_stream(behavior: Callable) -> Callable:
             if _aborted(context):
                 raise
             _abort(context, exc)
+
+    return wrapper
+
+
+def _wrap_async_unary(behavior: Callable) -> Callable:
+    async def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except Exception as exc:
+            if _aborted(context):
+                raise
+            outcome = _abort(context, exc)
+            if inspect.isawaitable(outcome):
+                await outcome
+
+    return wrapper
+
+
+def _wrap_async_stream(behavior: Callable) -> Callable:
+    async def wrapper(request: Any, context: grpc.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except Exception as exc:
+            if _aborted(context):
+                raise
+            outcome = _abort(context, exc)
+            if inspect.isawaitable(outcome):
+                await outcome
 
     return wrapper
 

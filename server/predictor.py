@@ -8,6 +8,7 @@ file outputs one stored file per row, unless the request asks for them inline).
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import Future
 from typing import Callable, Sequence
 
@@ -56,8 +57,19 @@ class Predictor:
         self.default_top_k = default_top_k
         self.store = store  # where file outputs go; None returns them as tensors
 
+    async def infer(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
+        """`predict` on the event loop: the loop is free while the model runs."""
+        model, arrays = self.prepare(request)
+        rows = await model.batcher.infer(arrays, deadline)
+        if self.store is not None and _stores_files(model, request):
+            # Files are written to the object store: not on the loop.
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self.build_response, model, request, rows
+            )
+        return self.build_response(model, request, rows)
+
     def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
-        """Validate, batch, run and answer one request (blocks until done or the deadline)."""
+        """Validate, batch, run and answer one request (from a thread: blocks until done or the deadline)."""
         model, arrays = self.prepare(request)
         return self.build_response(model, request, model.batcher.run(arrays, deadline))
 
@@ -89,6 +101,19 @@ class Predictor:
         _validate_decoded(model, arrays)
         _check_output_filter(model, output_filter)
         outputs = model.batcher.run(arrays, deadline)
+        return {n: outputs[n] for n in (output_filter or outputs)}
+
+    async def infer_arrays(
+        self,
+        model: LoadedModel,
+        arrays: dict[str, np.ndarray],
+        deadline: float | None = None,
+        output_filter: Sequence[str] = (),
+    ) -> dict[str, np.ndarray]:
+        """`predict_arrays` on the event loop."""
+        _validate_decoded(model, arrays)
+        _check_output_filter(model, output_filter)
+        outputs = await model.batcher.infer(arrays, deadline)
         return {n: outputs[n] for n in (output_filter or outputs)}
 
     def submit_arrays(self, model: LoadedModel, arrays: dict[str, np.ndarray], deadline: float | None = None) -> Future:
@@ -143,6 +168,14 @@ class Predictor:
         if top_k > 0 and scores_name is not None:
             response.classifications.extend(_top_k(outputs[scores_name], model.labels, top_k))
         return response
+
+
+def _stores_files(model: LoadedModel, request: predict_pb2.PredictRequest) -> bool:
+    """Whether answering the request writes file outputs to the object store."""
+    if request.inline_files or not model.file_outputs:
+        return False
+    wanted = request.output_filter or model.outputs
+    return any(name in model.file_outputs for name in wanted)
 
 
 def _validate_decoded(model: LoadedModel, arrays: dict[str, np.ndarray]) -> None:

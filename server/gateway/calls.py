@@ -27,6 +27,7 @@ from server.errors import Cancelled, ServingError, Unimplemented, status_of
 from server.gateway.context import HttpServicerContext, RpcAborted
 from server.gateway.responses import dumps
 from server.gateway.transcode import message_json, result_line
+from server.telemetry.calls import is_async
 
 T = TypeVar("T")
 
@@ -227,6 +228,32 @@ class RpcCall:
     def run_unary(self, build: Callable[[], Message | RequestStream]) -> bytes:
         """`invoke`, then the JSON body of the response."""
         return dumps(message_json(self.invoke(build), self.response_body))
+
+    def on_loop(self) -> bool:
+        """Whether the method's behavior is a coroutine (run on the event loop, not in a worker thread)."""
+        handler = self.dispatcher.handler(self.rpc, self.context.invocation_metadata())
+        return handler is not None and not handler.request_streaming and is_async(handler.unary_unary)
+
+    async def invoke_async(self, build: Callable[[], Message | RequestStream]) -> Message:
+        """`invoke` for a coroutine behavior, on the event loop."""
+        exc: Exception | None = None
+        response: Message | None = None
+        try:
+            request = build()
+            response = await self.handler().unary_unary(request, self.context)
+        except Exception as error:
+            exc = error
+        finally:
+            self.context.finish()
+        failed = self.failure(exc)
+        if failed is not None:
+            raise failed
+        assert response is not None
+        return response
+
+    async def run_unary_async(self, build: Callable[[], Message | RequestStream]) -> bytes:
+        """`run_unary` for a coroutine behavior, on the event loop."""
+        return dumps(message_json(await self.invoke_async(build), self.response_body))
 
     def run_streaming(self, build: Callable[[], Message | RequestStream], sink: ToLoop) -> None:
         """unary -> stream or stream -> stream: each response becomes an NDJSON line."""

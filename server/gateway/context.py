@@ -140,7 +140,9 @@ class HttpServicerContext(grpc.ServicerContext):
 
     # -- status ---------------------------------------------------------------------
 
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
+    def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Metadata = ()) -> None:
+        if trailing_metadata:
+            self.set_trailing_metadata(trailing_metadata)
         self._code, self._details = code, details
         raise RpcAborted(code, details)
 

@@ -175,7 +175,7 @@ def metadata_json(reply: pb.ModelMetadataResponse) -> dict[str, Any]:
 def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
     """The in-process method behind POST /v2/models/.../infer: V2 JSON (and binary data) in and out."""
 
-    def rest_infer(request: wrappers_pb2.BytesValue, context: grpc.ServicerContext) -> wrappers_pb2.BytesValue:
+    async def rest_infer(request: wrappers_pb2.BytesValue, context: grpc.ServicerContext) -> wrappers_pb2.BytesValue:
         target = getattr(context, "model_target", None)
         if target is None:
             raise Unimplemented(f"{REST_INFER_RPC} is served by the HTTP shim's /v2 paths only")
@@ -191,7 +191,7 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         model = predictor.repository.get(*_target(payload, *target))
         arrays = _inputs(model, payload, binary)
         wanted, binary_outputs = _outputs(payload)
-        outputs = infer(predictor, model, arrays, wanted, deadline_of(context))
+        outputs = await infer(predictor, model, arrays, wanted, deadline_of(context))
         answer: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
         if isinstance(payload.get("id"), str):
             answer["id"] = payload["id"]

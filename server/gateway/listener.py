@@ -1,9 +1,11 @@
-"""An aiohttp application served from its own thread and event loop.
+"""An aiohttp application served on the server's event loop (or, standalone, a loop of its own).
 
 The HTTP/JSON shim and the TensorFlow Serving REST API both listen this way:
 `start()` binds (raising OSError naming the setting when the port is taken),
 `stop(grace)` stops accepting, lets in-flight requests finish within the grace
 period and closes. Subclasses build the application in `application()`.
+Given the App's loop they share it with the gRPC server; without one (tests
+of the shim alone) they run a loop in a thread of their own.
 """
 
 from __future__ import annotations
@@ -30,8 +32,16 @@ def split_address(address: str, setting: str = "HTTP_SERVER_ADDRESS") -> tuple[s
 class LoopServer:
     """Serves `application()` on `address` from a thread of its own."""
 
-    def __init__(self, address: str, setting: str, thread_name: str, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        setting: str,
+        thread_name: str,
+        ssl_context: ssl.SSLContext | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.setting = setting
+        self.shared_loop = loop
         self.thread_name = thread_name
         self.host, self.port = split_address(address, setting)
         self.ssl_context = ssl_context
@@ -43,7 +53,14 @@ class LoopServer:
         raise NotImplementedError
 
     def start(self) -> None:
-        """Listen (in a new thread with its own event loop); raises OSError when the port is taken."""
+        """Listen (on the shared loop, else a new one in its own thread); OSError when the port is taken."""
+        if self.shared_loop is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._open(), self.shared_loop).result()
+            except OSError as exc:
+                raise OSError(f"cannot listen on {self.host or ''}:{self.port} ({self.setting}): {exc}") from exc
+            self._loop = self.shared_loop
+            return
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name=self.thread_name, daemon=True)
         thread.start()
@@ -81,6 +98,14 @@ class LoopServer:
     def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish within `grace` seconds, then close."""
         loop, thread = self._loop, self._thread
+        if loop is not None and loop is self.shared_loop:
+            self._loop = None
+            try:
+                asyncio.run_coroutine_threadsafe(self._close(grace), loop).result(timeout=grace + 10)
+            except Exception as exc:
+                log.warning("%s: shutdown did not finish cleanly: %s", self.setting, exc)
+            self.stopped()
+            return
         if loop is None or thread is None:
             return
         self._loop = self._thread = None
@@ -93,6 +118,16 @@ class LoopServer:
         if not thread.is_alive():
             loop.close()
         self.stopped()
+
+    async def close(self, grace: float) -> None:
+        """`stop()` from the shared loop itself."""
+        if self._loop is None:
+            return
+        self._loop = None
+        try:
+            await self._close(grace)
+        finally:
+            self.stopped()
 
     def stopped(self) -> None:
         """Called once the loop has stopped (release thread pools here)."""

@@ -164,13 +164,21 @@ class RpcHandler:
 
 
 async def in_pool(executor: Executor, call: RpcCall, run: Callable[[Build], T], build: Build) -> T:
-    """`run(build)` (a method of `call`) in the pool, bounded by the call's deadline (CallFailed
-    DEADLINE_EXCEEDED after it); a client that goes away cancels the call."""
-    future = asyncio.get_running_loop().run_in_executor(executor, run, build)
-    future.add_done_callback(retrieve_outcome)
+    """`run(build)` (`call.invoke` or `call.run_unary`) in the pool, or on the loop when the method is
+    a coroutine, bounded by the call's deadline (CallFailed DEADLINE_EXCEEDED after it); a client that
+    goes away cancels the call."""
     remaining = call.context.time_remaining()
+    awaited: Awaitable[T]
+    if call.on_loop():
+        coroutine = call.run_unary_async(build) if run == call.run_unary else call.invoke_async(build)
+        # A deadline cancels the coroutine (the Batcher drops what has not run); so does a client gone.
+        awaited = coroutine if remaining is None else asyncio.wait_for(coroutine, remaining)
+    else:
+        future = asyncio.get_running_loop().run_in_executor(executor, run, build)
+        future.add_done_callback(retrieve_outcome)
+        awaited = future if remaining is None else asyncio.wait_for(asyncio.shield(future), remaining)
     try:
-        return await (future if remaining is None else asyncio.wait_for(asyncio.shield(future), remaining))
+        return await awaited
     except TimeoutError:
         call.context.end_early(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None

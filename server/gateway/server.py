@@ -69,8 +69,9 @@ class HttpGateway(LoopServer):
         pool: descriptor_pool.DescriptorPool | None = None,
         admits: Admits | None = None,
         inference_v2: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(address, "HTTP_SERVER_ADDRESS", "http-gateway", ssl_context)
+        super().__init__(address, "HTTP_SERVER_ADDRESS", "http-gateway", ssl_context, loop)
         self.dispatcher = dispatcher
         self.routes = build_routes(services, pool)
         self.router = Router(self.routes)

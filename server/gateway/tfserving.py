@@ -25,6 +25,7 @@ points to.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -76,8 +77,9 @@ class TFServingRest(LoopServer):
         max_workers: int,
         ssl_context: ssl.SSLContext | None = None,
         admits: Admits | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(address, "TFSERVING_REST_ADDRESS", "tfserving-rest", ssl_context)
+        super().__init__(address, "TFSERVING_REST_ADDRESS", "tfserving-rest", ssl_context, loop)
         self.dispatcher = dispatcher
         self.max_body_bytes = max_body_bytes
         self.admits = admits or admit_all
@@ -136,14 +138,14 @@ class TFServingRest(LoopServer):
 def rest_predict_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
     """The in-process method behind POST ...:predict: TF Serving JSON in and out, through the Predictor."""
 
-    def rest_predict(request: wrappers_pb2.BytesValue, context: grpc.ServicerContext) -> wrappers_pb2.BytesValue:
+    async def rest_predict(request: wrappers_pb2.BytesValue, context: grpc.ServicerContext) -> wrappers_pb2.BytesValue:
         target = getattr(context, "model_target", None)
         if target is None:
             raise Unimplemented(f"{REST_PREDICT_RPC} is served by the TensorFlow Serving REST listener only")
         payload = json_object(request.value, 'expected a JSON object with "instances" or "inputs"')
         model = predictor.repository.get(*target)
         arrays, columnar = input_arrays(model, payload)
-        outputs = predictor.predict_arrays(model, arrays, deadline_of(context))
+        outputs = await predictor.infer_arrays(model, arrays, deadline_of(context))
         return wrappers_pb2.BytesValue(value=_dumps(predict_json(model, outputs, columnar)))
 
     return grpc.unary_unary_rpc_method_handler(rest_predict)

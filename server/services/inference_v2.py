@@ -112,7 +112,7 @@ def requested_outputs(model: LoadedModel, outputs: Sequence[tuple[str, int]]) ->
     return list(outputs)
 
 
-def infer(
+async def infer(
     predictor: Predictor,
     model: LoadedModel,
     arrays: dict[str, np.ndarray],
@@ -121,7 +121,7 @@ def infer(
 ) -> list[Output]:
     """Run decoded inputs through the model's Batcher; the requested outputs, in order."""
     wanted = checked(model, arrays, outputs)
-    results = predictor.predict_arrays(model, arrays, deadline, sorted({name for name, _ in wanted}))
+    results = await predictor.infer_arrays(model, arrays, deadline, sorted({name for name, _ in wanted}))
     return shaped_outputs(model, results, wanted)
 
 
@@ -233,9 +233,9 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
         model = self.repository.get(request.name, *version_of("version", request.version))
         return metadata_of(self.repository, model)
 
-    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         model = self._model_of(request)
-        outputs = infer(self.predictor, model, decode_inputs(model, request), requested_of(request),
+        outputs = await infer(self.predictor, model, decode_inputs(model, request), requested_of(request),
                         deadline_of(context))
         return response_of(model, request.id, outputs)
 

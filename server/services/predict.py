@@ -42,11 +42,11 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
         self.repository = repository
         self.tasks = tasks
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
         request.request_id = request_id_for(request.request_id, context)
         if self.tasks.wants_record(request):
-            return self.tasks.predict_recorded(request, deadline_of(context))
-        return self.predictor.predict(request, deadline_of(context))
+            return await self.tasks.infer_recorded(request, deadline_of(context))
+        return await self.predictor.infer(request, deadline_of(context))
 
     def PredictAsync(self, request: predict_pb2.PredictAsyncRequest, context: grpc.ServicerContext) -> predict_pb2.PredictAsyncResponse:
         request.request.request_id = request_id_for(request.request.request_id, context)

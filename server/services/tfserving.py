@@ -49,7 +49,7 @@ class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceS
         self.repository = repository
         self.max_tensor_bytes = max_tensor_bytes  # a TensorProto may not expand past this (MAX_MESSAGE_BYTES)
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
         model = self.repository.get(*model_of(request.model_spec, self.repository))
         unknown = sorted(set(request.inputs) - set(model.inputs))
         if unknown:  # before anything is decoded
@@ -59,7 +59,7 @@ class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceS
         for key, tensor in request.inputs.items():
             arrays[key] = tensor_array(key, tensor, budget)
             budget -= arrays[key].nbytes
-        outputs = self.predictor.predict_arrays(model, arrays, deadline_of(context), list(request.output_filter))
+        outputs = await self.predictor.infer_arrays(model, arrays, deadline_of(context), list(request.output_filter))
         response = predict_pb2.PredictResponse(model_spec=spec_of(model))
         for key, array in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(array))

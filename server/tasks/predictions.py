@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from google.protobuf import timestamp_pb2
@@ -95,6 +96,20 @@ class PredictionTasks:
             self._record(request, started, None, exc)
             raise
         response.task_id = self._record(request, started, response, None)
+        return response
+
+    async def infer_recorded(
+        self, request: predict_pb2.PredictRequest, deadline: float | None
+    ) -> predict_pb2.PredictResponse:
+        """`predict_recorded` on the event loop: the model's Batcher awaited, the record written in a thread."""
+        started = records.now()
+        loop = asyncio.get_running_loop()
+        try:
+            response = await self.predictor.infer(request, deadline)
+        except ServingError as exc:
+            await loop.run_in_executor(None, self._record, request, started, None, exc)
+            raise
+        response.task_id = await loop.run_in_executor(None, self._record, request, started, response, None)
         return response
 
     def _record(self, request: predict_pb2.PredictRequest, started: timestamp_pb2.Timestamp,

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 
 from server.config import Settings
 from server.errors import ResourceExhausted, Unauthenticated
-from server.telemetry.calls import Behavior, current_call, wrap_handler
+from server.telemetry.calls import Behavior, current_call, is_async, wrap_handler
 from server.telemetry.ratelimit import RateLimiter
 
 HEALTH_PREFIX = "/grpc.health.v1."
@@ -147,15 +148,33 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         return wrap_handler(handler, self._guarded)
 
-    def _guarded(self, behavior: Behavior, _request_streaming: bool, _response_streaming: bool) -> Behavior:
+    def _guarded(self, behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
+        if is_async(behavior) and response_streaming:
+
+            async def guarded_stream(request: Any, context: grpc.ServicerContext) -> AsyncIterator[Any]:
+                await _done(self._admit(context))
+                async for response in behavior(request, context):
+                    yield response
+
+            return guarded_stream
+
+        if is_async(behavior):
+
+            async def guarded_async(request: Any, context: grpc.ServicerContext) -> Any:
+                await _done(self._admit(context))
+                return await behavior(request, context)
+
+            return guarded_async
+
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             self._admit(context)
             return behavior(request, context)
 
         return guarded
 
-    def _admit(self, context: grpc.ServicerContext) -> None:
-        """Return when the call may go on; otherwise abort it (which raises)."""
+    def _admit(self, context: grpc.ServicerContext) -> Awaitable[None] | None:
+        """Return when the call may go on; otherwise abort it: raise, or (grpc.aio's contexts) return
+        the abort to await, which raises."""
         try:
             name = self.authenticator.identify(context.invocation_metadata())
             record = current_call()
@@ -164,11 +183,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
             self._limit(name)
         except RateLimited as exc:
             context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(exc.retry_after)))),))
-            context.abort(exc.code, exc.message)
-            raise  # fail closed, should a context's abort() return
+            return _fail_closed(context.abort(exc.code, exc.message), exc)
         except Unauthenticated as exc:
-            context.abort(exc.code, exc.message)
-            raise
+            return _fail_closed(context.abort(exc.code, exc.message), exc)
+        return None
 
     def _limit(self, name: str) -> None:
         limiter = self.authenticator.limiter
@@ -178,6 +196,23 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 f"rate limit of {limiter.rate:g} requests/s for API key '{name}' exceeded; retry after {wait:.2f}s",
                 wait,
             )
+
+
+def _fail_closed(abort: Any, exc: Exception) -> Awaitable[None]:
+    """An abort to await; should a context's abort() return without raising, `exc` is raised."""
+    if not inspect.isawaitable(abort):
+        raise exc
+
+    async def aborted() -> None:
+        await abort
+        raise exc
+
+    return aborted()
+
+
+async def _done(admitted: Awaitable[None] | None) -> None:
+    if admitted is not None:
+        await admitted
 
 
 class RateLimited(ResourceExhausted):

@@ -8,10 +8,12 @@ into it, and the access log reads it when the call ends.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
@@ -37,6 +39,11 @@ def wrap_handler(handler: grpc.RpcMethodHandler | None, wrap: BehaviorWrapper) -
             wrapped = wrap(behavior, handler.request_streaming, handler.response_streaming)
             return handler._replace(**{kind: wrapped})
     return handler
+
+
+def is_async(behavior: Callable[..., Any]) -> bool:
+    """A behavior that runs on the event loop: a coroutine function, or an async generator of responses."""
+    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
 
 
 def transport_of(context: grpc.ServicerContext) -> str:
@@ -75,6 +82,12 @@ class CallRecord:
             self.add_request(message)
             yield message
 
+    async def counted_async(self, requests: AsyncIterable[Message]) -> AsyncIterator[Message]:
+        """`counted` for a request stream read on the event loop."""
+        async for message in requests:
+            self.add_request(message)
+            yield message
+
     def status(self, context: grpc.ServicerContext) -> grpc.StatusCode:
         """The call's status: what was aborted with, else derived from the error, else OK."""
         code = context.code()
@@ -84,7 +97,10 @@ class CallRecord:
             return grpc.StatusCode.OK
         if isinstance(self.error, ServingError):
             return self.error.code
-        if isinstance(self.error, (GeneratorExit, grpc.RpcError)):  # the caller went away
+        if isinstance(self.error, (GeneratorExit, grpc.RpcError, asyncio.CancelledError)):  # the caller went away
+            remaining = context.time_remaining()
+            if isinstance(self.error, asyncio.CancelledError) and remaining is not None and remaining <= 0:
+                return grpc.StatusCode.DEADLINE_EXCEEDED  # grpc.aio cancels a call whose deadline passed
             return grpc.StatusCode.CANCELLED
         return grpc.StatusCode.UNKNOWN
 
@@ -121,6 +137,15 @@ def run_in_call(record: CallRecord, function: Callable[..., Any], *args: Any) ->
     token = _CURRENT.set(record)
     try:
         return function(*args)
+    finally:
+        _CURRENT.reset(token)
+
+
+async def run_in_call_async(record: CallRecord, function: Callable[..., Any], *args: Any) -> Any:
+    """`await function(*args)` with `record` as the current call."""
+    token = _CURRENT.set(record)
+    try:
+        return await function(*args)
     finally:
         _CURRENT.reset(token)
 

@@ -9,12 +9,20 @@ failed, or the caller went away.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import grpc
 
 from server.telemetry.accesslog import AccessLog
-from server.telemetry.calls import Behavior, CallRecord, run_in_call, transport_of, wrap_handler
+from server.telemetry.calls import (
+    Behavior,
+    CallRecord,
+    is_async,
+    run_in_call,
+    run_in_call_async,
+    transport_of,
+    wrap_handler,
+)
 from server.telemetry.metrics import Metrics
 from server.telemetry.tracing import current_trace_id
 
@@ -31,6 +39,9 @@ class CallTelemetryInterceptor(grpc.ServerInterceptor):
         return wrap_handler(continuation(handler_call_details), lambda b, rs, ss: self._observed(method, b, rs, ss))
 
     def _observed(self, method: str, behavior: Behavior, request_streaming: bool, response_streaming: bool) -> Behavior:
+        if is_async(behavior):
+            return self._observed_async(method, behavior, request_streaming, response_streaming)
+
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
             record = self._begin(method, context)
             if request_streaming:
@@ -69,6 +80,49 @@ class CallTelemetryInterceptor(grpc.ServerInterceptor):
         finally:
             self._end(record, context)
 
+    def _observed_async(
+        self, method: str, behavior: Behavior, request_streaming: bool, response_streaming: bool
+    ) -> Behavior:
+        """`_observed` for a behavior on the event loop."""
+
+        def begin(request: Any, context: grpc.ServicerContext) -> tuple[CallRecord, Any]:
+            record = self._begin(method, context)
+            if request_streaming:
+                request = record.counted_async(request)
+            else:
+                record.add_request(request)
+            return record, request
+
+        if response_streaming:
+
+            async def observed_stream(request: Any, context: grpc.ServicerContext) -> AsyncIterator[Any]:
+                record, request = begin(request, context)
+                try:
+                    async for response in _in_call(record, behavior(request, context)):
+                        record.add_response(response)
+                        yield response
+                except BaseException as exc:  # GeneratorExit, CancelledError: the caller went away
+                    record.error = exc
+                    raise
+                finally:
+                    self._end(record, context)
+
+            return observed_stream
+
+        async def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            record, request = begin(request, context)
+            try:
+                result = await run_in_call_async(record, behavior, request, context)
+            except BaseException as exc:
+                record.error = exc
+                self._end(record, context)
+                raise
+            record.add_response(result)
+            self._end(record, context)
+            return result
+
+        return observed
+
     def _begin(self, method: str, context: grpc.ServicerContext) -> CallRecord:
         transport = transport_of(context)
         record = CallRecord(
@@ -89,6 +143,19 @@ class CallTelemetryInterceptor(grpc.ServerInterceptor):
             target = getattr(context, "model_target", None)  # set by in-process transports naming the model elsewhere
             model = record.model_name() or (target[0] if target else None)
             self.access_log.write_call(record, code, request_id, model)
+
+
+async def _in_call(record: CallRecord, responses: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The responses of an async stream, each produced with `record` as the current call."""
+    try:
+        while True:
+            try:
+                response = await run_in_call_async(record, responses.__anext__)
+            except StopAsyncIteration:
+                return
+            yield response
+    finally:
+        await responses.aclose()  # type: ignore[attr-defined]
 
 
 def _incoming_trace_id(context: grpc.ServicerContext) -> str | None:

@@ -26,14 +26,14 @@ from typing import Any, Iterator, Mapping
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, server_interceptor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from server.config import Settings
-from server.telemetry.calls import Behavior, transport_of, wrap_handler
+from server.telemetry.calls import Behavior, is_async, transport_of, wrap_handler
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -57,7 +57,9 @@ class Tracing:
 
     def server_interceptor(self) -> grpc.ServerInterceptor:
         """A SERVER span around every call, parented by an incoming `traceparent`."""
-        return _AnyTransportInterceptor(server_interceptor(tracer_provider=self.provider))
+        return _AnyTransportInterceptor(
+            server_interceptor(tracer_provider=self.provider), aio_server_interceptor(tracer_provider=self.provider)
+        )
 
     @contextmanager
     def start_span_from_traceparent(
@@ -95,27 +97,62 @@ def current_trace_id() -> str | None:
 
 
 class _AnyTransportInterceptor(grpc.ServerInterceptor):
-    """Hands the instrumentation a gRPC-shaped view of contexts from other transports.
+    """The instrumentation's interceptors for both kinds of behavior, with a gRPC-shaped view of
+    contexts from other transports.
 
-    The instrumentation reads `metadatum.key`/`.value` and parses `peer()` as
-    `ipv4:host:port`; an in-process transport may give plain pairs and addresses.
+    Plain behaviors get the instrumentation's sync wrapper, those on the event
+    loop its asyncio one. The instrumentation reads `metadatum.key`/`.value`
+    and parses `peer()` as `ipv4:host:port`; an in-process transport may give
+    plain pairs and addresses.
     """
 
-    def __init__(self, inner: grpc.ServerInterceptor) -> None:
+    def __init__(self, inner: Any, inner_aio: Any) -> None:
         self._inner = inner
+        self._inner_aio = inner_aio
 
     def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = self._inner.intercept_service(continuation, handler_call_details)
-        return wrap_handler(handler, _with_grpc_shaped_context)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        if not is_async(_behavior_of(handler)):
+            traced = self._inner.intercept_service(lambda _details: handler, handler_call_details)
+            return wrap_handler(traced, _with_grpc_shaped_context)
+
+        def traced_async(behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
+            if response_streaming:
+                return self._inner_aio._intercept_aio_server_stream(behavior, handler_call_details)
+            return self._inner_aio._intercept_aio_server_unary(behavior, handler_call_details)
+
+        return wrap_handler(wrap_handler(handler, traced_async), _with_grpc_shaped_context)
 
 
-def _with_grpc_shaped_context(behavior: Behavior, _request_streaming: bool, _response_streaming: bool) -> Behavior:
+def _behavior_of(handler: grpc.RpcMethodHandler) -> Behavior:
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+
+def _with_grpc_shaped_context(behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
+    if is_async(behavior) and response_streaming:
+
+        async def stream_wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+            async for response in behavior(request, _shaped(context)):
+                yield response
+
+        return stream_wrapper
+    if is_async(behavior):
+
+        async def async_wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+            return await behavior(request, _shaped(context))
+
+        return async_wrapper
+
     def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-        if transport_of(context) != "grpc":
-            context = _GrpcShapedContext(context)
-        return behavior(request, context)
+        return behavior(request, _shaped(context))
 
     return wrapper
+
+
+def _shaped(context: grpc.ServicerContext) -> Any:
+    return context if transport_of(context) == "grpc" else _GrpcShapedContext(context)
 
 
 class _GrpcShapedContext:
