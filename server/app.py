@@ -39,6 +39,7 @@ from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
+from server.processes import run_children
 from server.services.inference_v2 import InferenceV2Servicer
 from server.services.predict import PredictServicer
 from server.services.stream import StreamPredictServicer
@@ -114,6 +115,9 @@ class App:
         self.health_server, self.health_port = self._health_only_server(settings.health_server_address)
         self.gateway = self._http_gateway()
         self.tfserving = self._tfserving_rest()
+        for listener in (self.gateway, self.tfserving):
+            if listener is not None:
+                listener.reuse_port = settings.server_process_index >= 0
         self.stopping = threading.Event()
         self.stopped = threading.Event()
 
@@ -237,8 +241,17 @@ class App:
         return self.repository.ready.is_set() and not self.stopping.is_set()
 
     def start(self) -> None:
-        """Listen, load and warm up every model, then report SERVING."""
-        self.listen()
+        """Listen, load and warm up every model, then report SERVING.
+
+        One of several processes on shared ports (SERVER_PROCESSES) loads its
+        models first and listens only then: the kernel would hand a process
+        that is still loading its share of the connections.
+        """
+        if self.settings.server_process_index >= 0:
+            self.repository.load_all()
+            self.listen()
+        else:
+            self.listen()
         self.load_models()
 
     def listen(self) -> None:
@@ -255,14 +268,15 @@ class App:
         if self.tfserving is not None:
             self.tfserving.start()
             log.info("TensorFlow Serving REST API listening on %s", self.tfserving.bound)
-        if not self.settings.http_server_address:
-            self.telemetry.serve_metrics()
+        if not self.settings.http_server_address and self.settings.server_process_index <= 0:
+            self.telemetry.serve_metrics()  # one process of several: the files hold every process's values
         host = self.settings.grpc_server_address.rsplit(":", 1)[0] or "0.0.0.0"
         log.info("gRPC listening on %s:%d (health NOT_SERVING until the models are ready)", host, self.port)
 
     def load_models(self) -> None:
-        """Load and warm up every model, then report SERVING."""
-        self.repository.load_all()
+        """Load and warm up every model (unless loaded), then report SERVING."""
+        if not self.repository.ready.is_set():
+            self.repository.load_all()
         for name in READY_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in self.repository.models()))
@@ -310,11 +324,14 @@ class App:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = load_settings(args)
+    index = settings.server_process_index
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s " + (f"[{index}] " if index >= 0 else "") + "%(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if settings.server_processes > 1 and args.mode == "serve":
+        return run_children(settings, sys.argv[1:] if argv is None else argv)
     app = App(settings, args.mode)
     stop_requested = threading.Event()
 

@@ -79,6 +79,9 @@ class BatchingConfig:
     max_batch_delay_s: float = 0.0
     allowed_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024
+    # A request alone on an idle model runs on the event loop itself when the model's calls take less
+    # than this (0: always on the model thread).
+    inline_max_s: float = 0.001
     observer: BatchObserver | None = field(default=None, compare=False)
 
 
@@ -118,6 +121,9 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._busy = False  # a batch is running (in the worker or inline in a caller)
+        self._inline_scheduled = False  # a `_run_inline` is due on a loop
+        # Moving average of a model call's time; inline runs only for fast models, none before a first call.
+        self._recent_call_s = float("inf")
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -147,13 +153,48 @@ class Batcher:
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded(f"deadline passed before model '{self.name}' could run")
         with self._cond:
-            self._enqueue(pending)
+            if self._inline_scheduled or self._may_run_inline():
+                # Decided once the loop has taken in what else is ready (`_run_inline`).
+                self._enqueue(pending, wake=False)
+                if not self._inline_scheduled:
+                    self._inline_scheduled = True
+                    loop.call_soon(self._run_inline)
+            else:
+                self._enqueue(pending)
         timer = None if deadline is None else loop.call_at(deadline, self._expire, pending)
         try:
             return await pending.future
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _may_run_inline(self) -> bool:
+        """An idle, fast model with nothing queued (caller holds the lock)."""
+        return (
+            not self._busy and not self._queue and not self._closed and self.config.max_batch_delay_s == 0
+            and self._recent_call_s < self.config.inline_max_s
+        )
+
+    def _run_inline(self) -> None:
+        """On the loop, once what was ready with the first request has been taken in: a request that is
+        still alone runs here at once (no thread wake-ups: on a sub-millisecond model those cost more
+        than the call); otherwise the model thread takes the queue as a batch."""
+        with self._cond:
+            self._inline_scheduled = False
+            if self._busy or not self._queue:
+                return
+            if len(self._queue) > 1 or self._closed:
+                self._cond.notify()
+                return
+            self._busy = True
+            batch = self._pop_batch()
+        try:
+            if batch:
+                self._execute(batch)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
     def _expire(self, pending: _Pending) -> None:
         """On the loop at a caller's deadline: answer DeadlineExceeded (the model thread skips it)."""
@@ -203,7 +244,7 @@ class Batcher:
         token = observer.request_queued() if observer is not None else None
         return _Pending(inputs, rows, key, deadline, Future() if future is None else future, token=token)
 
-    def _enqueue(self, pending: _Pending) -> None:
+    def _enqueue(self, pending: _Pending, wake: bool = True) -> None:
         """Append to the queue (caller holds the lock) or refuse at once."""
         if self._closed:
             raise Unavailable(f"model '{self.name}' is shutting down")
@@ -214,7 +255,8 @@ class Batcher:
                 f"model '{self.name}' queue is full ({self.config.max_queue_size} requests); retry later"
             )
         self._queue.append(pending)
-        self._cond.notify()
+        if wake:
+            self._cond.notify()
 
     @property
     def queue_depth(self) -> int:
@@ -314,6 +356,9 @@ class Batcher:
             outcomes.append((batch[0], _as_serving_error(exc, self.name)))
             return
         finished = time.monotonic()
+        took = finished - started
+        recent = self._recent_call_s
+        self._recent_call_s = took if recent == float("inf") else recent + (took - recent) * 0.1
         self._record(batch, padded)
         offset = 0
         for item in batch:
@@ -396,9 +441,10 @@ def _deliver(outcomes: list[tuple[_Pending, object]]) -> None:
     """Hand each request its rows or its error: threads' futures at once, each event loop's callers
     in one callback on that loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
+    running = asyncio._get_running_loop()
     for item, outcome in outcomes:
         future = item.future
-        if isinstance(future, Future):
+        if isinstance(future, Future) or future.get_loop() is running:
             _settle(future, outcome)
         else:
             by_loop.setdefault(future.get_loop(), []).append((future, outcome))

@@ -26,9 +26,14 @@ class Settings(BaseSettings):
 
     # Listening
     grpc_server_address: str = "0.0.0.0:50051"
-    grpc_max_workers: int = Field(128, ge=1, description="threads serving RPCs")
+    grpc_max_workers: int = Field(128, ge=1, description="threads for RPCs whose work blocks (tasks, uploads, streams)")
     max_message_bytes: int = Field(64 * MiB, ge=1024)
     grace_period_seconds: float = Field(10.0, ge=0, description="drain time on SIGTERM")
+    server_processes: int = Field(
+        1, ge=1, le=256,
+        description="server processes sharing the ports (SO_REUSEPORT), each with its own event loop and models",
+    )
+    server_process_index: int = Field(-1, ge=-1, description="set by the parent of SERVER_PROCESSES > 1; -1: alone")
     reflection: bool = True
     tfserving_grpc: bool = Field(True, description="also serve TensorFlow Serving's gRPC PredictionService and ModelService")
     inference_v2: bool = Field(
@@ -173,6 +178,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int)
     parser.add_argument("--max-batch-delay-ms", type=float)
     parser.add_argument("--log-level")
+    parser.add_argument("--processes", type=int, help="server processes sharing the ports (SERVER_PROCESSES)")
     return parser.parse_args(argv)
 
 
@@ -187,6 +193,7 @@ def load_settings(args: argparse.Namespace | None = None, **overrides: Any) -> S
         "max_batch_size": args.max_batch_size,
         "max_batch_delay_ms": args.max_batch_delay_ms,
         "log_level": args.log_level,
+        "server_processes": getattr(args, "processes", None),
     }
     values = {k: v for k, v in flags.items() if v is not None} | overrides
     settings = Settings(_env_file=env_files, **values)

@@ -32,6 +32,7 @@ def make_batcher() -> Iterator[MakeBatcher]:
     made: list[tuple[Batcher, FakeModel]] = []
 
     def make(model: FakeModel, **config: object) -> Batcher:
+        config.setdefault("inline_max_s", 0.0)  # on the model thread, unless a test says otherwise
         batcher = Batcher(model, BatchingConfig(**config), name="fake")
         made.append((batcher, model))
         return batcher
@@ -245,3 +246,56 @@ def test_loop_callers_and_threads_share_batches(make_batcher: MakeBatcher) -> No
 
     run(scenario())
     assert model.batch_rows == [1, 5]
+
+
+def test_a_lone_request_on_an_idle_fast_model_runs_on_the_loop(make_batcher: MakeBatcher) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, inline_max_s=1.0)
+    loop_thread = 0
+
+    async def scenario() -> None:
+        nonlocal loop_thread
+        loop_thread = threading.get_ident()
+        for start in (0.0, 100.0, 200.0):  # the first call (its time unknown) runs on the model thread
+            x = rows(1, start)
+            assert_own_rows(await batcher.infer({"x": x}), x)
+
+    run(scenario())
+    assert [call.thread == loop_thread for call in model.calls] == [False, True, True]
+    assert model.batch_rows == [1, 1, 1]
+
+
+def test_requests_ready_together_go_to_the_model_thread_as_one_batch(make_batcher: MakeBatcher) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, inline_max_s=1.0)
+    xs = [rows(1, 100.0 * i) for i in range(1, 6)]
+    loop_thread = 0
+
+    async def scenario() -> None:
+        nonlocal loop_thread
+        loop_thread = threading.get_ident()
+        first = rows(1, 0.0)
+        assert_own_rows(await batcher.infer({"x": first}), first)  # the model's call time is now known
+        results = await asyncio.gather(*(batcher.infer({"x": x}) for x in xs))  # five requests in one turn
+        for x, result in zip(xs, results):
+            assert_own_rows(result, x)
+
+    run(scenario())
+    assert model.batch_rows == [1, 5]
+    assert model.calls[1].thread != loop_thread
+
+
+def test_a_slow_model_never_runs_on_the_loop(make_batcher: MakeBatcher) -> None:
+    model = FakeModel(sleep_s=0.02)
+    batcher = make_batcher(model, inline_max_s=0.005)
+    loop_thread = 0
+
+    async def scenario() -> None:
+        nonlocal loop_thread
+        loop_thread = threading.get_ident()
+        for start in (0.0, 100.0, 200.0):
+            x = rows(1, start)
+            assert_own_rows(await batcher.infer({"x": x}), x)
+
+    run(scenario())
+    assert all(call.thread != loop_thread for call in model.calls)

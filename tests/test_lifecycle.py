@@ -127,9 +127,16 @@ def test_reflection_lists_every_service(server):
 
 def test_sigterm_under_load_fails_no_in_flight_call(tmp_path):
     """Calls in flight when SIGTERM arrives all finish OK; the process then exits 0."""
+    sigterm_under_load(tmp_path, {})
+
+
+def sigterm_under_load(tmp_path, env: dict[str, str]) -> None:
+    """SIGTERM while 16 callers keep Predicts in flight: every call accepted before it finishes OK, and
+    the process exits 0 (also used with SERVER_PROCESSES, tests/test_processes.py)."""
     # A 300 ms batch delay keeps every call in the server for at least 300 ms,
     # so calls are surely in flight (accepted by the server) when SIGTERM comes.
-    proc = ServerProcess(tmp_path / "server.log", env={"GRACE_PERIOD_SECONDS": "20", "MAX_BATCH_DELAY_MS": "300"})
+    env = {"GRACE_PERIOD_SECONDS": "20", "MAX_BATCH_DELAY_MS": "300", **env}
+    proc = ServerProcess(tmp_path / "server.log", env=env)
     try:
         proc.wait_serving()
         x = digits_rows(8)

@@ -42,6 +42,7 @@ class LoopServer:
     ) -> None:
         self.setting = setting
         self.shared_loop = loop
+        self.reuse_port = False  # SO_REUSEPORT: several server processes on one port (SERVER_PROCESSES)
         self.thread_name = thread_name
         self.host, self.port = split_address(address, setting)
         self.ssl_context = ssl_context
@@ -80,7 +81,10 @@ class LoopServer:
         # context turns inactive and its callbacks run), as over gRPC.
         self._runner = web.AppRunner(self.application(), access_log=None, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context).start()
+        site = web.TCPSite(
+            self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_port=self.reuse_port or None
+        )
+        await site.start()
         self.port = self._runner.addresses[0][1]
 
     @property

@@ -5,15 +5,22 @@ the parts of the server (calls, batches, tasks, webhooks, uploads) record
 through it without knowing Prometheus. `exposition()` renders the registry for
 the HTTP shim's `/metrics`; `MetricsServer` serves it on its own port when
 there is no shim.
+
+With PROMETHEUS_MULTIPROC_DIR set (SERVER_PROCESSES > 1, server/processes.py)
+counters, histograms and the in-flight gauge are prometheus-client's
+multiprocess values: a scrape of any process reports the sum over all. What is
+read at scrape time (model versions and queues, refusals, the task queue
+length) comes from the process answering.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Callable, Iterable, Protocol, Sequence
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -38,7 +45,10 @@ class Metrics:
             "serving_request_duration_seconds", "Call latency", ["method", "transport"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.in_flight = Gauge("serving_requests_in_flight", "Calls being served", ["transport"], registry=r)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.in_flight = Gauge(
+            "serving_requests_in_flight", "Calls being served", ["transport"], registry=r, multiprocess_mode="livesum"
+        )
         self.model_seconds = Histogram(
             "serving_model_execution_seconds", "Time of one model call on a batch", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
@@ -51,13 +61,20 @@ class Metrics:
             "serving_queue_wait_seconds", "Time a request waited for its batch", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.task_queue_length = Gauge("serving_task_queue_length", "Async tasks waiting in the queue", registry=r)
+        self.task_queue_length = Gauge("serving_task_queue_length", "Async tasks waiting in the queue",
+                                       registry=None if self.multiprocess else r)
         self.tasks = Counter("serving_tasks", "Async tasks finished, by outcome", ["outcome"], registry=r)
         self.webhooks = Counter("serving_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"], registry=r)
         self.upload_bytes = Counter("serving_upload_bytes", "Bytes received by uploads", registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._models = _ModelCollector()
         r.register(self._models)
+        self.exposed = r  # what a scrape renders
+        if self.multiprocess:
+            self.exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposed)
+            self.exposed.register(self._models)
+            self.exposed.register(_SampledGauge(self.task_queue_length))
 
     # -- calls (the telemetry interceptor) -------------------------------
 
@@ -120,7 +137,7 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The registry in the Prometheus text format, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.exposed), CONTENT_TYPE_LATEST
 
 
 class ServedModel(Protocol):
@@ -179,13 +196,26 @@ class _ModelCollector(Collector):
         return [version, depth, rejected, expired]
 
 
+class _SampledGauge(Collector):
+    """A function gauge of this process in a multiprocess exposition (the files hold no functions)."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+
+    def describe(self) -> Sequence[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        return self.gauge.collect()
+
+
 class MetricsServer:
     """Serves a registry on `host:port` (`/metrics`) from a thread; `stop()` ends it."""
 
     def __init__(self, metrics: Metrics, address: str) -> None:
         host, _, port = address.rpartition(":")
         self._httpd: WSGIServer
-        self._httpd, self._thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0", metrics.registry)
+        self._httpd, self._thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0", metrics.exposed)
         self.port: int = self._httpd.server_port
         self._stopped = threading.Event()
 

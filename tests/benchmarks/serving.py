@@ -46,9 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from tests.benchmarks.core import model_throughput
-from tests.servers import MODEL_DIR, ROOT, ServerProcess, free_port, wait_for
+from tests.servers import MODEL_DIR, ROOT, ServerProcess, free_port
+from tests.tasks.redis_servers import RedisServer
 
 CONCURRENCY = [1, 8, 64]
+KINDS = ("server", "server x2", "echo", "plain")
 SHAPE = [8, 8, 1]
 DOCS = ROOT / "docs"
 
@@ -101,7 +103,7 @@ def h2load(url: str, body: Path, concurrency: int, duration: float, headers: lis
     """(requests/s, failed, per-request ms) of one timed h2load run."""
     connections = 1 if concurrency == 1 else min(concurrency, 4)
     command = [
-        "h2load", "-D", str(duration), "--warm-up-time", "1", "-c", str(connections), "-d", str(body),
+        "h2load", "-D", f"{max(1, round(duration))}", "--warm-up-time", "1", "-c", str(connections), "-d", str(body),
         "--log-file", str(log), *(arg for h in headers for arg in ("-H", h)),
     ]
     command += ["--h1", "-c", str(concurrency)] if h1 else ["-m", str(max(1, concurrency // connections))]
@@ -120,8 +122,11 @@ def h2load(url: str, body: Path, concurrency: int, duration: float, headers: lis
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (SERVER_PROCESSES runs its servers as children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def batch_counters(http_url: str) -> tuple[float, float]:
@@ -203,10 +208,12 @@ def run_rounds(rounds: int, duration: float) -> dict[tuple[str, int], list[Load]
         bodies["predict"].write_bytes(grpc_frame(predict_body()))
         bodies["v2"].write_bytes(grpc_frame(v2_grpc_body()))
         bodies["v2json"].write_bytes(v2_json_body())
+        redis = RedisServer(tmp / "redis")  # the task store that SERVER_PROCESSES=2 needs
         for number in range(rounds):
-            for kind in ("server", "echo", "plain"):
-                if kind == "server":
-                    proc = ServerProcess(tmp / f"server-{number}.log")
+            for kind in KINDS:
+                if kind.startswith("server"):
+                    env = {"SERVER_PROCESSES": "2", "REDIS_ADDRESS": redis.address} if kind == "server x2" else {}
+                    proc = ServerProcess(tmp / f"{kind}-{number}.log", env=env)
                     proc.wait_serving()
                     pid, target, http_url, stop = proc.process.pid, proc.target, proc.http_url, proc.stop
                 else:
@@ -227,6 +234,7 @@ def run_rounds(rounds: int, duration: float) -> dict[tuple[str, int], list[Load]
                         results.setdefault(("server V2 REST", 64), []).append(load)
                 finally:
                     stop()
+        redis.stop()
     return results
 
 
@@ -242,7 +250,7 @@ def plot(results: dict[tuple[str, int], list[Load]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind in ("server", "echo", "plain"):
+    for kind in KINDS:
         left.plot(CONCURRENCY, [med(results[(kind, c)], "requests_per_s") for c in CONCURRENCY], marker="o", label=kind)
         right.plot(CONCURRENCY, [med(results[(kind, c)], "p99_ms") for c in CONCURRENCY], marker="o", label=kind)
     for axis, title in ((left, "requests/s"), (right, "p99 ms")):
@@ -287,6 +295,9 @@ def report(model_rows: list[tuple[int, float, float]], results: dict[tuple[str, 
         f"p99/p50 {p99[('server', 64)] / p50[('server', 64)]:.2f} (target at most 2).",
         f"- concurrency 1: p50 {p50[('server', 1)]:.2f} ms against the once-per-request server's "
         f"{p50[('plain', 1)]:.2f} ms (target: no higher).",
+        f"- SERVER_PROCESSES=2 / one process: "
+        + ", ".join(f"{rate[('server x2', c)] / rate[('server', c)]:.2f}x at concurrency {c}" for c in CONCURRENCY)
+        + " (target above 1.3x at 64).",
         f"- V2 REST JSON / V2 gRPC at concurrency 64: "
         f"{rate[('server V2 REST', 64)] / rate[('server V2 gRPC', 64)]:.2f}x (target 0.8x).",
     ]
