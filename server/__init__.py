@@ -5,14 +5,13 @@ their defaults are set here, before any module of the server imports it; the
 environment still wins.
 
 - TF_CPP_MIN_LOG_LEVEL=2 keeps TensorFlow's C++ start-up notices out of the log.
-- TF_ENABLE_ONEDNN_OPTS=0 turns off TensorFlow's oneDNN kernels (its Linux x86
-  builds turn them on for CPUs with AVX512_VNNI and newer). For the small
-  batches of online serving they cost more than they save: on the digits
-  model, batch 1 takes 0.32 ms without them against 0.42 ms with them, batch
-  8 0.46 against 0.74 ms, and a server at concurrency 1 spends 30% less CPU
-  per request. From batch 256 up they are faster (4.3 against 3.6 ms at
-  512): set TF_ENABLE_ONEDNN_OPTS=1 for large batches of convolutions. See
-  docs/benchmarks.md.
+- TF_ENABLE_ONEDNN_OPTS is left to TensorFlow (its Linux x86 builds turn its
+  oneDNN kernels on for CPUs with AVX512_VNNI and newer). Measured on the same
+  2-core VM with the serving benchmark (docs/benchmarks.md): on MobileNetV2
+  the server does 73-92 requests/s with them against 43 without; on the
+  digits model 1,495-1,512 against 1,257-1,379 at concurrency 64, and a p50
+  about 0.2 ms higher at concurrency 1 (1.29-1.47 against 1.09-1.22 ms). Set
+  TF_ENABLE_ONEDNN_OPTS=0 for a tiny model served one request at a time.
 
 glibc's malloc gives threads arenas of their own (up to 8 per core) and keeps
 what they free; with a thread per call and 1 MiB upload chunks that shows as
@@ -26,7 +25,6 @@ import ctypes
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 M_ARENA_MAX = -8  # glibc's mallopt() parameter
 MALLOC_ARENAS = 2

@@ -1,6 +1,6 @@
-"""Core benchmark: the digits model in-process, and unary Predict through the server.
+"""Batching on and off: the digits model in-process, and unary Predict through the server.
 
-    make bench        (= .venv/bin/python -m tests.benchmarks.core)
+    .venv/bin/python -m tests.benchmarks.core    (`make bench` runs tests.benchmarks.serving)
 
 1. In-process model throughput: `LoadedModel.run_batch` at batch 1..512.
 2. Unary Predict through a real server at concurrency 1, 8 and 64 with
