@@ -109,10 +109,14 @@ class App:
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="event-loop", daemon=True)
         self._loop_thread.start()
         self.tls = load_tls(settings)
-        self.server, self.port = self.on_loop(self._grpc_server())
-        if not self.port:
-            raise SystemExit(f"cannot listen on {settings.grpc_server_address}")
-        self.health_server, self.health_port = self._health_only_server(settings.health_server_address)
+        # gRPC listens from the moment a port is added: one of several processes sharing the ports
+        # (SERVER_PROCESSES) adds it in `listen()`, once its models are loaded.
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.health_server: grpc.Server | None = None
+        self.health_port = 0
+        if settings.server_process_index < 0:
+            self._bind()
         self.gateway = self._http_gateway()
         self.tfserving = self._tfserving_rest()
         for listener in (self.gateway, self.tfserving):
@@ -120,6 +124,13 @@ class App:
                 listener.reuse_port = settings.server_process_index >= 0
         self.stopping = threading.Event()
         self.stopped = threading.Event()
+
+    def _bind(self) -> None:
+        """Make the gRPC servers and add their ports (they take connections from then on)."""
+        self.server, self.port = self.on_loop(self._grpc_server())
+        if not self.port:
+            raise SystemExit(f"cannot listen on {self.settings.grpc_server_address}")
+        self.health_server, self.health_port = self._health_only_server(self.settings.health_server_address)
 
     async def _grpc_server(self) -> tuple[grpc.aio.Server, int]:
         """The grpc.aio server (made on the loop it runs on) and the port it bound."""
@@ -259,6 +270,9 @@ class App:
         for name in READY_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        if self.server is None:
+            self._bind()
+        assert self.server is not None
         self.on_loop(self.server.start())
         if self.health_server is not None:
             self.health_server.start()
@@ -312,10 +326,10 @@ class App:
     async def _drain(self, grace: float) -> None:
         """Stop accepting calls; gRPC and the HTTP listeners drain side by side within one grace period."""
         listeners = [listener for listener in (self.gateway, self.tfserving) if listener is not None]
-        grpc_stopped = asyncio.wait_for(self.server.stop(grace), grace + STOP_MARGIN_SECONDS)
-        outcomes = await asyncio.gather(
-            grpc_stopped, *(listener.close(grace) for listener in listeners), return_exceptions=True
-        )
+        stopping = [listener.close(grace) for listener in listeners]
+        if self.server is not None:
+            stopping.append(asyncio.wait_for(self.server.stop(grace), grace + STOP_MARGIN_SECONDS))
+        outcomes = await asyncio.gather(*stopping, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 log.warning("a listener did not stop cleanly: %r", outcome)

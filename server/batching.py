@@ -43,6 +43,7 @@ from server.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceE
 log = logging.getLogger(__name__)
 
 Arrays = Mapping[str, np.ndarray]
+INLINE_MAX_ROWS = 8  # larger requests never run on the loop, however fast the model's usual calls
 BatchFunction = Callable[[Arrays], dict[str, np.ndarray]]
 
 
@@ -153,7 +154,7 @@ class Batcher:
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded(f"deadline passed before model '{self.name}' could run")
         with self._cond:
-            if self._inline_scheduled or self._may_run_inline():
+            if self._inline_scheduled or self._may_run_inline(pending.rows):
                 # Decided once the loop has taken in what else is ready (`_run_inline`).
                 self._enqueue(pending, wake=False)
                 if not self._inline_scheduled:
@@ -168,11 +169,11 @@ class Batcher:
             if timer is not None:
                 timer.cancel()
 
-    def _may_run_inline(self) -> bool:
-        """An idle, fast model with nothing queued (caller holds the lock)."""
+    def _may_run_inline(self, rows: int) -> bool:
+        """An idle, fast model with nothing queued, and a small request (caller holds the lock)."""
         return (
-            not self._busy and not self._queue and not self._closed and self.config.max_batch_delay_s == 0
-            and self._recent_call_s < self.config.inline_max_s
+            rows <= INLINE_MAX_ROWS and not self._busy and not self._queue and not self._closed
+            and self.config.max_batch_delay_s == 0 and self._recent_call_s < self.config.inline_max_s
         )
 
     def _run_inline(self) -> None:

@@ -59,7 +59,11 @@ class Predictor:
 
     async def infer(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
         """`predict` on the event loop: the loop is free while the model runs."""
-        model, arrays = self.prepare(request)
+        if any(value.WhichOneof("kind") == "images" for value in request.inputs.values()):
+            # Decoding and resizing images is real work: not on the loop.
+            model, arrays = await asyncio.get_running_loop().run_in_executor(None, self.prepare, request)
+        else:
+            model, arrays = self.prepare(request)
         rows = await model.batcher.infer(arrays, deadline)
         if self.store is not None and _stores_files(model, request):
             # Files are written to the object store: not on the loop.

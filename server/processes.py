@@ -11,8 +11,9 @@ event loop, models and Batchers; they share nothing but Redis and storage.
   child answers a scrape of /metrics reports the requests, latencies, batches,
   tasks, webhooks and uploads of all of them. What a child reads at scrape
   time (served versions, queue depth, refused requests) is that child's.
-- SIGTERM or SIGINT to the parent goes to every child, which drains as one
-  server does; the parent exits once all have, with the first non-zero code.
+- SIGTERM or SIGINT to the parent goes to every child (each in a session of
+  its own, so a terminal's Ctrl-C reaches it once, from the parent), which
+  drains as one server does; the parent exits once all have, with the first non-zero code.
   A child that dies on its own stops the others, and the parent exits 1 (a
   supervisor such as Kubernetes restarts the pod).
 - Each child writes its own access log (`access.log` -> `access.0.log`, ...).
@@ -78,12 +79,6 @@ def run_children(settings: Settings, argv: Sequence[str]) -> int:
     for stale in Path(metrics_dir).glob("*.db"):
         stale.unlink()
     children: list[subprocess.Popen] = []
-    for index in range(count):
-        env = dict(os.environ, SERVER_PROCESSES="1", **{PROCESS_ENV: str(index), MULTIPROC_ENV: metrics_dir})
-        env["ACCESS_LOG_PATH"] = child_access_log(settings.access_log_path, index)
-        children.append(subprocess.Popen([sys.executable, "-m", "server", *_without_processes(argv)], env=env))
-    log.info("started %d server processes (pids %s); metrics in %s", count,
-             ", ".join(str(c.pid) for c in children), metrics_dir)
     stopping = crashed = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -93,8 +88,20 @@ def run_children(settings: Settings, argv: Sequence[str]) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
+    # Before the children start (a signal meanwhile is forwarded once they run); each child in a
+    # session of its own, so a terminal's Ctrl-C or a signal to the group reaches it once, from here.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for index in range(count):
+        env = dict(os.environ, SERVER_PROCESSES="1", **{PROCESS_ENV: str(index), MULTIPROC_ENV: metrics_dir})
+        env["ACCESS_LOG_PATH"] = child_access_log(settings.access_log_path, index)
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "server", *_without_processes(argv)], env=env, start_new_session=True
+        ))
+        if stopping:
+            children[-1].send_signal(signal.SIGTERM)
+    log.info("started %d server processes (pids %s); metrics in %s", count,
+             ", ".join(str(c.pid) for c in children), metrics_dir)
     while True:
         codes = [child.poll() for child in children]
         if all(code is not None for code in codes):
@@ -107,7 +114,7 @@ def run_children(settings: Settings, argv: Sequence[str]) -> int:
         time.sleep(0.2)
     for child in children:  # their live gauges (calls in flight) leave the sums
         multiprocess.mark_process_dead(child.pid, metrics_dir)
-    failed = [code for code in codes if code]
+    failed = [128 - code if code < 0 else code for code in codes if code]  # killed by signal n: 128 + n
     if crashed:
         return 1
     return failed[0] if failed else 0

@@ -299,3 +299,19 @@ def test_a_slow_model_never_runs_on_the_loop(make_batcher: MakeBatcher) -> None:
 
     run(scenario())
     assert all(call.thread != loop_thread for call in model.calls)
+
+
+def test_a_large_request_never_runs_on_the_loop(make_batcher: MakeBatcher) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, inline_max_s=1.0)
+    loop_thread = 0
+
+    async def scenario() -> None:
+        nonlocal loop_thread
+        loop_thread = threading.get_ident()
+        for start, n in ((0.0, 1), (100.0, 1), (200.0, 9)):  # the model's calls are known to be fast by then
+            x = rows(n, start)
+            assert_own_rows(await batcher.infer({"x": x}), x)
+
+    run(scenario())
+    assert [call.thread == loop_thread for call in model.calls] == [False, True, False]

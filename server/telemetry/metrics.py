@@ -61,8 +61,11 @@ class Metrics:
             "serving_queue_wait_seconds", "Time a request waited for its batch", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.task_queue_length = Gauge("serving_task_queue_length", "Async tasks waiting in the queue",
-                                       registry=None if self.multiprocess else r)
+        # A function of this process's, read at scrape time (no multiprocess file: it is the same queue).
+        self.task_queue_length: Any = (
+            _FunctionGauge("serving_task_queue_length", "Async tasks waiting in the queue") if self.multiprocess
+            else Gauge("serving_task_queue_length", "Async tasks waiting in the queue", registry=r)
+        )
         self.tasks = Counter("serving_tasks", "Async tasks finished, by outcome", ["outcome"], registry=r)
         self.webhooks = Counter("serving_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"], registry=r)
         self.upload_bytes = Counter("serving_upload_bytes", "Bytes received by uploads", registry=r)
@@ -74,7 +77,7 @@ class Metrics:
             self.exposed = CollectorRegistry()
             multiprocess.MultiProcessCollector(self.exposed)
             self.exposed.register(self._models)
-            self.exposed.register(_SampledGauge(self.task_queue_length))
+            self.exposed.register(self.task_queue_length)
 
     # -- calls (the telemetry interceptor) -------------------------------
 
@@ -196,17 +199,23 @@ class _ModelCollector(Collector):
         return [version, depth, rejected, expired]
 
 
-class _SampledGauge(Collector):
-    """A function gauge of this process in a multiprocess exposition (the files hold no functions)."""
+class _FunctionGauge(Collector):
+    """A gauge read from a function at scrape time, for the multiprocess exposition (whose files hold
+    no functions; a prometheus Gauge would add a file of its own per process)."""
 
-    def __init__(self, gauge: Gauge) -> None:
-        self.gauge = gauge
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.function: Callable[[], float] = lambda: 0.0
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        self.function = function
 
     def describe(self) -> Sequence[Metric]:
         return ()
 
     def collect(self) -> Iterable[Metric]:
-        return self.gauge.collect()
+        return [GaugeMetricFamily(self.name, self.documentation, value=float(self.function()))]
 
 
 class MetricsServer:
