@@ -193,9 +193,13 @@ class Batcher:
             if batch:
                 self._execute(batch)
         finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+            self._free()
+
+    def _free(self) -> None:
+        """A batch run outside the model thread is over: the model thread may take the next."""
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
     def _expire(self, pending: _Pending) -> None:
         """On the loop at a caller's deadline: answer DeadlineExceeded (the model thread skips it)."""
@@ -223,9 +227,7 @@ class Batcher:
                 pending.future.set_running_or_notify_cancel()
                 self._execute([pending])
             finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+                self._free()
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return pending.future.result(timeout=timeout)

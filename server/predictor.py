@@ -102,10 +102,8 @@ class Predictor:
         output_filter: Sequence[str] = (),
     ) -> dict[str, np.ndarray]:
         """Validate, batch and run inputs another wire format decoded for `model` (from `repository.get`)."""
-        _validate_decoded(model, arrays)
-        _check_output_filter(model, output_filter)
-        outputs = model.batcher.run(arrays, deadline)
-        return {n: outputs[n] for n in (output_filter or outputs)}
+        _check_arrays(model, arrays, output_filter)
+        return _filtered(model.batcher.run(arrays, deadline), output_filter)
 
     async def infer_arrays(
         self,
@@ -115,10 +113,8 @@ class Predictor:
         output_filter: Sequence[str] = (),
     ) -> dict[str, np.ndarray]:
         """`predict_arrays` on the event loop."""
-        _validate_decoded(model, arrays)
-        _check_output_filter(model, output_filter)
-        outputs = await model.batcher.infer(arrays, deadline)
-        return {n: outputs[n] for n in (output_filter or outputs)}
+        _check_arrays(model, arrays, output_filter)
+        return _filtered(await model.batcher.infer(arrays, deadline), output_filter)
 
     def submit_arrays(self, model: LoadedModel, arrays: dict[str, np.ndarray], deadline: float | None = None) -> Future:
         """Validate and queue inputs another wire format decoded; a future of every output's rows."""
@@ -180,6 +176,15 @@ def _stores_files(model: LoadedModel, request: predict_pb2.PredictRequest) -> bo
         return False
     wanted = request.output_filter or model.outputs
     return any(name in model.file_outputs for name in wanted)
+
+
+def _check_arrays(model: LoadedModel, arrays: dict[str, np.ndarray], output_filter: Sequence[str]) -> None:
+    _validate_decoded(model, arrays)
+    _check_output_filter(model, output_filter)
+
+
+def _filtered(outputs: dict[str, np.ndarray], output_filter: Sequence[str]) -> dict[str, np.ndarray]:
+    return {n: outputs[n] for n in (output_filter or outputs)}
 
 
 def _validate_decoded(model: LoadedModel, arrays: dict[str, np.ndarray]) -> None:

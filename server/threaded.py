@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
-import threading
 from concurrent.futures import Executor
 from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 
 import grpc
 
-from server.gateway.context import RpcAborted
-
-log = logging.getLogger(__name__)
+from server.gateway.context import RecordedContext, RpcAborted, run_callbacks
 
 Behavior = Callable[..., Any]
 
@@ -43,20 +39,16 @@ class StreamBroken(grpc.RpcError):
         return "the call is over"
 
 
-class ThreadedContext:
-    """The context a plain servicer method sees; `transport` is "grpc"."""
+class ThreadedContext(RecordedContext):
+    """The context a plain servicer method sees; `transport` is "grpc". The status it sets is kept
+    here (`RecordedContext`) and applied on the loop when the method returns."""
 
     transport = "grpc"
 
     def __init__(self, context: grpc.aio.ServicerContext, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self._context = context
         self._loop = loop
-        self._code: grpc.StatusCode | None = None
-        self._details: str | None = None
-        self._trailing: tuple[tuple[str, str | bytes], ...] = ()
-        self._active = True
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], None]] = []
         self._waiting: set[concurrent.futures.Future] = set()
 
     # -- what the call carries (set before the handler runs: safe to read from the thread) --
@@ -79,32 +71,7 @@ class ThreadedContext:
     def time_remaining(self) -> float | None:
         return self._context.time_remaining()
 
-    # -- status, kept here and applied on the loop when the method returns ------------
-
-    def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Sequence[tuple[str, str | bytes]] = ()) -> None:
-        if trailing_metadata:
-            self.set_trailing_metadata(trailing_metadata)
-        self._code, self._details = code, details
-        raise RpcAborted(code, details)
-
-    def abort_with_status(self, status: Any) -> None:
-        self.set_trailing_metadata(tuple(status.trailing_metadata or ()))
-        self.abort(status.code, status.details)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def set_details(self, details: str) -> None:
-        self._details = details
-
-    def code(self) -> grpc.StatusCode | None:
-        return self._code
-
-    def details(self) -> str | None:
-        return self._details
-
-    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str | bytes]]) -> None:
-        self._trailing = tuple(trailing_metadata)
+    # -- metadata sent back ------------------------------------------------------------
 
     def send_initial_metadata(self, initial_metadata: Sequence[tuple[str, str | bytes]]) -> None:
         self.on_loop(self._context.send_initial_metadata(tuple(initial_metadata)))
@@ -117,31 +84,16 @@ class ThreadedContext:
 
     # -- life cycle ---------------------------------------------------------------------
 
-    def is_active(self) -> bool:
-        return self._active
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        with self._lock:
-            if not self._active:
-                return False
-            self._callbacks.append(callback)
-        return True
-
     def end(self) -> None:
         """The call is over (it finished, or the client went away): wake the thread, run the callbacks once."""
         with self._lock:
-            if not self._active:
-                return
-            self._active = False
-            callbacks, self._callbacks = self._callbacks, []
+            callbacks = self._ended()
             waiting, self._waiting = set(self._waiting), set()
+        if callbacks is None:
+            return
         for future in waiting:
             future.cancel()
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.exception("a call's done callback failed")
+        run_callbacks(callbacks)
 
     def on_loop(self, coroutine: Any) -> Any:
         """From the thread: run `coroutine` on the loop and wait for it; StreamBroken once the call is over."""
@@ -161,8 +113,8 @@ class ThreadedContext:
 
     async def finish(self) -> None:
         """On the loop, after the method returned: send its status and trailing metadata."""
-        if self._trailing:
-            self._context.set_trailing_metadata(self._trailing)
+        if self.trailing_metadata_sent:
+            self._context.set_trailing_metadata(self.trailing_metadata_sent)
         if self._code is not None and self._code != grpc.StatusCode.OK:
             await self._context.abort(self._code, self._details or "")
 

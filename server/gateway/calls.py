@@ -229,18 +229,21 @@ class RpcCall:
         """`invoke`, then the JSON body of the response."""
         return dumps(message_json(self.invoke(build), self.response_body))
 
-    def on_loop(self) -> bool:
-        """Whether the method's behavior is a coroutine (run on the event loop, not in a worker thread)."""
+    def loop_handler(self) -> grpc.RpcMethodHandler | None:
+        """The method's handler when its behavior is a coroutine (run on the event loop, not in a
+        worker thread); None otherwise."""
         handler = self.dispatcher.handler(self.rpc, self.context.invocation_metadata())
-        return handler is not None and not handler.request_streaming and is_async(handler.unary_unary)
+        if handler is None or handler.request_streaming or not is_async(handler.unary_unary):
+            return None
+        return handler
 
-    async def invoke_async(self, build: Callable[[], Message | RequestStream]) -> Message:
-        """`invoke` for a coroutine behavior, on the event loop."""
+    async def invoke_async(self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]) -> Message:
+        """`invoke` for a coroutine behavior (`handler` from `loop_handler`), on the event loop."""
         exc: Exception | None = None
         response: Message | None = None
         try:
             request = build()
-            response = await self.handler().unary_unary(request, self.context)
+            response = await handler.unary_unary(request, self.context)
         except Exception as error:
             exc = error
         finally:
@@ -251,9 +254,9 @@ class RpcCall:
         assert response is not None
         return response
 
-    async def run_unary_async(self, build: Callable[[], Message | RequestStream]) -> bytes:
+    async def run_unary_async(self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]) -> bytes:
         """`run_unary` for a coroutine behavior, on the event loop."""
-        return dumps(message_json(await self.invoke_async(build), self.response_body))
+        return dumps(message_json(await self.invoke_async(handler, build), self.response_body))
 
     def run_streaming(self, build: Callable[[], Message | RequestStream], sink: ToLoop) -> None:
         """unary -> stream or stream -> stream: each response becomes an NDJSON line."""

@@ -94,51 +94,18 @@ def peer_of(peername: Any) -> str:
     return "unknown"
 
 
-class HttpServicerContext(grpc.ServicerContext):
-    """What a servicer and the interceptors see of an HTTP call."""
+class RecordedContext:
+    """What an in-process context keeps itself: the status a servicer set (abort raises), the trailing
+    metadata, and the call's life (`is_active`, `add_callback`). HTTP calls and plain servicers on
+    the grpc.aio server (server/threaded.py) share it."""
 
-    transport = "http"
-
-    def __init__(self, metadata: Metadata, peer: str, timeout: float | None, route: str | None = None) -> None:
-        self.route = route  # "POST /v1/models/{model}:predict", for the access log
-        # (model, version, label) when the model comes from the URL rather than the request message
-        self.model_target: tuple[str, int, str] | None = None
-        # Open Inference Protocol binary bodies: the length of the JSON part of the request
-        # (`Inference-Header-Content-Length`) and of the answer (None: the whole body is JSON).
-        self.json_length_in: int | None = None
-        self.json_length_out: int | None = None
-        self._metadata = metadata
-        self._peer = peer
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+    def __init__(self) -> None:
         self._code: grpc.StatusCode | None = None
         self._details: str | None = None
         self._active = True
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
-        self.initial_metadata: Metadata = ()
         self.trailing_metadata_sent: Metadata = ()
-
-    # -- what the call carries ------------------------------------------------------
-
-    def invocation_metadata(self) -> Metadata:
-        return self._metadata
-
-    def peer(self) -> str:
-        return self._peer
-
-    def peer_identities(self) -> None:
-        return None
-
-    def peer_identity_key(self) -> None:
-        return None
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return {}
-
-    def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
-    # -- status ---------------------------------------------------------------------
 
     def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Metadata = ()) -> None:
         if trailing_metadata:
@@ -162,13 +129,79 @@ class HttpServicerContext(grpc.ServicerContext):
     def details(self) -> str | None:
         return self._details
 
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        self.trailing_metadata_sent = tuple(trailing_metadata)
+
+    def is_active(self) -> bool:
+        return self._active
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        with self._lock:
+            if not self._active:
+                return False
+            self._callbacks.append(callback)
+        return True
+
+    def _ended(self) -> list[Callable[[], None]] | None:
+        """Mark the call over; its callbacks the first time, None after (caller holds the lock)."""
+        if not self._active:
+            return None
+        self._active = False
+        callbacks, self._callbacks = self._callbacks, []
+        return callbacks
+
+
+def run_callbacks(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("a call's done callback failed")
+
+
+class HttpServicerContext(RecordedContext, grpc.ServicerContext):
+    """What a servicer and the interceptors see of an HTTP call."""
+
+    transport = "http"
+
+    def __init__(self, metadata: Metadata, peer: str, timeout: float | None, route: str | None = None) -> None:
+        self.route = route  # "POST /v1/models/{model}:predict", for the access log
+        # (model, version, label) when the model comes from the URL rather than the request message
+        self.model_target: tuple[str, int, str] | None = None
+        # Open Inference Protocol binary bodies: the length of the JSON part of the request
+        # (`Inference-Header-Content-Length`) and of the answer (None: the whole body is JSON).
+        self.json_length_in: int | None = None
+        self.json_length_out: int | None = None
+        super().__init__()
+        self._metadata = metadata
+        self._peer = peer
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self.initial_metadata: Metadata = ()
+
+    # -- what the call carries ------------------------------------------------------
+
+    def invocation_metadata(self) -> Metadata:
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+    def peer_identities(self) -> None:
+        return None
+
+    def peer_identity_key(self) -> None:
+        return None
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
     # -- metadata sent back ------------------------------------------------------------
 
     def send_initial_metadata(self, initial_metadata: Sequence[tuple[str, str | bytes]]) -> None:
         self.initial_metadata = tuple(initial_metadata)
-
-    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str | bytes]]) -> None:
-        self.trailing_metadata_sent = tuple(trailing_metadata)
 
     def response_headers(self) -> dict[str, str]:
         """`Grpc-Metadata-*` and `Grpc-Trailer-*` headers, as grpc-gateway sends them.
@@ -198,13 +231,6 @@ class HttpServicerContext(grpc.ServicerContext):
             return False
         return self._active
 
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        with self._lock:
-            if not self._active:
-                return False
-            self._callbacks.append(callback)
-        return True
-
     def cancel(self) -> None:
         self.end_early(grpc.StatusCode.CANCELLED, "the call was cancelled")
 
@@ -217,12 +243,6 @@ class HttpServicerContext(grpc.ServicerContext):
     def finish(self) -> None:
         """The call is over: run the callbacks once."""
         with self._lock:
-            if not self._active:
-                return
-            self._active = False
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.exception("a call's done callback failed")
+            callbacks = self._ended()
+        if callbacks is not None:
+            run_callbacks(callbacks)

@@ -169,8 +169,9 @@ async def in_pool(executor: Executor, call: RpcCall, run: Callable[[Build], T], 
     goes away cancels the call."""
     remaining = call.context.time_remaining()
     awaited: Awaitable[T]
-    if call.on_loop():
-        coroutine = call.run_unary_async(build) if run == call.run_unary else call.invoke_async(build)
+    handler = call.loop_handler()
+    if handler is not None:
+        coroutine = call.run_unary_async(handler, build) if run == call.run_unary else call.invoke_async(handler, build)
         # A deadline cancels the coroutine (the Batcher drops what has not run); so does a client gone.
         awaited = coroutine if remaining is None else asyncio.wait_for(coroutine, remaining)
     else:
