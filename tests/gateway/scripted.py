@@ -61,7 +61,8 @@ class ScriptedTasks(task_pb2_grpc.TaskServiceServicer):
             raise RuntimeError("a bug with a secret in its message")
         if kind == "wait":
             ended = threading.Event()
-            context.add_callback(ended.set)
+            if not context.add_callback(ended.set):
+                ended.set()  # the call was over before the callback could be added (grpc's contract)
             if ended.wait(WAIT_S):
                 self.call_ended.set()
             if not context.is_active():
@@ -85,7 +86,8 @@ class ScriptedTasks(task_pb2_grpc.TaskServiceServicer):
             raise errors.Unavailable("the store went away")
         if request.id == "hang":
             ended = threading.Event()
-            context.add_callback(ended.set)
+            if not context.add_callback(ended.set):
+                ended.set()  # the call was over before the callback could be added (grpc's contract)
             if ended.wait(WAIT_S):
                 self.call_ended.set()
             return
