@@ -8,10 +8,21 @@ together, by one callback per batch on their loop: one cross-thread hop per
 batch, not per request, so the loop is never blocked by a model and the
 requests of one batch cost the loop one wake-up.
 
-- It never waits while the model is idle: as soon as the model is free it takes
-  everything queued (up to `max_batch_size` rows). `max_batch_delay` may hold a
-  batch open briefly for more requests to arrive. A `run()` that finds the model
-  idle and the queue empty runs at once in its caller's thread.
+- Batches are formed on the loop's rhythm. A loop caller only queues its
+  request; the model thread is woken once per loop turn (`_dispatch`, run
+  after the turn has taken in every request that was ready), not once per
+  request. When a batch of loop callers is done, the callback that answers
+  them wakes the model thread for the next batch after that turn: whatever
+  queued while the model ran, and whatever the turn took in, goes as one
+  batch. On a fast model this makes batches several times larger than taking
+  the queue the moment the model is free, for one loop turn of the model's
+  time (measured in docs/benchmarks.md); requests from threads (streams,
+  task workers) wake the model at once.
+- It never waits while the model is idle: when the model is free and a loop
+  turn has passed, it takes everything queued (up to `max_batch_size` rows).
+  `max_batch_delay` may hold a batch open briefly for more requests to arrive.
+  A `run()` that finds the model idle and the queue empty runs at once in its
+  caller's thread.
 - A caller of `infer()` that goes away (its task is cancelled: the client
   disconnected, or its deadline passed) is dropped before its batch runs.
 - The queue is bounded: a full queue raises `ResourceExhausted` at once.
@@ -43,7 +54,6 @@ from server.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceE
 log = logging.getLogger(__name__)
 
 Arrays = Mapping[str, np.ndarray]
-INLINE_MAX_ROWS = 8  # larger requests never run on the loop, however fast the model's usual calls
 BatchFunction = Callable[[Arrays], dict[str, np.ndarray]]
 
 
@@ -80,9 +90,6 @@ class BatchingConfig:
     max_batch_delay_s: float = 0.0
     allowed_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024
-    # A request alone on an idle model runs on the event loop itself when the model's calls take less
-    # than this (0: always on the model thread).
-    inline_max_s: float = 0.001
     observer: BatchObserver | None = field(default=None, compare=False)
 
 
@@ -121,10 +128,11 @@ class Batcher:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._busy = False  # a batch is running (in the worker or inline in a caller)
-        self._inline_scheduled = False  # a `_run_inline` is due on a loop
-        # Moving average of a model call's time; inline runs only for fast models, none before a first call.
-        self._recent_call_s = float("inf")
+        self._busy = False  # a batch is running (on the model thread, or in a `run()` caller's thread)
+        # The model thread may take the next batch once free. Loop callers set it once per loop turn
+        # (`_dispatch`), threads at once, the model thread itself after a batch with no loop callers.
+        self._go = False
+        self._dispatch_scheduled: set[asyncio.AbstractEventLoop] = set()  # loops with a `_dispatch` due
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -154,14 +162,10 @@ class Batcher:
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded(f"deadline passed before model '{self.name}' could run")
         with self._cond:
-            if self._inline_scheduled or self._may_run_inline(pending.rows):
-                # Decided once the loop has taken in what else is ready (`_run_inline`).
-                self._enqueue(pending, wake=False)
-                if not self._inline_scheduled:
-                    self._inline_scheduled = True
-                    loop.call_soon(self._run_inline)
-            else:
-                self._enqueue(pending)
+            # With a batch delay the model thread watches the queue fill; else it is woken once per turn.
+            self._enqueue(pending, wake=self.config.max_batch_delay_s > 0)
+            if not self._busy:
+                self._schedule_dispatch(loop)
         timer = None if deadline is None else loop.call_at(deadline, self._expire, pending)
         try:
             return await pending.future
@@ -169,37 +173,32 @@ class Batcher:
             if timer is not None:
                 timer.cancel()
 
-    def _may_run_inline(self, rows: int) -> bool:
-        """An idle, fast model with nothing queued, and a small request (caller holds the lock)."""
-        return (
-            rows <= INLINE_MAX_ROWS and not self._busy and not self._queue and not self._closed
-            and self.config.max_batch_delay_s == 0 and self._recent_call_s < self.config.inline_max_s
-        )
+    def _schedule_dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """`_dispatch` on `loop` after its current turn, once however many requests the turn queues
+        (caller holds the lock)."""
+        if loop not in self._dispatch_scheduled:
+            self._dispatch_scheduled.add(loop)
+            loop.call_soon(self._dispatch, loop)
 
-    def _run_inline(self) -> None:
-        """On the loop, once what was ready with the first request has been taken in: a request that is
-        still alone runs here at once (no thread wake-ups: on a sub-millisecond model those cost more
-        than the call); otherwise the model thread takes the queue as a batch."""
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop, once the turn has taken in what was ready: the model thread may take the queue
+        as one batch once it is free."""
         with self._cond:
-            self._inline_scheduled = False
-            if self._busy or not self._queue:
-                return
-            if len(self._queue) > 1 or self._closed:
-                self._cond.notify()
-                return
-            self._busy = True
-            batch = self._pop_batch()
-        try:
-            if batch:
-                self._execute(batch)
-        finally:
-            self._free()
+            self._dispatch_scheduled.discard(loop)
+            if self._queue:
+                self._wake()
+
+    def _wake(self) -> None:
+        """Let the model thread take the next batch once it is free (caller holds the lock)."""
+        self._go = True
+        self._cond.notify()
 
     def _free(self) -> None:
-        """A batch run outside the model thread is over: the model thread may take the next."""
+        """A batch run outside the model thread is over: the model thread may take what queued meanwhile."""
         with self._cond:
             self._busy = False
-            self._cond.notify_all()
+            if self._queue:
+                self._wake()
 
     def _expire(self, pending: _Pending) -> None:
         """On the loop at a caller's deadline: answer DeadlineExceeded (the model thread skips it)."""
@@ -259,7 +258,7 @@ class Batcher:
             )
         self._queue.append(pending)
         if wake:
-            self._cond.notify()
+            self._wake()
 
     @property
     def queue_depth(self) -> int:
@@ -269,6 +268,7 @@ class Batcher:
         """Stop taking requests; run (or with `drain=False` fail) what is queued."""
         with self._cond:
             self._closed = True
+            self._go = True
             if not drain:
                 failed = [(item, Unavailable(f"model '{self.name}' was unloaded")) for item in self._queue]
                 self._queue.clear()
@@ -283,22 +283,29 @@ class Batcher:
             batch = self._take_batch()
             if batch is None:
                 return
+            outcomes: list[tuple[_Pending, object]] = []
             try:
                 if batch:
-                    self._execute(batch)
+                    self._run(batch, outcomes)
             finally:
                 with self._cond:
-                    self._busy = False
+                    self._busy = False  # before the answers go: their loop's `_answered` sees a free model
+                # A loop that gets answers dispatches the next batch after them (`_answered`).
+                if not _deliver(outcomes, self._answered):
+                    with self._cond:
+                        if self._queue:
+                            self._wake()
 
     def _take_batch(self) -> list[_Pending] | None:
-        """Wait for work and a free model, then take one batch; None when closed and empty."""
+        """Wait for work, a free model and a go, then take one batch; None when closed and empty."""
         config = self.config
         with self._cond:
-            while not self._queue or self._busy:
+            while not self._queue or self._busy or not self._go:
                 if self._closed and not self._queue and not self._busy:
                     return None
                 self._cond.wait()
             self._busy = True
+            self._go = self._closed
             if config.max_batch_delay_s > 0 and not self._closed:
                 until = self._queue[0].enqueued + config.max_batch_delay_s
                 while _queued_rows(self._queue) < config.max_batch_size and not self._closed:
@@ -342,9 +349,16 @@ class Batcher:
         return batch
 
     def _execute(self, batch: list[_Pending]) -> None:
+        """Run a batch in a `run()` caller's thread and answer its callers."""
         outcomes: list[tuple[_Pending, object]] = []
         self._run(batch, outcomes)
         _deliver(outcomes)
+
+    def _answered(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On a loop, right after a batch's callers there were answered: the next batch after this turn."""
+        with self._cond:
+            if not self._busy and self._queue:
+                self._schedule_dispatch(loop)
 
     def _run(self, batch: list[_Pending], outcomes: list[tuple[_Pending, object]]) -> None:
         """Run one batch; each request's rows (or error) go to `outcomes`."""
@@ -359,9 +373,6 @@ class Batcher:
             outcomes.append((batch[0], _as_serving_error(exc, self.name)))
             return
         finished = time.monotonic()
-        took = finished - started
-        recent = self._recent_call_s
-        self._recent_call_s = took if recent == float("inf") else recent + (took - recent) * 0.1
         self._record(batch, padded)
         offset = 0
         for item in batch:
@@ -440,9 +451,13 @@ def _start(future: Future | asyncio.Future) -> bool:
     return not future.done()  # read across threads: at worst a result nobody takes is computed
 
 
-def _deliver(outcomes: list[tuple[_Pending, object]]) -> None:
-    """Hand each request its rows or its error: threads' futures at once, each event loop's callers
-    in one callback on that loop."""
+def _deliver(
+    outcomes: list[tuple[_Pending, object]],
+    then: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+) -> bool:
+    """Hand each request its rows or its error: threads' futures at once, each other event loop's
+    callers in one callback on that loop, followed there by `then(loop)`. Whether such a
+    callback was sent."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
     running = asyncio._get_running_loop()
     for item, outcome in outcomes:
@@ -451,16 +466,25 @@ def _deliver(outcomes: list[tuple[_Pending, object]]) -> None:
             _settle(future, outcome)
         else:
             by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+    sent = False
     for loop, answers in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_settle_all, answers)
+            loop.call_soon_threadsafe(_settle_all, answers, loop, then)
+            sent = True
         except RuntimeError:  # the loop is closed: nobody waits any more
             pass
+    return sent
 
 
-def _settle_all(answers: list[tuple[asyncio.Future, object]]) -> None:
+def _settle_all(
+    answers: list[tuple[asyncio.Future, object]],
+    loop: asyncio.AbstractEventLoop | None = None,
+    then: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+) -> None:
     for future, outcome in answers:
         _settle(future, outcome)
+    if then is not None and loop is not None:
+        then(loop)
 
 
 def _settle(future: Future | asyncio.Future, outcome: object) -> None:

@@ -32,7 +32,6 @@ def make_batcher() -> Iterator[MakeBatcher]:
     made: list[tuple[Batcher, FakeModel]] = []
 
     def make(model: FakeModel, **config: object) -> Batcher:
-        config.setdefault("inline_max_s", 0.0)  # on the model thread, unless a test says otherwise
         batcher = Batcher(model, BatchingConfig(**config), name="fake")
         made.append((batcher, model))
         return batcher
@@ -248,70 +247,82 @@ def test_loop_callers_and_threads_share_batches(make_batcher: MakeBatcher) -> No
     assert model.batch_rows == [1, 5]
 
 
-def test_a_lone_request_on_an_idle_fast_model_runs_on_the_loop(make_batcher: MakeBatcher) -> None:
+def test_requests_ready_in_one_loop_turn_go_to_the_model_as_one_batch(make_batcher: MakeBatcher) -> None:
     model = FakeModel()
-    batcher = make_batcher(model, inline_max_s=1.0)
-    loop_thread = 0
+    batcher = make_batcher(model)
+    xs = [rows(1, 100.0 * i) for i in range(5)]
 
     async def scenario() -> None:
-        nonlocal loop_thread
-        loop_thread = threading.get_ident()
-        for start in (0.0, 100.0, 200.0):  # the first call (its time unknown) runs on the model thread
-            x = rows(1, start)
-            assert_own_rows(await batcher.infer({"x": x}), x)
-
-    run(scenario())
-    assert [call.thread == loop_thread for call in model.calls] == [False, True, True]
-    assert model.batch_rows == [1, 1, 1]
-
-
-def test_requests_ready_together_go_to_the_model_thread_as_one_batch(make_batcher: MakeBatcher) -> None:
-    model = FakeModel()
-    batcher = make_batcher(model, inline_max_s=1.0)
-    xs = [rows(1, 100.0 * i) for i in range(1, 6)]
-    loop_thread = 0
-
-    async def scenario() -> None:
-        nonlocal loop_thread
-        loop_thread = threading.get_ident()
-        first = rows(1, 0.0)
-        assert_own_rows(await batcher.infer({"x": first}), first)  # the model's call time is now known
         results = await asyncio.gather(*(batcher.infer({"x": x}) for x in xs))  # five requests in one turn
         for x, result in zip(xs, results):
             assert_own_rows(result, x)
 
     run(scenario())
-    assert model.batch_rows == [1, 5]
-    assert model.calls[1].thread != loop_thread
+    assert model.batch_rows == [5]
+    assert all(call.thread != threading.get_ident() for call in model.calls)
 
 
-def test_a_slow_model_never_runs_on_the_loop(make_batcher: MakeBatcher) -> None:
-    model = FakeModel(sleep_s=0.02)
-    batcher = make_batcher(model, inline_max_s=0.005)
-    loop_thread = 0
+class CallsBackAfterItsFirstCall(FakeModel):
+    """Schedules `after_first` on `loop` when its first call returns, before the Batcher answers it."""
+
+    loop: asyncio.AbstractEventLoop
+    after_first: Callable[[], None]
+
+    def __call__(self, inputs: Any) -> Any:
+        outputs = super().__call__(inputs)
+        if len(self.calls) == 1:
+            self.loop.call_soon_threadsafe(self.after_first)
+        return outputs
+
+
+def test_requests_queued_as_a_batch_is_answered_join_the_next_one(make_batcher: MakeBatcher) -> None:
+    """The answer of a batch, not the model thread, starts the next batch: a request the loop takes in
+    just before the answers (after the model returned) joins what queued while the model ran."""
+    model = CallsBackAfterItsFirstCall(blocked=True)
+    batcher = make_batcher(model)
+    late = rows(2, 500.0)
+    late_task: list[asyncio.Future] = []
 
     async def scenario() -> None:
-        nonlocal loop_thread
-        loop_thread = threading.get_ident()
-        for start in (0.0, 100.0, 200.0):
-            x = rows(1, start)
-            assert_own_rows(await batcher.infer({"x": x}), x)
+        model.loop = asyncio.get_running_loop()
+        model.after_first = lambda: late_task.append(asyncio.ensure_future(batcher.infer({"x": late})))
+        first_x, first = await occupy(batcher, model)
+        queued_x = rows(1, 100.0)
+        queued = asyncio.ensure_future(batcher.infer({"x": queued_x}))
+        await until(lambda: batcher.queue_depth == 1, "a request queued while the model runs")
+        model.release()
+        assert_own_rows(await first, first_x)
+        assert_own_rows(await queued, queued_x)
+        assert_own_rows(await late_task[0], late)
 
     run(scenario())
-    assert all(call.thread != loop_thread for call in model.calls)
+    assert model.batch_rows == [1, 3]
 
 
-def test_a_large_request_never_runs_on_the_loop(make_batcher: MakeBatcher) -> None:
+def test_the_next_batch_starts_without_a_new_arrival(make_batcher: MakeBatcher) -> None:
+    """Requests queued while the model runs are taken when its batch is answered, with nothing else
+    arriving (no lost wake-up between the model thread and the loop), batch after batch."""
+    model = FakeModel(blocked=True)
+    batcher = make_batcher(model, max_batch_size=2)
+
+    async def scenario() -> None:
+        first_x, first = await occupy(batcher, model)
+        xs = [rows(1, 100.0 * (i + 1)) for i in range(6)]
+        tasks = [asyncio.ensure_future(batcher.infer({"x": x})) for x in xs]
+        await until(lambda: batcher.queue_depth == len(xs), "every request to be queued")
+        model.release()
+        assert_own_rows(await first, first_x)
+        for x, result in zip(xs, await asyncio.gather(*tasks)):
+            assert_own_rows(result, x)
+
+    run(scenario())
+    assert model.batch_rows == [1, 2, 2, 2]
+
+
+def test_thread_callers_do_not_wait_for_a_loop_turn(make_batcher: MakeBatcher) -> None:
     model = FakeModel()
-    batcher = make_batcher(model, inline_max_s=1.0)
-    loop_thread = 0
-
-    async def scenario() -> None:
-        nonlocal loop_thread
-        loop_thread = threading.get_ident()
-        for start, n in ((0.0, 1), (100.0, 1), (200.0, 9)):  # the model's calls are known to be fast by then
-            x = rows(n, start)
-            assert_own_rows(await batcher.infer({"x": x}), x)
-
-    run(scenario())
-    assert [call.thread == loop_thread for call in model.calls] == [False, True, False]
+    batcher = make_batcher(model)
+    xs = [rows(1, 100.0 * i) for i in range(3)]
+    for x in xs:  # no event loop anywhere: each is taken by the model thread at once
+        assert_own_rows(batcher.submit({"x": x}).result(WAIT_S), x)
+    assert model.batch_rows == [1, 1, 1]

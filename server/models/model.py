@@ -6,6 +6,7 @@ load -> warm up -> (validate -> batch -> predict -> postprocess)* -> close.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -340,7 +341,7 @@ def _batching_for(raw: dict, defaults: BatchingConfig) -> BatchingConfig:
         "allowed_batch_sizes": tuple(raw.get("allowed_batch_sizes", defaults.allowed_batch_sizes)),
         "max_queue_size": raw.get("max_queue_size", defaults.max_queue_size),
     }
-    return BatchingConfig(**merged, observer=defaults.observer)
+    return dataclasses.replace(defaults, **merged)  # what serving.json does not set stays the server's
 
 
 def _quoted(names: dict[str, object]) -> str:
