@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     redis_cluster_mode: bool = False
     redis_tls_ca_file: Path | None = Field(None, description="CA certificates (PEM) for a rediss:// address")
     redis_key_duration: float = Field(12 * 3600.0, gt=0, description="seconds; also 90s, 15m, 12h, 1d")
+    redis_timeout_seconds: float = Field(
+        2.0, ge=1.0, description="longest wait for a Redis connect or answer; a hung Redis is UNAVAILABLE after it"
+    )
     aws_region: str = ""
     aws_bucket: str = ""
     aws_s3_use_accelerate: bool = False
@@ -71,6 +74,10 @@ class Settings(BaseSettings):
     # Credentials come from boto3's own chain (AWS_ACCESS_KEY_ID, ~/.aws, roles).
     s3_key_prefix: str = Field("", description="prefix of every generated object key")
     s3_max_attempts: int = Field(3, ge=1, description="attempts per S3 call (standard retry mode)")
+    s3_connect_timeout_seconds: float = Field(2.0, gt=0, description="longest wait for a connection to S3")
+    s3_read_timeout_seconds: float = Field(
+        5.0, gt=0, description="longest wait for S3 to answer; a hung store fails a call after S3_MAX_ATTEMPTS of these"
+    )
     upload_dir: Path = Field(Path("./data/uploads"), description="local object store without AWS_BUCKET")
     upload_fsync: bool = Field(False, description="fsync local objects before they become visible")
     upload_part_size: int = Field(8 * MiB, ge=5 * MiB, description="S3 multipart part size")

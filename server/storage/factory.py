@@ -39,6 +39,8 @@ def open_object_store(settings: Settings) -> ObjectStore:
         # Each RPC thread may have one call of its own and one part in flight.
         max_pool_connections=2 * workers,
         max_attempts=settings.s3_max_attempts,
+        connect_timeout=settings.s3_connect_timeout_seconds,
+        read_timeout=settings.s3_read_timeout_seconds,
     )
     store = S3ObjectStore(
         client,

@@ -30,9 +30,20 @@ MAX_PARTS = 10_000  # S3's limit of parts per multipart upload
 
 
 def make_s3_client(
-    *, region: str, endpoint_url: str, accelerate: bool, max_pool_connections: int, max_attempts: int
+    *,
+    region: str,
+    endpoint_url: str,
+    accelerate: bool,
+    max_pool_connections: int,
+    max_attempts: int,
+    connect_timeout: float = 2.0,
+    read_timeout: float = 5.0,
 ) -> Any:
-    """The shared boto3 S3 client; credentials come from boto3's own chain."""
+    """The shared boto3 S3 client; credentials come from boto3's own chain.
+
+    A store that stops answering fails a call after about `max_attempts` x `read_timeout`
+    (botocore retries timeouts; its own defaults, 60 s each, would keep a caller for minutes).
+    """
     s3: dict[str, object] = {}
     if accelerate:
         s3["use_accelerate_endpoint"] = True
@@ -41,6 +52,8 @@ def make_s3_client(
     config = Config(
         max_pool_connections=max_pool_connections,
         retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         s3=s3 or None,
         signature_version="s3v4",  # also for presigned URLs (SigV2 is retired)
         # Checksums only where S3 requires them: several S3-compatible stores

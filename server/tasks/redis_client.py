@@ -23,7 +23,7 @@ from redis.retry import Retry
 from server.errors import Internal, Unavailable
 
 MAX_CONNECTIONS = 256
-SOCKET_TIMEOUT_S = 5.0
+TIMEOUT_S = 2.0  # REDIS_TIMEOUT_SECONDS' default
 
 _UNAVAILABLE = (
     redis.exceptions.ConnectionError,
@@ -50,17 +50,23 @@ def display_address(address: str) -> str:
     return f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path if parts.path not in ('', '/') else ''}"
 
 
-def connect(address: str, cluster: bool, tls_ca_file: str | os.PathLike[str] | None = None) -> Client:
+def connect(
+    address: str, cluster: bool, tls_ca_file: str | os.PathLike[str] | None = None, timeout: float = TIMEOUT_S
+) -> Client:
     """A client with a connection pool; nothing is contacted until the first command.
 
     `tls_ca_file`: PEM CA certificates that verify the server of a `rediss://` address.
+    `timeout` bounds each connect and each command's answer. A command that times out is not
+    retried (a Redis that stopped answering would only make the caller wait again), so a hung
+    Redis costs a call about `timeout`; a refused or dropped connection is retried twice, briefly
+    (a restart, a failover).
     """
     options = {
-        "socket_timeout": SOCKET_TIMEOUT_S,
-        "socket_connect_timeout": SOCKET_TIMEOUT_S,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
         "health_check_interval": 15,
         "decode_responses": True,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2, supported_errors=(redis.exceptions.ConnectionError,)),
     }
     if "://" in address:
         scheme = urlsplit(address).scheme

@@ -64,7 +64,8 @@ def open_tasks(settings: Settings, predictor: Predictor, objects: ObjectStore, w
     queue: TaskQueue
     if settings.redis_address:
         try:
-            client = connect(settings.redis_address, settings.redis_cluster_mode, settings.redis_tls_ca_file)
+            client = connect(settings.redis_address, settings.redis_cluster_mode, settings.redis_tls_ca_file,
+                             settings.redis_timeout_seconds)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         store = RedisTaskStore(client, settings.redis_address, ttl, settings.redis_cluster_mode)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -186,3 +188,30 @@ def test_settings_that_cannot_work_stop_the_start() -> None:
         open_object_store(s3_settings("http://127.0.0.1:1", "b", aws_s3_use_accelerate=True))
     with pytest.raises(SystemExit, match="needs more than 10000 parts"):
         open_object_store(s3_settings("http://127.0.0.1:1", "b", max_upload_bytes=10_001 * PART))
+
+
+def test_a_hung_endpoint_is_unavailable_within_the_timeouts(moto: MotoServer, bucket: str, make_store: MakeStore) -> None:
+    """moto frozen (SIGSTOP) mid-upload: the call answers UNAVAILABLE after S3_MAX_ATTEMPTS read
+    timeouts, not botocore's minutes; once the store answers again the upload is aborted."""
+    store = make_store(bucket, s3_read_timeout_seconds=0.5, s3_connect_timeout_seconds=0.5, s3_max_attempts=2)
+    key = store.new_key("frozen.bin")
+    took: list[float] = []
+
+    def chunks() -> Iterator[bytes]:
+        yield from chunks_of(os.urandom(PART + MiB))
+        wait_for(lambda: in_progress_uploads(moto, bucket), 30, "the multipart upload")
+        moto.process.send_signal(signal.SIGSTOP)
+        took.append(time.monotonic())
+        yield from chunks_of(os.urandom(PART))
+
+    try:
+        message = _expect(grpc.StatusCode.UNAVAILABLE, lambda: store.put(key, chunks()))
+        took[0] = time.monotonic() - took[0]
+        assert message.startswith(f"object storage: cannot reach bucket '{bucket}'"), message
+        # Two attempts of 0.5 s for the part, and as many for the abort that cannot reach S3 either.
+        assert took[0] < 8.0, took
+    finally:
+        moto.process.send_signal(signal.SIGCONT)
+    store.put_bytes(store.new_key("next"), b"x")  # the next write retries the abort first
+    assert in_progress_uploads(moto, bucket) == []
+    assert object_keys(moto, bucket) != [] and key not in object_keys(moto, bucket)
