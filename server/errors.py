@@ -18,16 +18,36 @@
 The gRPC code is the single source of truth; the HTTP status is derived from it
 by `HTTP_STATUS` (grpc-gateway's table). Any other exception is a bug: it is
 logged with its stack trace and answered as INTERNAL without details.
+
+Messages quote what the caller sent ('model-name'), and a caller may send
+anything: every quoted value longer than `QUOTED_LIMIT` characters is cut and
+marked with its length, and a whole message past `MESSAGE_LIMIT` is cut too, so
+an answer's status (an HTTP/2 header) never outgrows what clients accept.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Final
 
 import grpc
 
 log = logging.getLogger(__name__)
+
+QUOTED_LIMIT: Final = 64
+MESSAGE_LIMIT: Final = 1024
+_LONG_QUOTED = re.compile("'([^'\n]{%d,})'" % (QUOTED_LIMIT + 1))
+
+
+def cut(message: str) -> str:
+    """`message` with long quoted values, then the message itself, cut and marked (module docstring)."""
+    if len(message) <= QUOTED_LIMIT:
+        return message
+    message = _LONG_QUOTED.sub(lambda m: f"'{m.group(1)[:QUOTED_LIMIT]}...' ({len(m.group(1)):,} characters)", message)
+    if len(message) > MESSAGE_LIMIT:
+        message = f"{message[:MESSAGE_LIMIT]}... ({len(message):,} characters)"
+    return message
 
 
 class ServingError(Exception):
@@ -36,6 +56,7 @@ class ServingError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __init__(self, message: str) -> None:
+        message = cut(message)
         super().__init__(message)
         self.message = message
 

@@ -23,7 +23,9 @@ from concurrent.futures import Executor
 from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from server.errors import InvalidArgument
 from server.gateway.context import RecordedContext, RpcAborted, run_callbacks
 
 Behavior = Callable[..., Any]
@@ -137,6 +139,8 @@ class _Requests:
             return self._context.on_loop(_next_or_end(self._requests))
         except StopAsyncIteration:
             raise StopIteration from None
+        except DecodeError as exc:  # grpc parses each message as it is read: bytes that are no message
+            raise InvalidArgument(f"request stream: a message is not valid protobuf ({exc})") from None
 
 
 async def _next_or_end(requests: AsyncIterator[Any]) -> Any:

@@ -135,3 +135,18 @@ def test_stream_bad_message_gets_an_error_and_the_stream_goes_on(channel, digits
     assert replies["missing"].error.code == grpc.StatusCode.NOT_FOUND.value[0]
     for ok in ("a", "b"):
         assert replies[ok].WhichOneof("result") == "response"
+
+
+@pytest.mark.parametrize("method", ["/serving.v1.StreamPredictService/StreamPredict",
+                                    "/inference.GRPCInferenceService/ModelStreamInfer"])
+def test_a_stream_message_that_is_not_protobuf_fails_the_stream_as_invalid(channel, method):
+    """Bytes that do not parse as the request message end the stream with INVALID_ARGUMENT (not OK with
+    nothing answered, nor a traceback in the log); the server keeps serving."""
+    stream = channel.stream_stream(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stream(iter([b"\x0a\xff\xff\xff"]), timeout=20))
+    assert raised.value.code() == INVALID
+    assert raised.value.details().startswith("request stream: a message is not valid protobuf"), raised.value.details()
+    reply = predict_pb2_grpc.PredictServiceStub(channel).Predict(
+        predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(GOOD)}), timeout=20)
+    assert list(reply.outputs["probabilities"].shape) == [2, 10]

@@ -519,6 +519,8 @@ def test_rest_errors_name_what_is_wrong(v2: Served, method, path, body, status, 
         response = v2.post(path, body)
     assert response.status_code == status, response.text
     assert response.json()["error"].startswith(message), response.json()
+    if status == 405:  # RFC 9110: the methods the path takes
+        assert response.headers["Allow"] == message.rsplit("allowed: ", 1)[1]
 
 
 def test_rest_takes_kserve_style_bodies(v2: Served) -> None:

@@ -31,6 +31,7 @@ class MethodNotAllowed(Unimplemented):
 
     def __init__(self, method: str, path: str, allowed: Iterable[str]) -> None:
         self.allowed = tuple(sorted(set(allowed)))
+        self.http_headers = {"Allow": ", ".join(self.allowed)}  # RFC 9110: a 405 says what is allowed
         super().__init__(f"method {method} is not allowed for {path}; allowed: {', '.join(self.allowed)}")
 
 

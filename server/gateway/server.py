@@ -112,7 +112,8 @@ class HttpGateway(LoopServer):
             route, variables = self.router.match(request.method, request.rel_url.raw_path)
             return await self.rpc.handle(request, route, variables)
         except ServingError as exc:
-            return error_response(exc.code, exc.message, http_status=getattr(exc, "http_status", None))
+            return error_response(exc.code, exc.message, http_status=getattr(exc, "http_status", None),
+                                  headers=getattr(exc, "http_headers", None))
         except Exception as exc:
             code, message = status_of(exc)
             return error_response(code, message)

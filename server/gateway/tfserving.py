@@ -104,7 +104,9 @@ class TFServingRest(LoopServer):
         version, label = int(match["version"] or 0), match["label"] or ""  # a label is resolved in the call
         expected = "POST" if verb.startswith(":") else "GET"
         if request.method != expected:
-            return _json({"error": f"method {request.method} is not allowed for {request.path}; use {expected}"}, 405)
+            reply = _json({"error": f"method {request.method} is not allowed for {request.path}; use {expected}"}, 405)
+            reply.headers["Allow"] = expected
+            return reply
         if verb in (":classify", ":regress"):
             raise Unimplemented(f"{verb[1:]} is not supported; use :predict")
         if verb.startswith(":") and verb != ":predict":
@@ -126,7 +128,8 @@ class TFServingRest(LoopServer):
         try:
             reply = await in_pool(self.executor, call, call.invoke, build)
         except CallFailed as failed:
-            return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
+            return error_body(failed.code, failed.message, failed.http_status,
+                              {**context.response_headers(), **failed.http_headers})
         if verb == ":predict":
             answer = reply.value
         else:
@@ -337,7 +340,7 @@ async def with_error_body(answer: Awaitable[web.Response]) -> web.Response:
     try:
         return await answer
     except ServingError as exc:
-        return error_body(exc.code, exc.message, getattr(exc, "http_status", None))
+        return error_body(exc.code, exc.message, getattr(exc, "http_status", None), getattr(exc, "http_headers", None))
     except Exception as exc:
         return error_body(*status_of(exc))
 

@@ -28,6 +28,13 @@ class _Refused:
         self.exc = exc
 
 
+class _Broken:
+    """The request stream itself failed (a message that is not one): the call fails with `exc`."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
 class Queued(Protocol):
     """What `submit` returns: something that calls back once its result (or error) is ready."""
 
@@ -60,6 +67,8 @@ class BatchedStream(Generic[Request, Response]):
         reader.start()
         try:
             while (item := results.get()) is not _END:
+                if isinstance(item, _Broken):
+                    raise item.exc
                 slots.release()
                 yield self.refused(item.message, item.exc) if isinstance(item, _Refused) else self.answer(item)
         finally:
@@ -87,6 +96,8 @@ class BatchedStream(Generic[Request, Response]):
                 queued.add_done_callback(lambda q: (results.put(q), done.release()))
         except grpc.RpcError:
             return  # the caller went away
+        except Exception as exc:  # e.g. InvalidArgument: a message that is not one
+            results.put(_Broken(exc))
         finally:
             if not stop.is_set():
                 for _ in range(submitted):

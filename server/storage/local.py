@@ -100,7 +100,10 @@ class LocalObjectStore(ObjectStore):
         return f"{self.public_base_url}{FILES_PATH}{quote(key)}"
 
     def key_of(self, uri: str) -> str:
-        parsed = urlparse(uri)
+        try:
+            parsed = urlparse(uri)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise InvalidArgument(f"uri {uri!r}: not a URI or key ({exc})") from None
         if parsed.scheme == "file":
             path = Path(unquote(parsed.path))
             if not path.is_relative_to(self.root):

@@ -164,7 +164,10 @@ class S3ObjectStore(ObjectStore):
             raise storage_error(exc, self.bucket, "signing a URL", key) from None
 
     def key_of(self, uri: str) -> str:
-        parsed = urlparse(uri)
+        try:
+            parsed = urlparse(uri)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise InvalidArgument(f"uri {uri!r}: not a URI or key ({exc})") from None
         if parsed.scheme == "s3":
             if parsed.netloc != self.bucket:
                 raise InvalidArgument(f"uri {uri!r}: not in the configured bucket '{self.bucket}'")

@@ -60,6 +60,7 @@ class TaskManager:
             raise InvalidArgument(f"task.status: {given.status} is not a task status")
         if given.max_time_in_queue_seconds < 0:
             raise InvalidArgument("task.max_time_in_queue_seconds: must be 0 or more")
+        records.check_times(given, "task")
         self.check_webhook(given.webhook.url, "task.webhook.url")
         task = self.new_record(given.id, "task.id")
         fresh = task_pb2.Task()
@@ -91,6 +92,7 @@ class TaskManager:
                 raise InvalidArgument(f"update_mask: '{path}' cannot be changed; updatable: {', '.join(UPDATABLE)}")
         if "status" in paths and patch.status not in status.ALL:
             raise InvalidArgument(f"task.status: {patch.status} is not a task status")
+        records.check_times(patch, "task")
         other = field_mask_pb2.FieldMask(paths=[p for p in paths if p != "status"])
         finishing = [False]  # whether this update moves the task to a final status (the last try's answer)
 

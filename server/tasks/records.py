@@ -11,12 +11,15 @@ import uuid
 from dataclasses import dataclass
 
 from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
 
 from server.errors import InvalidArgument
 from server.telemetry.tracing import current_trace_id, current_traceparent, traceparent_for_task
 from serving.v1 import task_pb2
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -48,6 +51,23 @@ def now() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.GetCurrentTime()
     return ts
+
+
+def check_times(message: Message, path: str) -> None:
+    """InvalidArgument naming the first Timestamp in `message` (nested ones too) outside the range JSON and
+    RFC 3339 can carry (years 1-9999, nanos 0-999999999): the store keeps records as JSON."""
+    for field, value in message.ListFields():
+        if field.message_type is None or field.is_repeated:
+            continue
+        where = f"{path}.{field.name}"
+        if isinstance(value, timestamp_pb2.Timestamp):
+            if not MIN_SECONDS <= value.seconds <= MAX_SECONDS:
+                raise InvalidArgument(f"{where}: seconds {value.seconds} is outside years 1-9999 "
+                                      f"({MIN_SECONDS} to {MAX_SECONDS})")
+            if not 0 <= value.nanos <= 999_999_999:
+                raise InvalidArgument(f"{where}: nanos {value.nanos} is outside 0-999999999")
+        else:
+            check_times(value, where)
 
 
 def micros(ts: timestamp_pb2.Timestamp) -> int:
@@ -89,6 +109,7 @@ def matches(task: task_pb2.Task, task_filter: task_pb2.TaskFilter) -> bool:
 
 
 def check_filter(task_filter: task_pb2.TaskFilter) -> None:
+    check_times(task_filter, "filter")
     for value in task_filter.statuses:
         if value == task_pb2.TASK_STATUS_UNSPECIFIED or value not in task_pb2.TaskStatus.values():
             raise InvalidArgument(f"filter.statuses: {value} is not a task status")

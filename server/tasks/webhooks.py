@@ -52,9 +52,19 @@ def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def _hostname(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
 def check_url(url: str, allow_private: bool) -> None:
     """InvalidArgument unless `url` is http(s) with a host that is allowed to be reached."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise InvalidArgument(f"webhook_url: '{url[:200]}' is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL_LENGTH:
         raise InvalidArgument(f"webhook_url: '{url[:200]}' must be an http:// or https:// URL with a host")
     try:
@@ -151,7 +161,7 @@ class WebhookSender:
         if self.tracing is None or not self.tracing.enabled or not task.traceparent:
             return contextlib.nullcontext()
         attributes = {"task.id": task.id, "webhook.attempt": number,
-                      "server.address": urlsplit(task.webhook.url).hostname or ""}
+                      "server.address": _hostname(task.webhook.url)}
         return self.tracing.start_span_from_traceparent("webhook.deliver", task.traceparent, attributes)
 
     def _post(self, task: task_pb2.Task) -> tuple[int, str, bool]:

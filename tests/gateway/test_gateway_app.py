@@ -168,7 +168,8 @@ def test_multipart_upload_stores_the_file_and_files_serves_it(served: Served) ->
     for hidden in ("/files/../access.log", "/files/%2E%2E/access.log", "/files/.incoming/x", "/files/nothing-here"):
         reply = requests.get(served.url + hidden, timeout=30)
         assert reply.status_code == 404 and reply.json()["code"] == 5, hidden
-    assert requests.delete(served.url + stored["url"], timeout=30).status_code == 405
+    deleted = requests.delete(served.url + stored["url"], timeout=30)
+    assert deleted.status_code == 405 and deleted.headers["Allow"] == "GET, HEAD"
 
 
 def test_files_need_a_key_when_keys_are_configured(make_app) -> None:

@@ -60,6 +60,7 @@ def test_unknown_path_wrong_method_malformed_json_and_large_body_share_the_shape
     assert_error(get(scripted, "/v1/nothing"), 404, "NOT_FOUND", "no route for GET /v1/nothing")
     reply = requests.put(f"{scripted.url}/v1/tasks/t1", json={}, timeout=10)
     assert_error(reply, 405, "UNIMPLEMENTED", "method PUT is not allowed for /v1/tasks/t1; allowed: DELETE, GET, PATCH")
+    assert reply.headers["Allow"] == "DELETE, GET, PATCH"
     reply = requests.post(f"{scripted.url}/v1/tasks:batchDelete", data=b'{"all": tru', timeout=10)
     assert reply.status_code == 400 and reply.json()["code"] == 3
     assert reply.json()["message"].startswith("request body: malformed JSON: ")

@@ -199,6 +199,8 @@ def test_errors_name_what_is_wrong(tfs: Served, method, path, body, status, mess
     reply = post(tfs, path, body) if method == "POST" else get(tfs, path)
     assert reply.status_code == status, reply.text
     assert list(reply.json()) == ["error"]
+    if status == 405:  # RFC 9110: the methods the path takes
+        assert reply.headers["Allow"] == message.rsplit("use ", 1)[1]
     if message is None:
         assert reply.json()["error"].startswith("request body: not JSON")
     else:
