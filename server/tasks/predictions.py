@@ -66,7 +66,7 @@ class PredictionTasks:
             created = self.store.create(task)
         except AlreadyExists:
             if traced is None:
-                raise
+                return self._again(task, options)
             # Another task already took this trace's id (two PredictAsync calls in one caller's trace).
             fresh = self.manager.new_record("")
             task.id, task.trace_id, task.traceparent = fresh.id, fresh.trace_id, fresh.traceparent
@@ -77,6 +77,19 @@ class PredictionTasks:
             self._forget(task.id)
             raise
         return created
+
+    def _again(self, task: task_pb2.Task, options: predict_pb2.PredictRequest) -> task_pb2.Task:
+        """PredictAsync with a task id that exists: the same submission (a retry) answers the existing task,
+        and queues it again while it is QUEUED (the first try may have stored the record and failed before
+        queueing it: a store that answered too late, a replica that died); a duplicate entry is harmless,
+        workers skip tasks that are running or finished. Another submission is ALREADY_EXISTS."""
+        existing = self.store.get(task.id)
+        if not _same_submission(existing, task):
+            raise AlreadyExists(f"task_id: task '{task.id}' exists with another request; choose another id, "
+                                "or send the same request to get that task")
+        if existing.status == status.QUEUED:
+            self.queue.push(task.id, options.SerializeToString())
+        return existing
 
     def _forget(self, task_id: str) -> None:
         try:
@@ -136,3 +149,14 @@ class PredictionTasks:
         except ServingError as exc:
             log.warning("prediction %s not recorded as a task: %s", request.request_id, exc.message)
             return ""
+
+
+SUBMISSION_FIELDS = ("model", "inputs", "metadata", "retry", "max_time_in_queue_seconds")
+
+
+def _same_submission(stored: task_pb2.Task, submitted: task_pb2.Task) -> bool:
+    """Whether a stored task was made from the same PredictAsync request (request ids aside: a retry
+    without one gets a new one; the webhook's delivery state aside)."""
+    return stored.webhook.url == submitted.webhook.url and all(
+        getattr(stored, name) == getattr(submitted, name) for name in SUBMISSION_FIELDS
+    )

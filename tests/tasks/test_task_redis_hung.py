@@ -12,9 +12,11 @@ from typing import Iterator
 import grpc
 import pytest
 
+from server.tasks.redis_queue import STREAM
 from serving.v1 import task_pb2
+from tests.servers import wait_for
 from tests.tasks.redis_servers import RedisServer
-from tests.tasks.task_helpers import Served, digits_request, task_settings
+from tests.tasks.task_helpers import Served, async_request, digits_request, task_settings
 
 TIMEOUT_S = 1.0  # REDIS_TIMEOUT_SECONDS here (its smallest value)
 MARGIN_S = 1.5  # what the answer may take beyond it: a connect, gRPC, a loaded CI machine
@@ -56,9 +58,44 @@ def test_a_hung_redis_is_unavailable_within_the_timeout_and_recovers(redis_alone
             assert code == grpc.StatusCode.UNAVAILABLE, (call, code, details)
             assert details.startswith(f"task store unavailable: {redis_alone.address}: "), details
             assert took < TIMEOUT_S + MARGIN_S, (call, took)
-        # Predict does not need Redis.
+        # Predict does not need Redis; one that asks to be recorded waits for it at most the timeout, and
+        # answers without a task id when the record could not be written.
         assert served.predict.Predict(digits_request(), timeout=10).outputs["probabilities"].shape == [2, 10]
+        started = time.monotonic()
+        recorded = served.predict.Predict(digits_request(record_task=True), timeout=10)
+        assert time.monotonic() - started < TIMEOUT_S + MARGIN_S
+        assert recorded.task_id == "" and recorded.outputs["probabilities"].shape == [2, 10]
         os.kill(redis_alone.process.pid, signal.SIGCONT)
         assert served.get("before").id == "before"
     finally:
         served.stop()
+
+
+def test_a_predict_async_that_timed_out_on_a_hung_redis_is_queued_by_its_retry(
+    redis_alone: RedisServer, tmp_path: Path
+) -> None:
+    """Redis frozen while PredictAsync writes the record: the call answers UNAVAILABLE, and when Redis
+    resumes it executes the write it had received, so the record exists (QUEUED) with nothing queued.
+    The caller's retry with the same id and request answers that task and queues it; it then runs."""
+    served = Served.start(task_settings(tmp_path / "uploads", redis_address=redis_alone.address, task_workers=1,
+                                        redis_timeout_seconds=TIMEOUT_S))
+    assert redis_alone.process is not None
+    client = redis_alone.client()
+    try:
+        # A pooled connection, so the write goes out at once (a new one would wait for its handshake).
+        served.tasks.CreateTask(task_pb2.CreateTaskRequest(task=task_pb2.Task(id="warm", model="digits")), timeout=10)
+        os.kill(redis_alone.process.pid, signal.SIGSTOP)
+        code, details, took = timed(served.predict.PredictAsync, async_request(task_id="t1"))
+        assert code == grpc.StatusCode.UNAVAILABLE and took < TIMEOUT_S + MARGIN_S, (code, details, took)
+        os.kill(redis_alone.process.pid, signal.SIGCONT)
+        wait_for(lambda: client.exists("{task:t1}"), 10, "the write Redis had received to be executed")
+        orphan = served.get("t1")
+        assert orphan.status == task_pb2.TASK_STATUS_QUEUED
+        assert [f for _, f in client.xrange(STREAM) if f.get("task") == "t1"] == []  # nothing queued for it
+        retried = served.predict.PredictAsync(async_request(task_id="t1"), timeout=10).task
+        assert (retried.id, retried.create_time) == ("t1", orphan.create_time)
+        assert served.wait_status("t1", task_pb2.TASK_STATUS_SUCCEEDED).outputs["probabilities"].shape == [2, 10]
+    finally:
+        client.close()
+        served.stop()
+

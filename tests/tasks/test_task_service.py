@@ -199,7 +199,12 @@ def test_bad_async_requests_are_refused_and_nothing_is_stored(served: Served) ->
         assert rpc_error(served.tasks.GetTask, task_pb2.GetTaskRequest(id=task_id)).code() == grpc.StatusCode.NOT_FOUND
     taken = served.predict.PredictAsync(async_request(task_id="mine-1"), timeout=10).task
     assert taken.id == "mine-1" and len(taken.trace_id) == 32
-    error = rpc_error(served.predict.PredictAsync, async_request(task_id="mine-1"))
+    # The same request again (a retry) answers the same task; another request with the id is refused.
+    again = served.predict.PredictAsync(async_request(task_id="mine-1"), timeout=10).task
+    assert (again.id, again.create_time, again.trace_id) == (taken.id, taken.create_time, taken.trace_id)
+    other = async_request(task_id="mine-1")
+    other.request.CopyFrom(digits_request(seed=1))
+    error = rpc_error(served.predict.PredictAsync, other)
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
@@ -264,3 +269,49 @@ def test_export_and_import(served: Served) -> None:
     assert {t.id for t in listed.tasks} == ids
     error = rpc_error(served.tasks.ImportTasks, task_pb2.ImportTasksRequest(uri="file:///etc/passwd"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_out_of_range_times_and_malformed_urls_are_invalid_and_store_nothing(served: Served) -> None:
+    """Values protobuf accepts but JSON and RFC 3339 cannot carry, and URLs urllib cannot parse, are
+    INVALID_ARGUMENT naming the field, never INTERNAL."""
+    from google.protobuf import timestamp_pb2
+
+    far = timestamp_pb2.Timestamp(seconds=253402300800)  # 10000-01-01
+    for task, text in [
+        (task_pb2.Task(id="far", model="digits", create_time=far),
+         "task.create_time: seconds 253402300800 is outside years 1-9999"),
+        (task_pb2.Task(id="neg", model="digits", start_time=timestamp_pb2.Timestamp(nanos=-1)),
+         "task.start_time: nanos -1 is outside 0-999999999"),
+        (task_pb2.Task(id="v6", model="digits", webhook=task_pb2.WebhookDelivery(url="http://[::1")),
+         "task.webhook.url: 'http://[::1' is not a URL"),
+    ]:
+        error = rpc_error(served.tasks.CreateTask, task_pb2.CreateTaskRequest(task=task))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(text), error.details()
+        assert rpc_error(served.tasks.GetTask, task_pb2.GetTaskRequest(id=task.id)).code() == grpc.StatusCode.NOT_FOUND
+    create(served, id="times", model="digits")
+    patch = task_pb2.Task(id="times", finish_time=timestamp_pb2.Timestamp(seconds=-62135596801))
+    error = rpc_error(served.tasks.UpdateTask, task_pb2.UpdateTaskRequest(task=patch))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("task.finish_time: seconds -62135596801 is outside years 1-9999")
+    assert not served.get("times").HasField("finish_time")
+    listing = task_pb2.ListTasksRequest(filter=task_pb2.TaskFilter(created_after=far))
+    assert rpc_error(served.tasks.ListTasks, listing).code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = rpc_error(served.predict.PredictAsync, async_request("http://[::1", task_id="v6-async"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("webhook_url: 'http://[::1' is not a URL"), error.details()
+    error = rpc_error(served.tasks.ImportTasks, task_pb2.ImportTasksRequest(uri="http://[::1"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "'http://[::1': not a URI or key" in error.details()
+
+
+def test_caller_strings_in_messages_are_cut(served: Served) -> None:
+    """A 20,000-character id or model name comes back cut to 64 characters and marked, so the status
+    (an HTTP/2 header) stays small: NOT_FOUND, not RESOURCE_EXHAUSTED from the client's metadata limit."""
+    long_name = "x" * 20_000
+    error = rpc_error(served.predict.GetModel, predict_pb2.GetModelRequest(model=long_name))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == f"model '{'x' * 64}...' (20,000 characters) not found; available models: 'digits', " \
+                              "'digits_decoder'", error.details()[:300]
+    request = async_request(task_id="long-model")
+    request.request.model = long_name
+    error = rpc_error(served.predict.PredictAsync, request)
+    assert error.code() == grpc.StatusCode.NOT_FOUND and len(error.details()) < 300
