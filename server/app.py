@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Coroutine, Sequence, TypeVar
 
@@ -55,6 +57,8 @@ from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grp
 
 MIN_RETIRE_SECONDS = 1.0  # a replaced model version stays loaded at least this long for calls holding it
 STOP_MARGIN_SECONDS = 5.0  # how long past the grace period the gRPC server may take to stop
+# The process is gone at most this long after the grace period, whatever grpcio or a stuck call does.
+EXIT_MARGIN_SECONDS = 15.0
 T = TypeVar("T")
 
 log = logging.getLogger("server")
@@ -88,6 +92,7 @@ class App:
             batching,
             poll_seconds=settings.model_poll_seconds,
             retire_seconds=max(settings.grace_period_seconds, MIN_RETIRE_SECONDS),
+            strict=settings.model_load_strict,
         )
         self.object_store = open_object_store(settings)
         self.predictor = Predictor(self.repository, settings.default_top_k, self.object_store)
@@ -366,5 +371,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     while not stop_requested.wait(1.0):
         pass
+    return stop_and_exit(app)
+
+
+def stop_and_exit(app: App) -> int:
+    """`app.stop()` (which flushes the access log and the spans), then make sure the process ends: a
+    watchdog exits it GRACE_PERIOD_SECONDS + EXIT_MARGIN_SECONDS after the signal if the stop hangs, and
+    threads still running after it (a call stuck in a worker thread; Python would wait for them at exit
+    forever) do not keep it alive."""
+    limit = app.settings.grace_period_seconds + EXIT_MARGIN_SECONDS
+    watchdog = threading.Timer(limit, _exit_now, args=(f"shutdown still running after {limit:g}s; exiting", 1))
+    watchdog.daemon = True
+    watchdog.start()
     app.stop()
+    deadline = time.monotonic() + STOP_MARGIN_SECONDS
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        _exit_now(f"threads still running after the shutdown ({', '.join(sorted(set(stuck)))}); exiting", 0)
     return 0
+
+
+def _exit_now(why: str, code: int) -> None:
+    log.warning(why)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Models
     model_dir: Path = Path("./models")
     model_poll_seconds: float = Field(0.0, ge=0, description="look for new model versions this often; 0: never")
+    model_load_strict: bool = Field(
+        False, description="a model that fails to load at start-up stops the start (else the others serve)"
+    )
     default_top_k: int = Field(3, ge=0)
     tf_intra_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")
     tf_inter_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")

@@ -188,3 +188,33 @@ def sigterm_under_load(tmp_path, env: dict[str, str]) -> None:
     # transport while the server was already stopping.
     assert later <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert "shutting down" in proc.log() and "stopped" in proc.log()
+
+
+STUCK_AFTER_STOP = """
+import logging, sys, threading
+from pathlib import Path
+from server.app import App, stop_and_exit
+from server.config import Settings
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+app = App(Settings(_env_file=None, grpc_server_address="127.0.0.1:0", http_server_address="", metrics_address="",
+                   access_log_path="", model_dir=Path(sys.argv[1]), grace_period_seconds=1))
+app.start()
+threading.Thread(target=threading.Event().wait, name="stuck-call").start()  # never ends; not a daemon
+sys.exit(stop_and_exit(app))
+"""
+
+
+def test_a_thread_that_never_ends_does_not_keep_the_process_after_shutdown(tmp_path):
+    """Python waits for every non-daemon thread at exit; a call stuck in one must not keep the server alive."""
+    import subprocess
+    import sys
+
+    from tests.servers import MODEL_DIR, ROOT
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", STUCK_AFTER_STOP, str(MODEL_DIR)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "threads still running after the shutdown (stuck-call); exiting" in done.stderr
+    assert "stopped" in done.stderr
+    assert time.monotonic() - started < 100

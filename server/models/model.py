@@ -102,8 +102,16 @@ class LoadedModel:
 
     def warm_up(self) -> int:
         """Run every batch size the model will see once, so no caller pays for it, then the
-        version's TF Serving warm-up records (`assets.extra/tf_serving_warmup_requests`); how many."""
-        sizes = self.batching.allowed_batch_sizes or (1,)
+        version's TF Serving warm-up records (`assets.extra/tf_serving_warmup_requests`); how many.
+
+        A model with string inputs (serialized tf.Examples, text) is warmed up from its records only,
+        as TF Serving does: no made-up string is a valid input of every such model.
+        """
+        strings = [name for name, spec in self.inputs.items() if spec.dtype == object]
+        sizes = () if strings else self.batching.allowed_batch_sizes or (1,)
+        if strings:
+            log.info("model %s v%d: string input%s %s, warmed up from %s only", self.name, self.version,
+                     "s" if len(strings) > 1 else "", ", ".join(strings), WARMUP_FILE)
         for size in sizes:
             batch = {
                 name: np.zeros((size, *[max(d, 1) for d in spec.shape[1:]]), dtype=spec.dtype)

@@ -36,22 +36,35 @@ log = logging.getLogger(__name__)
 
 
 def find_versions(model_dir: Path) -> dict[str, list[int]]:
-    """Model name -> available versions, newest first."""
+    """Model name -> available versions, newest first. A numbered version folder without a
+    saved_model.pb (a format the server does not know, or files still being copied) is logged once."""
     found: dict[str, list[int]] = {}
     if not model_dir.is_dir():
         return found
     for model_root in sorted(p for p in model_dir.iterdir() if p.is_dir()):
         try:
-            versions = [
-                int(v.name)
-                for v in model_root.iterdir()
-                if v.is_dir() and v.name.isascii() and v.name.isdigit() and (v / "saved_model.pb").is_file()
-            ]
+            numbered = [v for v in model_root.iterdir() if v.is_dir() and v.name.isascii() and v.name.isdigit()]
+            versions = [int(v.name) for v in numbered if (v / "saved_model.pb").is_file()]
+            unknown = [v for v in numbered if int(v.name) not in versions]
         except OSError:  # removed while listed, or unreadable: not a model now
             continue
+        for folder in unknown:
+            if folder not in _LOGGED_UNKNOWN:
+                _LOGGED_UNKNOWN.add(folder)
+                log.warning("%s: no saved_model.pb, so not a version the server can load (a TensorFlow "
+                            "SavedModel is expected); skipped", folder)
         if versions:
             found[model_root.name] = sorted(versions, reverse=True)
     return found
+
+
+_LOGGED_UNKNOWN: set[Path] = set()  # version folders of an unknown format, logged once
+
+
+def _first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, at most 300 characters (TensorFlow's messages run long)."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 VersionPolicy = Callable[[list[int]], list[int]]  # versions found, newest first -> versions to serve
@@ -121,18 +134,21 @@ class ModelRepository:
         batching: BatchingConfig,
         poll_seconds: float = 0.0,
         retire_seconds: float = 10.0,
+        strict: bool = False,
     ) -> None:
         self.model_dir = model_dir
         self.device = device
         self.batching = batching
         self.poll_seconds = poll_seconds
         self.retire_seconds = retire_seconds
+        self.strict = strict  # a version that fails to load at start-up stops the start
         self.versions: dict[str, list[int]] = {}
         self._models: dict[str, dict[int, LoadedModel]] = {}  # name -> served versions (replaced, never mutated)
         self._lock = threading.Lock()
         self.ready = threading.Event()
         # (name, version) -> (its files, time.monotonic()) when it failed to load
         self._failed: dict[tuple[str, int], tuple[tuple[int, float] | None, float]] = {}
+        self._load_errors: dict[tuple[str, int], str] = {}  # (name, version) -> why it failed to load
         self._missing: dict[str, int] = {}  # served model -> polls in a row that did not find it
         self._policy_problems: dict[str, str] = {}  # model -> the last policy problem logged
         self._labels: dict[str, dict[str, int]] = {}  # model -> version label -> version (replaced whole)
@@ -141,12 +157,20 @@ class ModelRepository:
         self._retiring: dict[int, tuple[threading.Timer, LoadedModel]] = {}
 
     def load_all(self) -> None:
-        """Load the versions each model's policy serves (the newest by default); raises if any fails or none exist."""
+        """Load the versions each model's policy serves (the newest by default).
+
+        A version that fails to load is logged with its model, version and path and left out: the other
+        models serve, the failed one answers UNAVAILABLE and the repository index says why (polling
+        tries it again when its files change). With `strict` (MODEL_LOAD_STRICT) any failure stops the
+        start instead. Raises when no model exists or none could be loaded, and for an invalid
+        serving.json.
+        """
         self.versions = find_versions(self.model_dir)
         if not self.versions:
             raise RuntimeError(
                 f"no models in {self.model_dir.resolve()}: expected <name>/<version>/saved_model.pb"
             )
+        failures = []
         for name, versions in self.versions.items():
             wanted = self._wanted(name, versions, take_labels=True)
             if not wanted:
@@ -155,8 +179,22 @@ class ModelRepository:
                     f"the versions found {versions}"
                 )
             for version in wanted:
-                model = load_model(name, version, self.model_dir / name / str(version), self.device, self.batching)
+                path = self.model_dir / name / str(version)
+                try:
+                    model = load_model(name, version, path, self.device, self.batching)
+                except Exception as exc:
+                    reason = _first_line(exc)
+                    if self.strict:
+                        raise RuntimeError(f"model {name}: version {version} ({path}) failed to load: {reason}") from exc
+                    log.error("model %s: version %d (%s) failed to load (%s); the other models serve "
+                              "(MODEL_LOAD_STRICT=true stops the start instead)", name, version, path, reason)
+                    self._failed[(name, version)] = (files_signature(path), time.monotonic())
+                    self._load_errors[(name, version)] = reason
+                    failures.append(f"{name} v{version}: {reason}")
+                    continue
                 self._set_served(name, {**self._models.get(name, {}), version: model})
+        if not self._models:
+            raise RuntimeError("no model could be loaded: " + "; ".join(failures))
         self.ready.set()
 
     def _wanted(self, name: str, versions: list[int], take_labels: bool = False) -> list[int]:
@@ -198,6 +236,10 @@ class ModelRepository:
         if not served:
             if not self.ready.is_set():
                 raise Unavailable(f"models are still loading; model '{name}' cannot be served yet")
+            failed = [v for (n, v) in self._failed if n == name]
+            if failed:
+                reason = self._load_errors.get((name, max(failed)), "the server log says why")
+                raise Unavailable(f"model '{name}' failed to load: {reason}")
             known = ", ".join(f"'{n}'" for n in self.versions) or "none"
             raise NotFound(f"model '{name}' not found; available models: {known}")
         if not version:
@@ -254,7 +296,8 @@ class ModelRepository:
     def _not_served(self, name: str, version: int, wanted: list[int], problem: str) -> tuple[str, str]:
         """The state of a version found but not served, and why."""
         if (name, version) in self._failed:
-            return "UNAVAILABLE", "failed to load; the server log says why"
+            reason = self._load_errors.get((name, version))
+            return "UNAVAILABLE", f"failed to load: {reason}" if reason else "failed to load; the server log says why"
         if problem:
             return "UNAVAILABLE", f"not served: {problem}"
         if version not in wanted:
@@ -342,10 +385,12 @@ class ModelRepository:
             model = load_model(name, version, path, self.device, self.batching)
         except Exception as exc:
             self._failed[(name, version)] = (signature, time.monotonic())
+            self._load_errors[(name, version)] = _first_line(exc)
             serving = f"; still serving {_versions(served)}" if served else ""
             log.error("model %s: version %d failed to load (%s: %s)%s", name, version, type(exc).__name__, exc, serving)
             return
         self._failed.pop((name, version), None)
+        self._load_errors.pop((name, version), None)
         if self._stop.is_set():  # shutting down while it loaded
             model.close(drain=False)
             return
