@@ -57,8 +57,10 @@ from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grp
 
 MIN_RETIRE_SECONDS = 1.0  # a replaced model version stays loaded at least this long for calls holding it
 STOP_MARGIN_SECONDS = 5.0  # how long past the grace period the gRPC server may take to stop
-# The process is gone at most this long after the grace period, whatever grpcio or a stuck call does.
-EXIT_MARGIN_SECONDS = 15.0
+# The process is gone at most this long after the grace period, whatever grpcio or a stuck call does: the
+# stop's own bounded steps (draining 2 x STOP_MARGIN_SECONDS past the grace, task workers 15 s, the loop 5 s)
+# fit in it.
+EXIT_MARGIN_SECONDS = 40.0
 T = TypeVar("T")
 
 log = logging.getLogger("server")

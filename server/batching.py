@@ -11,13 +11,15 @@ requests of one batch cost the loop one wake-up.
 - Batches are formed on the loop's rhythm. A loop caller only queues its
   request; the model thread is woken once per loop turn (`_dispatch`, run
   after the turn has taken in every request that was ready), not once per
-  request. When a batch of loop callers is done, the callback that answers
-  them wakes the model thread for the next batch after that turn: whatever
-  queued while the model ran, and whatever the turn took in, goes as one
-  batch. On a fast model this makes batches several times larger than taking
-  the queue the moment the model is free, for one loop turn of the model's
-  time (measured in docs/benchmarks.md); requests from threads (streams,
-  task workers) wake the model at once.
+  request. When a batch is done and fewer rows are queued than it had, the
+  callback that answers its callers wakes the model thread for the next batch
+  after that turn: whatever queued while the model ran, and whatever the turn
+  took in, goes as one batch. On a fast model this doubles the rows per call
+  against taking the queue the moment the model is free, for one loop turn of
+  the model's time (measured in docs/benchmarks.md). When at least as many
+  rows are queued as the last batch had (a slow model, a full queue), the
+  model thread takes them at once: waiting would gain nothing. Requests from
+  threads (streams, task workers) wake the model at once.
 - It never waits while the model is idle: when the model is free and a loop
   turn has passed, it takes everything queued (up to `max_batch_size` rows).
   `max_batch_delay` may hold a batch open briefly for more requests to arrive.
@@ -194,11 +196,13 @@ class Batcher:
         self._cond.notify()
 
     def _free(self) -> None:
-        """A batch run outside the model thread is over: the model thread may take what queued meanwhile."""
+        """A batch run outside the model thread is over: the model thread may take what queued meanwhile
+        (and a `close()` waiting for the model to be free may finish)."""
         with self._cond:
             self._busy = False
             if self._queue:
-                self._wake()
+                self._go = True
+            self._cond.notify_all()
 
     def _expire(self, pending: _Pending) -> None:
         """On the loop at a caller's deadline: answer DeadlineExceeded (the model thread skips it)."""
@@ -288,13 +292,22 @@ class Batcher:
                 if batch:
                     self._run(batch, outcomes)
             finally:
+                rows = sum(item.rows for item in batch)
                 with self._cond:
                     self._busy = False  # before the answers go: their loop's `_answered` sees a free model
-                # A loop that gets answers dispatches the next batch after them (`_answered`).
-                if not _deliver(outcomes, self._answered):
-                    with self._cond:
-                        if self._queue:
-                            self._wake()
+                    if self._queue and _queued_rows(self._queue) >= min(rows, self.config.max_batch_size):
+                        self._wake()  # as much is ready as the last batch had: waiting for more gains nothing
+                # Else a loop that gets answers dispatches the next batch after them (`_answered`), unless
+                # no loop got any, or requests wait from a loop that got none (several loops: tests, tools).
+                answered = _deliver(outcomes, self._answered)
+                with self._cond:
+                    if self._queue and (not answered or self._waiting_elsewhere(answered)):
+                        self._wake()
+
+    def _waiting_elsewhere(self, loops: set[asyncio.AbstractEventLoop]) -> bool:
+        """Whether a queued request waits on a loop other than `loops` (caller holds the lock)."""
+        return any(isinstance(item.future, asyncio.Future) and item.future.get_loop() not in loops
+                   for item in self._queue)
 
     def _take_batch(self) -> list[_Pending] | None:
         """Wait for work, a free model and a go, then take one batch; None when closed and empty."""
@@ -454,10 +467,9 @@ def _start(future: Future | asyncio.Future) -> bool:
 def _deliver(
     outcomes: list[tuple[_Pending, object]],
     then: Callable[[asyncio.AbstractEventLoop], None] | None = None,
-) -> bool:
+) -> set[asyncio.AbstractEventLoop]:
     """Hand each request its rows or its error: threads' futures at once, each other event loop's
-    callers in one callback on that loop, followed there by `then(loop)`. Whether such a
-    callback was sent."""
+    callers in one callback on that loop, followed there by `then(loop)`. The loops sent one."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
     running = asyncio._get_running_loop()
     for item, outcome in outcomes:
@@ -466,11 +478,11 @@ def _deliver(
             _settle(future, outcome)
         else:
             by_loop.setdefault(future.get_loop(), []).append((future, outcome))
-    sent = False
+    sent = set()
     for loop, answers in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle_all, answers, loop, then)
-            sent = True
+            sent.add(loop)
         except RuntimeError:  # the loop is closed: nobody waits any more
             pass
     return sent

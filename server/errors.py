@@ -37,16 +37,22 @@ log = logging.getLogger(__name__)
 
 QUOTED_LIMIT: Final = 64
 MESSAGE_LIMIT: Final = 1024
-_LONG_QUOTED = re.compile("'([^'\n]{%d,})'" % (QUOTED_LIMIT + 1))
+# A quoted value: an opening quote after no word character, a closing one before none (so the quotes
+# of two values, or an apostrophe, do not pair up).
+_LONG_QUOTED = re.compile(r"(?<![\w'])'([^'\n]{%d,})'(?![\w'])" % (QUOTED_LIMIT + 1))
 
 
 def cut(message: str) -> str:
-    """`message` with long quoted values, then the message itself, cut and marked (module docstring)."""
+    """`message` with long quoted values, then the message itself, cut and marked (module docstring).
+    What it returns is left as it is by a second cut."""
     if len(message) <= QUOTED_LIMIT:
         return message
-    message = _LONG_QUOTED.sub(lambda m: f"'{m.group(1)[:QUOTED_LIMIT]}...' ({len(m.group(1)):,} characters)", message)
+    message = _LONG_QUOTED.sub(
+        lambda m: f"'{m.group(1)[:QUOTED_LIMIT - 3]}...' ({len(m.group(1)):,} characters)", message
+    )
     if len(message) > MESSAGE_LIMIT:
-        message = f"{message[:MESSAGE_LIMIT]}... ({len(message):,} characters)"
+        suffix = f"... ({len(message):,} characters)"
+        message = message[: MESSAGE_LIMIT - len(suffix)] + suffix
     return message
 
 

@@ -276,8 +276,9 @@ class CallsBackAfterItsFirstCall(FakeModel):
 
 
 def test_requests_queued_as_a_batch_is_answered_join_the_next_one(make_batcher: MakeBatcher) -> None:
-    """The answer of a batch, not the model thread, starts the next batch: a request the loop takes in
-    just before the answers (after the model returned) joins what queued while the model ran."""
+    """When fewer rows queued than the batch that just ran had, the answer of that batch, not the model
+    thread, starts the next one: a request the loop takes in just before the answers (after the model
+    returned) joins what queued while the model ran."""
     model = CallsBackAfterItsFirstCall(blocked=True)
     batcher = make_batcher(model)
     late = rows(2, 500.0)
@@ -286,7 +287,9 @@ def test_requests_queued_as_a_batch_is_answered_join_the_next_one(make_batcher: 
     async def scenario() -> None:
         model.loop = asyncio.get_running_loop()
         model.after_first = lambda: late_task.append(asyncio.ensure_future(batcher.infer({"x": late})))
-        first_x, first = await occupy(batcher, model)
+        first_x = rows(3, 10_000.0)  # more rows than queue behind it: the next batch waits for the answers' turn
+        first = asyncio.ensure_future(batcher.infer({"x": first_x}))
+        await until(model.started.is_set, "the model to start")
         queued_x = rows(1, 100.0)
         queued = asyncio.ensure_future(batcher.infer({"x": queued_x}))
         await until(lambda: batcher.queue_depth == 1, "a request queued while the model runs")
@@ -296,12 +299,13 @@ def test_requests_queued_as_a_batch_is_answered_join_the_next_one(make_batcher: 
         assert_own_rows(await late_task[0], late)
 
     run(scenario())
-    assert model.batch_rows == [1, 3]
+    assert model.batch_rows == [3, 3]
 
 
 def test_the_next_batch_starts_without_a_new_arrival(make_batcher: MakeBatcher) -> None:
-    """Requests queued while the model runs are taken when its batch is answered, with nothing else
-    arriving (no lost wake-up between the model thread and the loop), batch after batch."""
+    """Requests queued while the model runs are taken with nothing else arriving (no lost wake-up between
+    the model thread and the loop), batch after batch; a queue holding as many rows as the batch that
+    just ran is taken by the model thread at once."""
     model = FakeModel(blocked=True)
     batcher = make_batcher(model, max_batch_size=2)
 
@@ -326,3 +330,22 @@ def test_thread_callers_do_not_wait_for_a_loop_turn(make_batcher: MakeBatcher) -
     for x in xs:  # no event loop anywhere: each is taken by the model thread at once
         assert_own_rows(batcher.submit({"x": x}).result(WAIT_S), x)
     assert model.batch_rows == [1, 1, 1]
+
+
+def test_close_waits_for_a_batch_run_in_a_callers_thread_and_returns(make_batcher: MakeBatcher) -> None:
+    """`run()` on an idle model runs in its caller's thread; `close()` meanwhile returns once it is done."""
+    model = FakeModel(blocked=True)
+    batcher = make_batcher(model)
+    x = rows(2, 0.0)
+    results: list[dict] = []
+    caller = threading.Thread(target=lambda: results.append(batcher.run({"x": x})))
+    caller.start()
+    model.wait_started()
+    closing = threading.Thread(target=batcher.close)
+    closing.start()
+    model.release()
+    caller.join(WAIT_S)
+    closing.join(WAIT_S)
+    assert not closing.is_alive(), "close() never returned"
+    assert_own_rows(results[0], x)
+    assert model.calls[0].thread == caller.ident

@@ -236,7 +236,7 @@ class ModelRepository:
         if not served:
             if not self.ready.is_set():
                 raise Unavailable(f"models are still loading; model '{name}' cannot be served yet")
-            failed = [v for (n, v) in self._failed if n == name]
+            failed = [v for (n, v) in list(self._failed) if n == name and name in self.versions]
             if failed:
                 reason = self._load_errors.get((name, max(failed)), "the server log says why")
                 raise Unavailable(f"model '{name}' failed to load: {reason}")

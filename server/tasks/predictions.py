@@ -87,7 +87,7 @@ class PredictionTasks:
         if not _same_submission(existing, task):
             raise AlreadyExists(f"task_id: task '{task.id}' exists with another request; choose another id, "
                                 "or send the same request to get that task")
-        if existing.status == status.QUEUED:
+        if existing.status == status.QUEUED and existing.attempts == 0:  # not one waiting to be retried
             self.queue.push(task.id, options.SerializeToString())
         return existing
 
@@ -151,12 +151,18 @@ class PredictionTasks:
             return ""
 
 
-SUBMISSION_FIELDS = ("model", "inputs", "metadata", "retry", "max_time_in_queue_seconds")
-
-
 def _same_submission(stored: task_pb2.Task, submitted: task_pb2.Task) -> bool:
-    """Whether a stored task was made from the same PredictAsync request (request ids aside: a retry
-    without one gets a new one; the webhook's delivery state aside)."""
-    return stored.webhook.url == submitted.webhook.url and all(
-        getattr(stored, name) == getattr(submitted, name) for name in SUBMISSION_FIELDS
-    )
+    """Whether a stored task was made from the same PredictAsync request: its model, inputs (bit for
+    bit), webhook URL, metadata, retry policy and queue limit (request ids aside: a retry without one
+    gets a new one). The request's answer options are not kept in the record, so they are not compared."""
+
+    def submission(task: task_pb2.Task) -> bytes:
+        kept = task_pb2.Task(model=task.model, max_time_in_queue_seconds=task.max_time_in_queue_seconds)
+        for name, value in task.inputs.items():
+            kept.inputs[name].CopyFrom(value)
+        kept.metadata.update(task.metadata)
+        kept.retry.CopyFrom(task.retry)
+        kept.webhook.url = task.webhook.url
+        return kept.SerializeToString(deterministic=True)
+
+    return submission(stored) == submission(submitted)

@@ -309,7 +309,7 @@ def test_caller_strings_in_messages_are_cut(served: Served) -> None:
     long_name = "x" * 20_000
     error = rpc_error(served.predict.GetModel, predict_pb2.GetModelRequest(model=long_name))
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert error.details() == f"model '{'x' * 64}...' (20,000 characters) not found; available models: 'digits', " \
+    assert error.details() == f"model '{'x' * 61}...' (20,000 characters) not found; available models: 'digits', " \
                               "'digits_decoder'", error.details()[:300]
     request = async_request(task_id="long-model")
     request.request.model = long_name
