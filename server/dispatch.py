@@ -10,13 +10,15 @@ worker threads (server/threaded.py); coroutine behaviors run on the loop.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from concurrent.futures import Executor
 from typing import Any, Callable, NamedTuple, Sequence
 
 import grpc
 
-from server.telemetry.calls import is_async
+from server.errors import InvalidArgument
+from server.telemetry.calls import current_call, is_async
 from server.threaded import threaded_handler
 
 
@@ -153,8 +155,52 @@ class GrpcHandlers(grpc.GenericRpcHandler):
         for registry in self.registries:
             handler = registry.find(details, in_process=False)
             if handler is not None:
-                return handler
+                return parsing(handler)
         return None
+
+
+def parsing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` taking a unary request as the bytes that came, parsed by its behavior inside the
+    interceptor chain: bytes that are no message are INVALID_ARGUMENT, logged and counted like any
+    call (grpc's own parsing answers INTERNAL before any interceptor runs). Request streams are
+    parsed by grpc as read; `server/threaded.py` turns their failures into INVALID_ARGUMENT."""
+    parse = handler.request_deserializer
+    if parse is None or handler.request_streaming:
+        return handler
+    behavior = _behavior(handler)
+    wrapped: Callable[..., Any]
+    if inspect.isasyncgenfunction(behavior):
+
+        async def parsed_stream(raw: bytes, context: Any) -> Any:
+            async for response in behavior(_parsed(parse, raw), context):
+                yield response
+
+        wrapped = parsed_stream
+    elif is_async(behavior):
+
+        async def parsed_async(raw: bytes, context: Any) -> Any:
+            return await behavior(_parsed(parse, raw), context)
+
+        wrapped = parsed_async
+    else:
+
+        def parsed_plain(raw: bytes, context: Any) -> Any:
+            return behavior(_parsed(parse, raw), context)
+
+        wrapped = parsed_plain
+    kind = "unary_stream" if handler.response_streaming else "unary_unary"
+    return handler._replace(request_deserializer=None, **{kind: wrapped})
+
+
+def _parsed(parse: Callable[[bytes], Any], raw: bytes) -> Any:
+    try:
+        message = parse(raw)
+    except Exception as exc:  # DecodeError, or whatever a deserializer raises
+        raise InvalidArgument(f"request: the bytes are not a valid message of this method ({exc})") from None
+    record = current_call()
+    if record is not None:
+        record.parsed(message)
+    return message
 
 
 def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import pytest
 from server.models.codec import from_numpy
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
+from tests.servers import wait_for
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -150,3 +154,35 @@ def test_a_stream_message_that_is_not_protobuf_fails_the_stream_as_invalid(chann
     reply = predict_pb2_grpc.PredictServiceStub(channel).Predict(
         predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(GOOD)}), timeout=20)
     assert list(reply.outputs["probabilities"].shape) == [2, 10]
+
+
+GARBAGE = b"\x0a\xff\xff\xff"  # a length-delimited field longer than the message
+
+
+@pytest.mark.parametrize("method", [
+    "/serving.v1.PredictService/Predict",
+    "/serving.v1.PredictService/GetModel",
+    "/serving.v1.TaskService/GetTask",
+    "/serving.v1.TaskService/WatchTask",
+    "/tensorflow.serving.PredictionService/Predict",
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/grpc.health.v1.Health/Check",
+])
+def test_unary_bytes_that_are_no_message_are_invalid_and_logged(server, channel, method):
+    """grpc's own parsing would answer INTERNAL before any interceptor runs, unlogged and uncounted."""
+    call = channel.unary_stream if method.endswith("WatchTask") else channel.unary_unary
+    stub = call(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as raised:
+        reply = stub(GARBAGE, timeout=20, metadata=[("x-request-id", f"garbage-{method}")])
+        if method.endswith("WatchTask"):
+            list(reply)
+    assert raised.value.code() == INVALID, raised.value.details()
+    assert raised.value.details().startswith("request: the bytes are not a valid message of this method ("), \
+        raised.value.details()
+
+    def logged() -> dict | None:
+        lines = [json.loads(line) for line in Path(server.log_path.with_name("server-access.log")).read_text().splitlines()]
+        return next((line for line in lines if line["request_id"] == f"garbage-{method}"), None)
+
+    line = wait_for(logged, 10, "the access log line")
+    assert (line["method"], line["status"], line["request_bytes"]) == (method, "INVALID_ARGUMENT", len(GARBAGE))

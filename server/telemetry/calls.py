@@ -67,10 +67,19 @@ class CallRecord:
     first_request: Message | None = None
     error: BaseException | None = None
 
-    def add_request(self, message: Message) -> None:
+    def add_request(self, message: Message | bytes) -> None:
+        """Count a request; gRPC's unary requests arrive as bytes, parsed further in (`parsed_request`)."""
+        if isinstance(message, bytes):
+            self.request_bytes += len(message)
+            return
         if self.first_request is None:
             self.first_request = message
         self.request_bytes += message.ByteSize()
+
+    def parsed(self, message: Message) -> None:
+        """The request a call's bytes were parsed into, for the access log (`dispatch.parsing`)."""
+        if self.first_request is None:
+            self.first_request = message
 
     def add_response(self, message: Any) -> None:
         if isinstance(message, Message):
