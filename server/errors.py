@@ -173,6 +173,13 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, exc.message
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, str(exc) or "not implemented"
+    if isinstance(exc, grpc.RpcError):  # reading the request stream failed: the caller went away
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        if not isinstance(code, grpc.StatusCode) or code in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN,
+                                                             grpc.StatusCode.INTERNAL):
+            code = grpc.StatusCode.CANCELLED
+        details = exc.details() if callable(getattr(exc, "details", None)) else None
+        return code, cut(str(details or "the call was cancelled"))
     log.error("unexpected error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 

@@ -186,3 +186,17 @@ def test_unary_bytes_that_are_no_message_are_invalid_and_logged(server, channel,
 
     line = wait_for(logged, 10, "the access log line")
     assert (line["method"], line["status"], line["request_bytes"]) == (method, "INVALID_ARGUMENT", len(GARBAGE))
+
+
+def test_a_request_stream_that_broke_is_cancelled_not_a_bug(caplog):
+    """A servicer reading a request stream whose caller went away gets a grpc.RpcError: the error table
+    answers it with its own code (CANCELLED when it has none worth keeping), without an error log."""
+    from server.errors import status_of
+    from server.threaded import StreamBroken
+
+    class Unknown(grpc.RpcError):
+        pass
+
+    assert status_of(StreamBroken()) == (grpc.StatusCode.CANCELLED, "the call is over")
+    assert status_of(Unknown()) == (grpc.StatusCode.CANCELLED, "the call was cancelled")
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []

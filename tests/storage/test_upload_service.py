@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import urllib.request
@@ -171,8 +172,13 @@ def test_s3_uploads_round_trip(moto: MotoServer, s3_bucket: str, start_app: Star
     assert in_progress_uploads(moto, s3_bucket) == []
 
 
-def test_a_cancelled_call_aborts_the_multipart_upload(moto: MotoServer, s3_bucket: str, start_app: StartApp) -> None:
+def test_a_cancelled_call_aborts_the_multipart_upload(
+    moto: MotoServer, s3_bucket: str, start_app: StartApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """...and is counted as CANCELLED, without an error in the log (the request stream's failure is the
+    caller going away, not a bug)."""
     app = start_app(s3_settings(moto.endpoint_url, s3_bucket, s3_key_prefix="cancel"))
+    cancelled = app.telemetry.metrics.requests.labels("/serving.v1.UploadService/Upload", "grpc", "CANCELLED")
     release = threading.Event()
 
     def requests() -> Iterator[upload_pb2.UploadRequest]:
@@ -187,9 +193,11 @@ def test_a_cancelled_call_aborts_the_multipart_upload(moto: MotoServer, s3_bucke
             call.cancel()
             wait_for(lambda: not [u for u in in_progress_uploads(moto, s3_bucket) if u["Key"].startswith("cancel/")],
                      30, "the multipart upload to be aborted")
+            wait_for(lambda: cancelled._value.get() == 1, 30, "the call to be counted as CANCELLED")
         finally:
             release.set()
     assert not [k for k in object_keys(moto, s3_bucket) if k.startswith("cancel/")]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_s3_server_stopped_mid_upload(start_app: StartApp, tmp_path: Path, aws_env: None) -> None:
