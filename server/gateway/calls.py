@@ -206,6 +206,15 @@ class RpcCall:
             return CallFailed.of(exc)
         return CallFailed(*status_of(exc))
 
+    def failure_or_deadline(self, exc: BaseException | None, requests: RequestStream | None = None) -> CallFailed | None:
+        """`failure`, and DEADLINE_EXCEEDED for a stream that ended cleanly once its deadline had passed: a
+        servicer that stops when the call turns inactive (WatchTask) ends because of the deadline, and
+        a gRPC client would see DEADLINE_EXCEEDED then too."""
+        failed = self.failure(exc, requests)
+        if failed is None and self.context.time_remaining() == 0:
+            return CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        return failed
+
     def invoke(self, build: Callable[[], Message | RequestStream]) -> Message:
         """unary -> unary or stream -> unary: the response, or CallFailed."""
         exc: Exception | None = None
@@ -284,4 +293,4 @@ class RpcCall:
             if close is not None:
                 close()
             self.context.finish()
-        sink.end(self.failure(exc, requests))
+        sink.end(self.failure_or_deadline(exc, requests))

@@ -228,3 +228,16 @@ def test_readyz_follows_health_and_the_shim_stops_with_the_app(make_app, tmp_pat
     app.stop(grace=1)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/healthz", timeout=5)
+
+
+def test_a_watch_whose_deadline_passes_ends_with_deadline_exceeded(served: Served) -> None:
+    """WatchTask over HTTP with Grpc-Timeout on a task that does not change: the stream's last line is
+    always the DEADLINE_EXCEEDED error, as gRPC answers (it used to end cleanly in most tries)."""
+    created = requests.post(f"{served.url}/v1/tasks", json={"id": "still", "model": "digits"}, timeout=30)
+    assert created.status_code == 200, created.text
+    for _ in range(4):
+        reply = requests.get(f"{served.url}/v1/tasks/still:watch", headers={"Grpc-Timeout": "1S"}, timeout=30)
+        lines = [json.loads(line) for line in reply.iter_lines() if line]
+        assert reply.status_code == 200
+        assert lines[0]["result"]["task"]["status"] == "TASK_STATUS_QUEUED"
+        assert lines[-1] == {"error": {"code": 4, "message": "deadline exceeded", "details": []}}, lines
