@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Coroutine, Sequence, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -37,6 +37,7 @@ from server.dispatch import Dispatcher, GrpcHandlers, HandlerRegistry, Intercept
 from server.gateway.inference_v2 import REST_INFER_RPC, rest_infer_handler
 from server.gateway.server import HttpGateway
 from server.gateway.tfserving import REST_PREDICT_RPC, TFServingRest, rest_predict_handler
+from server.health import HealthServicer
 from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
 from server.models.repository import ModelRepository
@@ -101,7 +102,7 @@ class App:
         self.tasks = open_tasks(settings, self.predictor, self.object_store, self.worker_mode, self.telemetry.tracing,
                                 self.telemetry.metrics)
         self.telemetry.metrics.watch_task_queue_length(self.tasks.queue.length)
-        self.health = health.HealthServicer()
+        self.health = HealthServicer()
         self.telemetry.watch_models(self.repository.models)
         # Outermost first: tracing, access log + metrics, auth (telemetry), then errors.
         self.interceptors: list[grpc.ServerInterceptor] = [*self.telemetry.interceptors, ErrorInterceptor()]

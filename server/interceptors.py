@@ -40,7 +40,7 @@ def _wrap_unary(behavior: Callable) -> Callable:
         try:
             return behavior(request, context)
         except Exception as exc:
-            if _aborted(context):
+            if _aborted(context, exc):
                 raise
             _abort(context, exc)
 
@@ -52,7 +52,7 @@ def _wrap_stream(behavior: Callable) -> Callable:
         try:
             yield from behavior(request, context)
         except Exception as exc:
-            if _aborted(context):
+            if _aborted(context, exc):
                 raise
             _abort(context, exc)
 
@@ -64,7 +64,7 @@ def _wrap_async_unary(behavior: Callable) -> Callable:
         try:
             return await behavior(request, context)
         except Exception as exc:
-            if _aborted(context):
+            if _aborted(context, exc):
                 raise
             outcome = _abort(context, exc)
             if inspect.isawaitable(outcome):
@@ -79,7 +79,7 @@ def _wrap_async_stream(behavior: Callable) -> Callable:
             async for response in behavior(request, context):
                 yield response
         except Exception as exc:
-            if _aborted(context):
+            if _aborted(context, exc):
                 raise
             outcome = _abort(context, exc)
             if inspect.isawaitable(outcome):
@@ -88,7 +88,9 @@ def _wrap_async_stream(behavior: Callable) -> Callable:
     return wrapper
 
 
-def _aborted(context: grpc.ServicerContext) -> bool:
-    """True when the servicer already called context.abort (its exception passes through)."""
+def _aborted(context: grpc.ServicerContext, exc: Exception) -> bool:
+    """True when the servicer already called context.abort (its exception passes through). Generated
+    base servicers set UNIMPLEMENTED and raise NotImplementedError: that is answered here, not re-raised
+    (grpc would answer it UNKNOWN)."""
     code = getattr(context, "code", lambda: None)()
-    return code is not None and code != grpc.StatusCode.OK
+    return code is not None and code != grpc.StatusCode.OK and not isinstance(exc, NotImplementedError)
