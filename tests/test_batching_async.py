@@ -77,13 +77,21 @@ def test_infer_returns_the_callers_rows(make_batcher: MakeBatcher) -> None:
     assert model.batch_rows == [3]
 
 
-def test_requests_queued_while_the_model_runs_become_one_batch(make_batcher: MakeBatcher) -> None:
+@pytest.mark.parametrize("sizes,config,batches", [
+    ([1, 2, 3, 1, 4], {}, [1, 11]),
+    # No lost wake-up between the model thread and the loop, batch after batch, with nothing else
+    # arriving; a queue holding as many rows as the batch that just ran is taken by the model thread at once.
+    ([1] * 6, {"max_batch_size": 2}, [1, 2, 2, 2]),
+], ids=["one batch", "batch after batch"])
+def test_requests_queued_while_the_model_runs_become_the_next_batches(
+    make_batcher: MakeBatcher, sizes: list[int], config: dict, batches: list[int]
+) -> None:
     model = FakeModel(blocked=True)
-    batcher = make_batcher(model)
+    batcher = make_batcher(model, **config)
 
     async def scenario() -> None:
         first_x, first = await occupy(batcher, model)
-        xs = [rows(n, 100.0 * (i + 1)) for i, n in enumerate([1, 2, 3, 1, 4])]
+        xs = [rows(n, 100.0 * (i + 1)) for i, n in enumerate(sizes)]
         tasks = [asyncio.ensure_future(batcher.infer({"x": x})) for x in xs]
         await until(lambda: batcher.queue_depth == len(xs), "every request to be queued")
         model.release()
@@ -92,7 +100,7 @@ def test_requests_queued_while_the_model_runs_become_one_batch(make_batcher: Mak
             assert_own_rows(result, x)
 
     run(scenario())
-    assert model.batch_rows == [1, 11]
+    assert model.batch_rows == batches
 
 
 def test_the_model_thread_runs_batches_and_the_loop_is_never_blocked(make_batcher: MakeBatcher) -> None:
@@ -300,27 +308,6 @@ def test_requests_queued_as_a_batch_is_answered_join_the_next_one(make_batcher: 
 
     run(scenario())
     assert model.batch_rows == [3, 3]
-
-
-def test_the_next_batch_starts_without_a_new_arrival(make_batcher: MakeBatcher) -> None:
-    """Requests queued while the model runs are taken with nothing else arriving (no lost wake-up between
-    the model thread and the loop), batch after batch; a queue holding as many rows as the batch that
-    just ran is taken by the model thread at once."""
-    model = FakeModel(blocked=True)
-    batcher = make_batcher(model, max_batch_size=2)
-
-    async def scenario() -> None:
-        first_x, first = await occupy(batcher, model)
-        xs = [rows(1, 100.0 * (i + 1)) for i in range(6)]
-        tasks = [asyncio.ensure_future(batcher.infer({"x": x})) for x in xs]
-        await until(lambda: batcher.queue_depth == len(xs), "every request to be queued")
-        model.release()
-        assert_own_rows(await first, first_x)
-        for x, result in zip(xs, await asyncio.gather(*tasks)):
-            assert_own_rows(result, x)
-
-    run(scenario())
-    assert model.batch_rows == [1, 2, 2, 2]
 
 
 def test_thread_callers_do_not_wait_for_a_loop_turn(make_batcher: MakeBatcher) -> None:

@@ -78,26 +78,23 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(
     assert reply.status_code == 503 and reply.json()["message"].startswith("model 'broken' failed to load")
 
 
-def test_strict_loading_stops_the_start_naming_the_model(mixed_repository: Path, tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, grpc_server_address="127.0.0.1:0", http_server_address="",
-                        metrics_address="", access_log_path="", model_dir=mixed_repository, model_load_strict=True)
-    app = App(settings)
+def assert_start_fails(model_dir: Path, match: str, **settings: object) -> None:
+    app = App(Settings(_env_file=None, grpc_server_address="127.0.0.1:0", http_server_address="", metrics_address="",
+                       access_log_path="", model_dir=model_dir, **settings))
     try:
-        with pytest.raises(RuntimeError, match=r"model broken: version 1 \(.*broken/1\) failed to load: "):
+        with pytest.raises(RuntimeError, match=match):
             app.start()
     finally:
         app.stop(grace=0)
+
+
+def test_strict_loading_stops_the_start_naming_the_model(mixed_repository: Path) -> None:
+    assert_start_fails(mixed_repository, r"model broken: version 1 \(.*broken/1\) failed to load: ",
+                       model_load_strict=True)
 
 
 def test_nothing_loadable_stops_the_start(tmp_path: Path) -> None:
     broken = tmp_path / "models" / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
-    settings = Settings(_env_file=None, grpc_server_address="127.0.0.1:0", http_server_address="",
-                        metrics_address="", access_log_path="", model_dir=tmp_path / "models")
-    app = App(settings)
-    try:
-        with pytest.raises(RuntimeError, match=r"no model could be loaded: broken v1: "):
-            app.start()
-    finally:
-        app.stop(grace=0)
+    assert_start_fails(tmp_path / "models", r"no model could be loaded: broken v1: ")

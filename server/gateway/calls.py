@@ -35,18 +35,14 @@ T = TypeVar("T")
 class CallFailed(ServingError):
     """The final status of a failed call (with the HTTP status when HTTP has its own)."""
 
-    def __init__(
-        self, code: grpc.StatusCode, message: str, http_status: int | None = None,
-        http_headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.http_status = http_status
-        self.http_headers = http_headers or {}
 
     @classmethod
     def of(cls, error: ServingError) -> CallFailed:
-        return cls(error.code, error.message, getattr(error, "http_status", None), getattr(error, "http_headers", None))
+        return cls(error.code, error.message, getattr(error, "http_status", None))
 
 
 class RequestStreamBroken(ServingError, grpc.RpcError):

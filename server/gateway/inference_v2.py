@@ -131,8 +131,7 @@ class InferenceV2Rest:
         try:
             return await in_pool(self.executor, call, call.invoke, build)
         except CallFailed as failed:
-            return error_body(failed.code, failed.message, failed.http_status,
-                              {**context.response_headers(), **failed.http_headers})
+            return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
 
     async def _index(self, request: web.Request) -> web.Response:
         method = f"/{SERVICE}/RepositoryIndex"

@@ -47,8 +47,7 @@ def context_for(request: web.Request, route: str) -> HttpServicerContext:
 
 
 def failure_response(failed: CallFailed, context: HttpServicerContext) -> web.Response:
-    return error_response(failed.code, failed.message, http_status=failed.http_status,
-                          headers={**context.response_headers(), **failed.http_headers})
+    return error_response(failed.code, failed.message, http_status=failed.http_status, headers=context.response_headers())
 
 
 class RpcHandler:

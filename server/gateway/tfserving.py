@@ -128,8 +128,7 @@ class TFServingRest(LoopServer):
         try:
             reply = await in_pool(self.executor, call, call.invoke, build)
         except CallFailed as failed:
-            return error_body(failed.code, failed.message, failed.http_status,
-                              {**context.response_headers(), **failed.http_headers})
+            return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
         if verb == ":predict":
             answer = reply.value
         else:

@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from server.batching import BatchingConfig
 from server.errors import InvalidArgument, NotFound, Unavailable
@@ -59,6 +59,14 @@ def find_versions(model_dir: Path) -> dict[str, list[int]]:
 
 
 _LOGGED_UNKNOWN: set[Path] = set()  # version folders of an unknown format, logged once
+
+
+class LoadFailure(NamedTuple):
+    """A version that failed to load: its files then (`files_signature`), when (monotonic), and why."""
+
+    files: tuple[int, float] | None
+    at: float
+    reason: str
 
 
 def _first_line(exc: BaseException) -> str:
@@ -146,9 +154,7 @@ class ModelRepository:
         self._models: dict[str, dict[int, LoadedModel]] = {}  # name -> served versions (replaced, never mutated)
         self._lock = threading.Lock()
         self.ready = threading.Event()
-        # (name, version) -> (its files, time.monotonic()) when it failed to load
-        self._failed: dict[tuple[str, int], tuple[tuple[int, float] | None, float]] = {}
-        self._load_errors: dict[tuple[str, int], str] = {}  # (name, version) -> why it failed to load
+        self._failed: dict[tuple[str, int], LoadFailure] = {}  # versions that failed to load
         self._missing: dict[str, int] = {}  # served model -> polls in a row that did not find it
         self._policy_problems: dict[str, str] = {}  # model -> the last policy problem logged
         self._labels: dict[str, dict[str, int]] = {}  # model -> version label -> version (replaced whole)
@@ -183,13 +189,12 @@ class ModelRepository:
                 try:
                     model = load_model(name, version, path, self.device, self.batching)
                 except Exception as exc:
-                    reason = _first_line(exc)
                     if self.strict:
-                        raise RuntimeError(f"model {name}: version {version} ({path}) failed to load: {reason}") from exc
+                        raise RuntimeError(f"model {name}: version {version} ({path}) failed to load: "
+                                           f"{_first_line(exc)}") from exc
+                    reason = self._failed_to_load(name, version, files_signature(path), exc)
                     log.error("model %s: version %d (%s) failed to load (%s); the other models serve "
                               "(MODEL_LOAD_STRICT=true stops the start instead)", name, version, path, reason)
-                    self._failed[(name, version)] = (files_signature(path), time.monotonic())
-                    self._load_errors[(name, version)] = reason
                     failures.append(f"{name} v{version}: {reason}")
                     continue
                 self._set_served(name, {**self._models.get(name, {}), version: model})
@@ -236,10 +241,9 @@ class ModelRepository:
         if not served:
             if not self.ready.is_set():
                 raise Unavailable(f"models are still loading; model '{name}' cannot be served yet")
-            failed = [v for (n, v) in list(self._failed) if n == name and name in self.versions]
+            failed = [(v, f) for (n, v), f in list(self._failed.items()) if n == name and name in self.versions]
             if failed:
-                reason = self._load_errors.get((name, max(failed)), "the server log says why")
-                raise Unavailable(f"model '{name}' failed to load: {reason}")
+                raise Unavailable(f"model '{name}' failed to load: {max(failed)[1].reason}")
             known = ", ".join(f"'{n}'" for n in self.versions) or "none"
             raise NotFound(f"model '{name}' not found; available models: {known}")
         if not version:
@@ -295,9 +299,9 @@ class ModelRepository:
 
     def _not_served(self, name: str, version: int, wanted: list[int], problem: str) -> tuple[str, str]:
         """The state of a version found but not served, and why."""
-        if (name, version) in self._failed:
-            reason = self._load_errors.get((name, version))
-            return "UNAVAILABLE", f"failed to load: {reason}" if reason else "failed to load; the server log says why"
+        failure = self._failed.get((name, version))
+        if failure is not None:
+            return "UNAVAILABLE", f"failed to load: {failure.reason}"
         if problem:
             return "UNAVAILABLE", f"not served: {problem}"
         if version not in wanted:
@@ -378,24 +382,28 @@ class ModelRepository:
         path = self.model_dir / name / str(version)
         signature = files_signature(path)
         failed = self._failed.get((name, version))
-        if failed is not None and failed[0] == signature and time.monotonic() < failed[1] + RETRY_FAILED_SECONDS:
+        if failed is not None and failed.files == signature and time.monotonic() < failed.at + RETRY_FAILED_SECONDS:
             return  # failed before, and its files have not changed since
         served = self._models.get(name, {})
         try:
             model = load_model(name, version, path, self.device, self.batching)
         except Exception as exc:
-            self._failed[(name, version)] = (signature, time.monotonic())
-            self._load_errors[(name, version)] = _first_line(exc)
+            self._failed_to_load(name, version, signature, exc)
             serving = f"; still serving {_versions(served)}" if served else ""
             log.error("model %s: version %d failed to load (%s: %s)%s", name, version, type(exc).__name__, exc, serving)
             return
         self._failed.pop((name, version), None)
-        self._load_errors.pop((name, version), None)
         if self._stop.is_set():  # shutting down while it loaded
             model.close(drain=False)
             return
         self._set_served(name, {**self._models.get(name, {}), version: model})
         log.info("model %s: version %d loaded and serving", name, version)
+
+    def _failed_to_load(self, name: str, version: int, files: tuple[int, float] | None, exc: Exception) -> str:
+        """Remember a version that failed to load (retried when its files change); the reason."""
+        reason = _first_line(exc)
+        self._failed[(name, version)] = LoadFailure(files, time.monotonic(), reason)
+        return reason
 
     def _set_served(self, name: str, served: dict[int, LoadedModel]) -> None:
         with self._lock:
