@@ -19,6 +19,7 @@ COPY pyproject.toml README.md ./
 COPY generated/ generated/
 COPY server/ server/
 COPY client/ client/
+COPY wire/ wire/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 FROM python:3.11-slim-bookworm

@@ -48,6 +48,7 @@ check-deploy: setup
 model: setup
 	$(PY) models/train_digits.py --out models/digits/1
 	$(PY) models/train_digits_decoder.py --out models/digits_decoder/1
+	$(PY) models/export_digits_keras.py --saved-model models/digits/1 --out models/digits_keras/1
 
 test: setup lint check-generated check-deploy
 	$(PY) -m pytest -q
@@ -55,7 +56,7 @@ test: setup lint check-generated check-deploy
 # The serving benchmark (h2load from Debian's nghttp2-client drives the load): prints the table for
 # docs/benchmarks.md and writes docs/bench-digits.png.
 bench: setup
-	$(PY) -m tests.benchmarks.serving
+	$(PY) -m benchmarks.serving
 
 clean:
 	rm -rf $(VENV) .tools

@@ -32,7 +32,7 @@ from client.channel import DEFAULT_TARGET, call_metadata, open_aio_channel
 from client.library import Client
 from client.messages import Version, predict_request, tensor_inputs
 from serving.v1 import model_pb2
-from server.models.codec import NUMPY_DTYPES, dtype_name
+from wire.codec import NUMPY_DTYPES, dtype_name
 
 DEFAULT_DURATION = 10.0
 DEFAULT_TIMEOUT = 10.0

@@ -25,7 +25,7 @@ from client.library import Client
 from client.messages import Version
 from client.results import PredictResult
 from serving.v1 import model_pb2, predict_pb2
-from server.models.codec import NUMPY_DTYPES
+from wire.codec import NUMPY_DTYPES
 
 
 def input_file(value: str) -> tuple[str, Path]:

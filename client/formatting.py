@@ -9,7 +9,7 @@ from google.protobuf.json_format import MessageToJson
 
 from client.results import PredictResult
 from serving.v1 import model_pb2, predict_pb2, tensor_pb2
-from server.models.codec import dtype_name, from_numpy
+from wire.codec import dtype_name, from_numpy
 
 MODEL_COLUMNS = ("NAME", "VERSION", "INPUTS", "OUTPUTS", "LABELS", "STATE")
 

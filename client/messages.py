@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.v1 import model_pb2, predict_pb2, stream_pb2, tensor_pb2
-from server.models.codec import from_numpy
+from wire.codec import from_numpy
 
 ImageSource = bytes | str | os.PathLike
 """Encoded image bytes, or the path of an image file."""

@@ -8,7 +8,7 @@ import numpy as np
 
 from client.errors import ClientError
 from serving.v1 import predict_pb2, stream_pb2
-from server.models.codec import to_numpy
+from wire.codec import to_numpy
 
 
 @dataclass(frozen=True)

@@ -13,30 +13,13 @@ environment still wins.
   about 0.2 ms higher at concurrency 1 (1.29-1.47 against 1.09-1.22 ms). Set
   TF_ENABLE_ONEDNN_OPTS=0 for a tiny model served one request at a time.
 
-glibc's malloc gives threads arenas of their own (up to 8 per core) and keeps
-what they free; with a thread per call and 1 MiB upload chunks that shows as
-resident memory that varies from run to run (a 256 MiB upload: 46-60 MiB of
-growth, once 157). Unless MALLOC_ARENA_MAX is set, the server limits glibc to
-2 arenas before any thread starts (36-40 MiB for the same upload). Elsewhere
-than glibc this does nothing.
+glibc's heap is limited to 2 arenas here, before any thread starts
+(`server.memory` says why).
 """
 
-import ctypes
 import os
 
+from server.memory import limit_malloc_arenas
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-M_ARENA_MAX = -8  # glibc's mallopt() parameter
-MALLOC_ARENAS = 2
-
-
-def _limit_malloc_arenas() -> None:
-    if "MALLOC_ARENA_MAX" in os.environ:  # glibc read it at start-up
-        return
-    try:
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)  # the process's own symbols: libc's, on Linux
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-_limit_malloc_arenas()
+limit_malloc_arenas()

@@ -34,26 +34,26 @@ from inference import open_inference_pb2_grpc
 from server.batching import BatchingConfig
 from server.config import Settings, load_settings, parse_args
 from server.dispatch import Dispatcher, GrpcHandlers, HandlerRegistry, InterceptorChain
-from server.gateway.inference_v2 import REST_INFER_RPC, rest_infer_handler
-from server.gateway.server import HttpGateway
-from server.gateway.tfserving import REST_PREDICT_RPC, TFServingRest, rest_predict_handler
+from server.protocols.inference_v2.rest import REST_INFER_RPC, rest_infer_handler
+from server.http.gateway import HttpGateway
+from server.protocols.tfserving.rest import REST_PREDICT_RPC, TFServingRest, rest_predict_handler
 from server.health import HealthServicer
 from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
 from server.processes import run_children
-from server.services.inference_v2 import InferenceV2Servicer
-from server.services.predict import PredictServicer
-from server.services.stream import StreamPredictServicer
-from server.services.tasks import TaskServicer
-from server.services.tfserving import TFServingModelServicer, TFServingPredictionServicer
-from server.services.upload import UploadServicer
+from server.protocols.inference_v2.servicer import InferenceV2Servicer
+from server.protocols.serving_v1.predict import PredictServicer
+from server.protocols.serving_v1.stream import StreamPredictServicer
+from server.protocols.serving_v1.tasks import TaskServicer
+from server.protocols.tfserving.servicer import TFServingModelServicer, TFServingPredictionServicer
+from server.protocols.serving_v1.upload import UploadServicer
 from server.storage.factory import open_object_store
-from server.storage.uploads import Uploads
+from server.protocols.serving_v1.uploads import Uploads
 from server.tasks.system import open_tasks
 from server.telemetry.telemetry import Telemetry
-from server.telemetry.tls import grpc_server_credentials, load_tls, server_ssl_context
+from server.security.tls import grpc_server_credentials, load_tls, server_ssl_context
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2_grpc, upload_pb2_grpc
 
 MIN_RETIRE_SECONDS = 1.0  # a replaced model version stays loaded at least this long for calls holding it

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from server.errors import DeadlineExceeded, InvalidArgument
-from server.models import codec, images
+from server.models import images
+from wire import codec
 from server.models.file_outputs import FileOutput
 from server.models.model import LoadedModel
 from server.models.repository import ModelRepository

@@ -26,7 +26,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from server.errors import InvalidArgument
-from server.gateway.context import RecordedContext, RpcAborted, run_callbacks
+from server.http.context import RecordedContext, RpcAborted, run_callbacks
 
 Behavior = Callable[..., Any]
 

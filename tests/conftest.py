@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 import server  # noqa: F401  (sets TensorFlow's environment, as the server does, before any test imports it)
-from tests.servers import MODEL_DIR, ServerProcess
+from tests.support.servers import MODEL_DIR, ServerProcess
+
+# Fixtures shared across folders (lazy: a fixture starts nothing until a test asks for it).
+pytest_plugins = ["tests.support.http_fixtures", "tests.support.s3_fixtures", "tests.support.telemetry_fixtures"]
 
 DIGITS = MODEL_DIR / "digits" / "1"
 

@@ -1,6 +1,6 @@
 """Tests of `server.batching.Batcher` through its public API only.
 
-The model is a `FakeModel` (tests/fixtures.py). To build a queue
+The model is a `FakeModel` (tests/support/fixtures.py). To build a queue
 deterministically a test starts the fake blocked, submits one request and waits
 until the fake is running it (`occupy`): everything submitted afterwards stays
 queued until the test calls `model.release()`. No test sleeps to synchronise;
@@ -22,7 +22,7 @@ import pytest
 
 from server.batching import Batcher, BatchingConfig
 from server.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, Unavailable
-from tests.fixtures import (
+from tests.support.fixtures import (
     FAIL_MARKER,
     WAIT_S,
     FakeModel,

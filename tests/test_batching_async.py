@@ -2,7 +2,7 @@
 
 Each test runs one coroutine on a fresh event loop (`asyncio.run`), the way
 the server's loop awaits the Batcher. The model is a `FakeModel` that the test
-blocks and releases (tests/fixtures.py), so what is queued while the model is
+blocks and releases (tests/support/fixtures.py), so what is queued while the model is
 busy is decided by the test, not by timing. Waiting for something to happen
 is a poll with a deadline (`until`), never a sleep.
 """
@@ -20,7 +20,7 @@ import pytest
 
 from server.batching import Batcher, BatchingConfig
 from server.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted
-from tests.fixtures import FAIL_MARKER, WAIT_S, FakeModel, assert_own_rows, rows
+from tests.support.fixtures import FAIL_MARKER, WAIT_S, FakeModel, assert_own_rows, rows
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -9,10 +9,10 @@ import grpc
 import numpy as np
 import pytest
 
-from server.models.codec import from_numpy
+from wire.codec import from_numpy
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
-from tests.servers import wait_for
+from tests.support.servers import wait_for
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -26,7 +26,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.servers import ServerProcess, health_status
+from tests.support.servers import ServerProcess, health_status
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server.models.codec import from_numpy, to_numpy
+from wire.codec import from_numpy, to_numpy
 from serving.v1 import predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
-from tests.servers import ServerProcess, health_status, wait_for
+from tests.support.servers import ServerProcess, health_status, wait_for
 
 
 def request(x: np.ndarray) -> predict_pb2.PredictRequest:
@@ -209,7 +209,7 @@ def test_a_thread_that_never_ends_does_not_keep_the_process_after_shutdown(tmp_p
     import subprocess
     import sys
 
-    from tests.servers import MODEL_DIR, ROOT
+    from tests.support.servers import MODEL_DIR, ROOT
 
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", STUCK_AFTER_STOP, str(MODEL_DIR)], cwd=ROOT, capture_output=True,

@@ -14,8 +14,8 @@ from server.config import Settings
 from server.processes import _without_processes, check, child_access_log
 from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.conftest import digits_rows
-from tests.servers import ServerProcess, wait_for
-from tests.tasks.redis_servers import RedisServer
+from tests.support.servers import ServerProcess, wait_for
+from tests.support.redis_servers import RedisServer
 from tests.test_lifecycle import request, sigterm_under_load
 
 pytestmark = pytest.mark.timeout(180)

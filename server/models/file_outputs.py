@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from server.models.model import TensorInfo
+    from server.models.backend import TensorInfo
 
 CONTENT_TYPES = {"png": "image/png"}
 _CHANNELS = (1, 3, 4)

@@ -1,4 +1,7 @@
-"""One loaded model version: a SavedModel signature, its specs, labels and batcher.
+"""One served model version, whatever its format: specs, labels, file outputs, validation, batcher.
+
+The format's part (files, loading, the batch function) is a `BackendModel`
+from one of `server.models.backends`.
 
 Life cycle (KServe's template, without the async branching):
 load -> warm up -> (validate -> batch -> predict -> postprocess)* -> close.
@@ -13,46 +16,24 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import numpy as np
-import tensorflow as tf
-from google.protobuf.message import DecodeError
 
 from server.batching import Batcher, BatchingConfig
 from server.errors import InvalidArgument
-from server.models import codec, images
+from server.models import images
+from server.models.backend import BackendModel, ModelBackend, TensorInfo
+from server.models.backends import backend_for, known_formats
 from server.models.file_outputs import FileOutput, parse_file_outputs
-from server.models.tensor_proto import tensor_array
-from serving.v1 import model_pb2, tensor_pb2
+from server.models.warmup import WARMUP_FILE
+from serving.v1 import model_pb2
+from wire import codec
 
 log = logging.getLogger(__name__)
 
-SIGNATURE = "serving_default"
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"  # TF Serving's place and format
-MAX_WARMUP_RECORDS = 1000  # as TF Serving
-MAX_WARMUP_BYTES = 256 * 1024 * 1024  # per tensor, decoded
+SIGNATURE = "serving_default"  # the one signature name every protocol reports, whatever the format
 LABELS_FILE = "labels.txt"
 SERVING_CONFIG = "serving.json"  # per-model batching overrides and file outputs, in models/<name>/
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Name, numpy dtype and shape (-1: any size) of an input or output."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def data_type(self) -> int:
-        return codec.data_type_of(np.empty(0, self.dtype))
-
-    def describe(self) -> str:
-        return f"{codec.dtype_name(self.data_type)} {list(self.shape)}"
-
-    def to_proto(self) -> tensor_pb2.TensorSpec:
-        return tensor_pb2.TensorSpec(name=self.name, dtype=self.data_type, shape=self.shape)
 
 
 @dataclass
@@ -62,23 +43,25 @@ class LoadedModel:
     name: str
     version: int
     path: Path
-    inputs: dict[str, TensorInfo]
-    outputs: dict[str, TensorInfo]
     labels: list[str]
     device: str
     batching: BatchingConfig
-    signature: object = field(repr=False)
-    saved_model: object = field(repr=False)  # keeps the variables alive
+    backend: ModelBackend = field(repr=False)
+    loaded: BackendModel = field(repr=False)
     batcher: Batcher = field(init=False, repr=False)
     load_seconds: float = 0.0
     file_outputs: dict[str, FileOutput] = field(default_factory=dict)  # stored as files, by output
-    # The signature called with tensors by input name; `flat_caller` may replace it at load.
-    call: Callable[[dict[str, tf.Tensor]], Mapping[str, tf.Tensor]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.call is None:
-            self.call = lambda tensors: self.signature(**tensors)
         self.batcher = Batcher(self.run_batch, self.batching, name=self.name)
+
+    @property
+    def inputs(self) -> dict[str, TensorInfo]:
+        return self.loaded.inputs
+
+    @property
+    def outputs(self) -> dict[str, TensorInfo]:
+        return self.loaded.outputs
 
     @cached_property
     def image_inputs(self) -> list[str]:
@@ -96,9 +79,7 @@ class LoadedModel:
 
     def run_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of the model on a whole batch (used by the Batcher only)."""
-        with tf.device(self.device):
-            result = self.call({k: tf.convert_to_tensor(v) for k, v in batch.items()})
-        return {k: v.numpy() for k, v in result.items()}
+        return self.loaded.run_batch(batch)
 
     def warm_up(self) -> int:
         """Run every batch size the model will see once, so no caller pays for it, then the
@@ -119,7 +100,7 @@ class LoadedModel:
             }
             self.run_batch(batch)
         replayed = 0
-        for index, inputs in warmup_records(self.path / WARMUP_FILE):
+        for index, inputs in self.backend.warmup_inputs(self.path):
             try:
                 self.validate(inputs)
             except InvalidArgument as exc:
@@ -164,7 +145,7 @@ class LoadedModel:
             version=self.version,
             available_versions=available_versions,
             served_versions=served_versions or [self.version],
-            platform=f"tensorflow_savedmodel (TensorFlow {tf.__version__})",
+            platform=f"{self.loaded.platform} ({self.loaded.framework})",
             signature_name=SIGNATURE,
             inputs=[s.to_proto() for s in self.inputs.values()],
             outputs=[s.to_proto() for s in self.outputs.values()],
@@ -189,136 +170,41 @@ class LoadedModel:
         self.batcher.close(drain=drain)
 
 
-def load_model(name: str, version: int, path: Path, device: str, defaults: BatchingConfig) -> LoadedModel:
-    """Load a SavedModel version, introspect its serving signature and warm it up."""
+def load_model(
+    name: str, version: int, path: Path, device: str, defaults: BatchingConfig, backend: ModelBackend | None = None
+) -> LoadedModel:
+    """Load a version with its backend (the one whose files it holds, unless given) and warm it up."""
     started = time.monotonic()
-    with tf.device(device):
-        loaded = tf.saved_model.load(str(path))
-    if SIGNATURE not in loaded.signatures:
-        raise ValueError(f"{path}: no '{SIGNATURE}' signature (found {sorted(loaded.signatures)})")
-    signature = loaded.signatures[SIGNATURE]
-    _, input_specs = signature.structured_input_signature
-    inputs = {k: _info(k, s) for k, s in sorted(input_specs.items())}
-    outputs = {k: _info(k, s) for k, s in sorted(signature.structured_outputs.items())}
+    backend = backend or backend_for(path)
+    if backend is None:
+        raise ValueError(f"{path}: no model files: expected {known_formats()}")
+    loaded = backend.load(path, device)
     config = serving_config(path.parent)
     model = LoadedModel(
         name=name,
         version=version,
         path=path,
-        inputs=inputs,
-        outputs=outputs,
         labels=_read_labels(path),
         device=device,
         batching=_batching_for(config, defaults),
-        file_outputs=parse_file_outputs(config.get("file_outputs"), outputs, str(path.parent / SERVING_CONFIG)),
-        signature=signature,
-        saved_model=loaded,
+        backend=backend,
+        loaded=loaded,
+        file_outputs=parse_file_outputs(config.get("file_outputs"), loaded.outputs, str(path.parent / SERVING_CONFIG)),
     )
     try:
-        model.call = flat_caller(signature, inputs, model.call)
         warmed = model.warm_up()
     except BaseException:
         model.close(drain=False)  # its Batcher's thread would otherwise keep the model alive
         raise
     model.load_seconds = time.monotonic() - started
     log.info(
-        "loaded model %s version %d in %.2fs (%d warm-up records): inputs %s, outputs %s, %d labels",
-        name, version, model.load_seconds, warmed,
-        {k: v.describe() for k, v in inputs.items()},
-        {k: v.describe() for k, v in outputs.items()},
+        "loaded model %s version %d (%s) in %.2fs (%d warm-up records): inputs %s, outputs %s, %d labels",
+        name, version, loaded.platform, model.load_seconds, warmed,
+        {k: v.describe() for k, v in loaded.inputs.items()},
+        {k: v.describe() for k, v in loaded.outputs.items()},
         len(model.labels),
     )
     return model
-
-
-def flat_caller(
-    signature: object, inputs: dict[str, TensorInfo], public: Callable[[dict[str, tf.Tensor]], Mapping[str, tf.Tensor]]
-) -> Callable[[dict[str, tf.Tensor]], Mapping[str, tf.Tensor]]:
-    """The signature's function called with its flat argument list, else `public`.
-
-    Calling a loaded signature binds and checks its keyword arguments against
-    the function type on every call, which for a small model is about a third
-    of the call (0.2 ms of 0.6 ms for the digits model at batch 1). The flat
-    call skips that, as TF Serving's C++ does: our own validation has already
-    checked names, dtypes and shapes. It goes through TensorFlow internals
-    (`_inference_function.call_flat`), so it is used only when they exist and
-    give the same outputs as the public call on random inputs at load time.
-    """
-    try:
-        function = signature._inference_function  # type: ignore[attr-defined]
-        captured = list(signature.captured_inputs)  # type: ignore[attr-defined]
-        structure = signature.structured_outputs  # type: ignore[attr-defined]
-        # The order TensorFlow's own keyword call flattens to (sorted names, where it says nothing).
-        names = list(getattr(signature, "_arg_keywords", None) or sorted(inputs))
-        if sorted(names) != sorted(inputs):
-            raise ValueError(f"signature keywords {names} differ from its inputs {sorted(inputs)}")
-
-        def call(tensors: dict[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
-            flat = function.call_flat(*[tensors[name] for name in names], *captured)
-            return tf.nest.pack_sequence_as(structure, flat, expand_composites=True)
-
-        rng = np.random.default_rng(0)
-        sample = {
-            name: tf.convert_to_tensor(_random_rows(rng, spec, 2))
-            for name, spec in inputs.items()
-        }
-        want, got = public(sample), call(sample)
-        if set(want) == set(got) and all(np.array_equal(want[k].numpy(), got[k].numpy()) for k in want):
-            return call
-        log.warning("flat signature call gives other outputs than the public call; using the public call")
-    except Exception as exc:  # other TensorFlow versions, other signatures
-        log.info("flat signature call unavailable (%s: %s); using the public call", type(exc).__name__, exc)
-    return public
-
-
-def warmup_records(path: Path) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """(record number, inputs) of each predict request in a TF Serving warm-up file, read one at a time.
-
-    The file is a TFRecord of PredictionLog. No file: nothing. Classify,
-    regress and other logs are skipped (only Predict is served); a record
-    that cannot be read fails the load, as in TF Serving.
-    """
-    if not path.is_file():
-        return
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    try:
-        for index, raw in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
-            if index >= MAX_WARMUP_RECORDS:
-                raise ValueError(f"more than {MAX_WARMUP_RECORDS} records")
-            entry = prediction_log_pb2.PredictionLog.FromString(raw)
-            if entry.WhichOneof("log_type") != "predict_log":
-                log.warning("%s: record %d is a %s, skipped: only predict logs are replayed",
-                            path, index, entry.WhichOneof("log_type"))
-                continue
-            try:
-                inputs = {
-                    key: tensor_array(key, tensor, MAX_WARMUP_BYTES, "the warm-up limit")
-                    for key, tensor in entry.predict_log.request.inputs.items()
-                }
-            except InvalidArgument as exc:
-                raise ValueError(f"record {index}: {exc.message}") from None
-            yield index, inputs
-    except (ValueError, DecodeError, tf.errors.OpError) as exc:
-        reason = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
-        raise ValueError(f"{path}: cannot read the warm-up records: {reason}") from None
-
-
-def _random_rows(rng: np.random.Generator, spec: TensorInfo, rows: int) -> np.ndarray:
-    shape = (rows, *[max(d, 1) for d in spec.shape[1:]])
-    if spec.dtype.kind == "f":
-        return rng.random(shape).astype(spec.dtype)
-    if spec.dtype.kind in "iu":
-        return rng.integers(0, 2, shape).astype(spec.dtype)
-    if spec.dtype.kind == "b":
-        return rng.random(shape) < 0.5
-    return np.full(shape, b"", dtype=object)
-
-
-def _info(name: str, spec: tf.TensorSpec) -> TensorInfo:
-    shape = tuple(-1 if d is None else int(d) for d in spec.shape.as_list())
-    dtype = np.dtype(object) if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype)
-    return TensorInfo(name, dtype, shape)
 
 
 def _read_labels(path: Path) -> list[str]:

@@ -1,7 +1,7 @@
-"""The model repository: MODEL_DIR/<name>/<version>/ SavedModels (TF-Serving layout).
+"""The model repository: MODEL_DIR/<name>/<version>/ folders (TF-Serving layout), in any known format.
 
-Every model directory's highest numeric version that holds a `saved_model.pb`
-is loaded and served, or the versions its `serving.json` "version_policy"
+Every model directory's highest numeric version that holds a format's files
+(`saved_model.pb`, `model.keras`: `server.models.backends`) is loaded and served, or the versions its `serving.json` "version_policy"
 names (`version_policy()`: the latest N, all, or specific ones, as in TF
 Serving and Triton). Other entries (sample files, `labels.txt`) are ignored.
 
@@ -30,29 +30,30 @@ from typing import Callable, Iterable, NamedTuple
 
 from server.batching import BatchingConfig
 from server.errors import InvalidArgument, NotFound, Unavailable
+from server.models.backends import backend_for, known_formats
 from server.models.model import LoadedModel, load_model, serving_config
 
 log = logging.getLogger(__name__)
 
 
 def find_versions(model_dir: Path) -> dict[str, list[int]]:
-    """Model name -> available versions, newest first. A numbered version folder without a
-    saved_model.pb (a format the server does not know, or files still being copied) is logged once."""
+    """Model name -> available versions, newest first. A numbered version folder without the files
+    of a known format (another format, or files still being copied) is logged once."""
     found: dict[str, list[int]] = {}
     if not model_dir.is_dir():
         return found
     for model_root in sorted(p for p in model_dir.iterdir() if p.is_dir()):
         try:
             numbered = [v for v in model_root.iterdir() if v.is_dir() and v.name.isascii() and v.name.isdigit()]
-            versions = [int(v.name) for v in numbered if (v / "saved_model.pb").is_file()]
+            versions = [int(v.name) for v in numbered if backend_for(v) is not None]
             unknown = [v for v in numbered if int(v.name) not in versions]
         except OSError:  # removed while listed, or unreadable: not a model now
             continue
         for folder in unknown:
             if folder not in _LOGGED_UNKNOWN:
                 _LOGGED_UNKNOWN.add(folder)
-                log.warning("%s: no saved_model.pb, so not a version the server can load (a TensorFlow "
-                            "SavedModel is expected); skipped", folder)
+                log.warning("%s: no saved_model.pb or model.keras, so not a version the server can load "
+                            "(expected %s); skipped", folder, known_formats())
         if versions:
             found[model_root.name] = sorted(versions, reverse=True)
     return found
@@ -174,7 +175,7 @@ class ModelRepository:
         self.versions = find_versions(self.model_dir)
         if not self.versions:
             raise RuntimeError(
-                f"no models in {self.model_dir.resolve()}: expected <name>/<version>/saved_model.pb"
+                f"no models in {self.model_dir.resolve()}: expected <name>/<version>/ holding {known_formats()}"
             )
         failures = []
         for name, versions in self.versions.items():

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from server.storage.memory import release_freed_memory
+from server.memory import release_freed_memory
 from server.storage.store import StreamDigest
 
 if TYPE_CHECKING:

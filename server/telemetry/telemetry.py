@@ -22,11 +22,11 @@ import grpc
 
 from server.config import Settings
 from server.telemetry.accesslog import AccessLog
-from server.telemetry.auth import Authenticator, AuthInterceptor, load_api_keys
+from server.security.auth import Authenticator, AuthInterceptor, load_api_keys
 from server.telemetry.batches import BatchTelemetry
 from server.telemetry.interceptor import CallTelemetryInterceptor
 from server.telemetry.metrics import Metrics, MetricsServer, ServedModel
-from server.telemetry.ratelimit import RateLimiter
+from server.security.ratelimit import RateLimiter
 from server.telemetry.tracing import Tracing
 
 log = logging.getLogger("server.telemetry")

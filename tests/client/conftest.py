@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fake_serving import FakeServer, start_fake_server
+from tests.support.fake_serving import FakeServer, start_fake_server
 
 
 @pytest.fixture

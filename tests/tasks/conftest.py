@@ -10,7 +10,7 @@ from server.tasks.memory import MemoryTaskStore
 from server.tasks.redis_client import connect
 from server.tasks.redis_store import RedisTaskStore
 from server.tasks.store import TaskStore
-from tests.tasks.redis_servers import RedisClusterServers, RedisServer
+from tests.support.redis_servers import RedisClusterServers, RedisServer
 
 TTL_S = 3600.0
 

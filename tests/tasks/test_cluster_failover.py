@@ -13,9 +13,9 @@ from server.tasks import status
 from server.tasks.redis_client import connect
 from server.tasks.redis_store import CREATED, RedisTaskStore
 from serving.v1 import task_pb2
-from tests.servers import wait_for
-from tests.tasks.redis_servers import RedisClusterServers
-from tests.tasks.test_task_store import list_all, make
+from tests.support.servers import wait_for
+from tests.support.redis_servers import RedisClusterServers
+from tests.tasks.test_store import list_all, make
 
 TASKS = 30
 

@@ -1,0 +1,213 @@
+"""The one typed settings object.
+
+Values come from, highest priority first: command-line flags, environment
+variables, the file given with `--config` (KEY=VALUE lines, like `.env`), a
+`.env` file in the working directory, and the defaults below. `Settings` is
+built once in `server.app` and passed down; nothing reads the environment
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Annotated, Any, Sequence
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every setting of the server; environment variable = field name in capitals."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Listening
+    grpc_server_address: str = "0.0.0.0:50051"
+    grpc_max_workers: int = Field(128, ge=1, description="threads for RPCs whose work blocks (tasks, uploads, streams)")
+    max_message_bytes: int = Field(64 * MiB, ge=1024)
+    grace_period_seconds: float = Field(10.0, ge=0, description="drain time on SIGTERM")
+    server_processes: int = Field(
+        1, ge=1, le=256,
+        description="server processes sharing the ports (SO_REUSEPORT), each with its own event loop and models",
+    )
+    server_process_index: int = Field(-1, ge=-1, description="set by the parent of SERVER_PROCESSES > 1; -1: alone")
+    reflection: bool = True
+    tfserving_grpc: bool = Field(True, description="also serve TensorFlow Serving's gRPC PredictionService and ModelService")
+    inference_v2: bool = Field(
+        True, description="also serve the Open Inference Protocol (KServe V2, Triton): gRPC, and REST under /v2 on the shim"
+    )
+
+    # Models
+    model_dir: Path = Path("./models")
+    model_poll_seconds: float = Field(0.0, ge=0, description="look for new model versions this often; 0: never")
+    model_load_strict: bool = Field(
+        False, description="a model that fails to load at start-up stops the start (else the others serve)"
+    )
+    default_top_k: int = Field(3, ge=0)
+    tf_intra_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")
+    tf_inter_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")
+
+    # Batching (defaults for every model; models/<name>/serving.json overrides them)
+    max_batch_size: int = Field(512, ge=1)
+    max_batch_delay_ms: float = Field(0.0, ge=0)
+    allowed_batch_sizes: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    max_queue_size: int = Field(1024, ge=1, description="queued requests per model")
+
+    # Used by later parts of the server; named here so every setting has one home.
+    http_server_address: str = "0.0.0.0:8080"
+    http_max_workers: int = Field(128, ge=1, description="threads running HTTP shim calls")
+    max_http_body_bytes: int = Field(0, ge=0, description="largest HTTP body or NDJSON line; 0: MAX_MESSAGE_BYTES")
+    tfserving_rest_address: str = Field("", description="TensorFlow Serving's REST API here (e.g. 0.0.0.0:8501); empty: off")
+    redis_address: str = ""
+    redis_cluster_mode: bool = False
+    redis_tls_ca_file: Path | None = Field(None, description="CA certificates (PEM) for a rediss:// address")
+    redis_key_duration: float = Field(12 * 3600.0, gt=0, description="seconds; also 90s, 15m, 12h, 1d")
+    redis_timeout_seconds: float = Field(
+        2.0, ge=1.0, description="longest wait for a Redis connect or answer; a hung Redis is UNAVAILABLE after it"
+    )
+    aws_region: str = ""
+    aws_bucket: str = ""
+    aws_s3_use_accelerate: bool = False
+    s3_endpoint_url: str = ""
+
+    # Object storage (server/storage): S3 when AWS_BUCKET is set, else UPLOAD_DIR.
+    # Credentials come from boto3's own chain (AWS_ACCESS_KEY_ID, ~/.aws, roles).
+    s3_key_prefix: str = Field("", description="prefix of every generated object key")
+    s3_max_attempts: int = Field(3, ge=1, description="attempts per S3 call (standard retry mode)")
+    s3_connect_timeout_seconds: float = Field(2.0, gt=0, description="longest wait for a connection to S3")
+    s3_read_timeout_seconds: float = Field(
+        5.0, gt=0, description="longest wait for S3 to answer; a hung store fails a call after S3_MAX_ATTEMPTS of these"
+    )
+    upload_dir: Path = Field(Path("./data/uploads"), description="local object store without AWS_BUCKET")
+    upload_fsync: bool = Field(False, description="fsync local objects before they become visible")
+    upload_part_size: int = Field(8 * MiB, ge=5 * MiB, description="S3 multipart part size")
+    max_upload_bytes: int = Field(5 * 1024 * MiB, ge=1, description="largest object accepted")
+    presign_expiry_seconds: int = Field(0, ge=0, le=7 * 24 * 3600, description="0: no presigned URLs")
+    public_base_url: str = Field("", description="prefix of local file URLs (/files/<key>)")
+
+    # Tasks and async predictions (server/tasks)
+    task_workers: int = Field(2, ge=0, description="queue worker threads per process; 0: none")
+    task_visibility_timeout: float = Field(30.0, gt=0, description="seconds before another worker claims an entry")
+    task_max_time_in_queue_seconds: int = Field(0, ge=0, description="default queue limit; 0: none")
+    record_predictions: bool = False
+    webhook_secret: str = ""
+    webhook_max_attempts: int = Field(5, ge=1)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_allow_private: bool = False
+    webhook_workers: int = Field(4, ge=1, description="threads delivering webhooks")
+
+    # Security (server/telemetry): API keys, rate limit, TLS
+    api_keys: SecretStr = Field(SecretStr(""), description="name:key pairs, comma-separated")
+    api_keys_file: Path | None = Field(None, description="lines name:key or name:sha256:<hex>")
+    auth_exempt_reflection: bool = True
+    rate_limit_per_second: float = Field(0.0, ge=0, description="per API key; 0: no limit")
+    rate_limit_burst: int = Field(0, ge=0, description="0: one second's worth (at least 1)")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(None, description="require client certificates (mTLS)")
+    health_server_address: str = Field("", description="plaintext port serving only grpc.health.v1")
+
+    # Telemetry (server/telemetry): access log, metrics, tracing
+    access_log_path: str = Field("logs/access.log", description="empty: no access log")
+    access_log_max_bytes: int = Field(100 * MiB, ge=1024)
+    access_log_backup_count: int = Field(5, ge=0)
+    metrics_address: str = Field("0.0.0.0:9090", description="metrics port without the HTTP shim; empty: none")
+    otel_service_name: str = "tf-grpc-serving"
+    otel_exporter_otlp_endpoint: str = Field("", description="OTLP/gRPC collector; empty: spans are not exported")
+    # Server spans cost about 0.2 ms of GIL time per call, so they are made only
+    # when they go somewhere: None = on exactly when an OTLP endpoint is set.
+    tracing_enabled: bool | None = None
+
+    log_level: str = "INFO"
+
+    @field_validator("redis_key_duration", "task_visibility_timeout", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "redis_tls_ca_file",
+                     mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("allowed_batch_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [int(v) for v in value.replace(" ", "").split(",") if v]
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        return self
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> Settings:
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if sizes != sorted(set(sizes)) or sizes[0] < 1:
+                raise ValueError("allowed_batch_sizes must be increasing positive integers")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError(
+                    f"the largest allowed_batch_sizes ({sizes[-1]}) must equal "
+                    f"max_batch_size ({self.max_batch_size})"
+                )
+        return self
+
+
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90s`, `15m`, `12h`, `1d`, `250ms` or a bare number of seconds."""
+    value = text.strip().lower()
+    unit = next((u for u in sorted(DURATION_UNITS, key=len, reverse=True) if value.endswith(u)), "")
+    number = value[: len(value) - len(unit)] if unit else value
+    try:
+        return float(number) * DURATION_UNITS.get(unit, 1.0)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (expected e.g. 90s, 15m, 12h, 1d)") from None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line flags of `python -m server [worker]`."""
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n")[0])
+    parser.add_argument("mode", nargs="?", default="serve", choices=["serve", "worker"],
+                        help="serve: the API; worker: only queue workers (plus gRPC health)")
+    parser.add_argument("--config", type=Path, help="KEY=VALUE settings file (like .env)")
+    parser.add_argument("--port", type=int, help="gRPC port (host from GRPC_SERVER_ADDRESS)")
+    parser.add_argument("--model-dir", type=Path, help="model repository (MODEL_DIR)")
+    parser.add_argument("--max-batch-size", type=int)
+    parser.add_argument("--max-batch-delay-ms", type=float)
+    parser.add_argument("--log-level")
+    parser.add_argument("--processes", type=int, help="server processes sharing the ports (SERVER_PROCESSES)")
+    return parser.parse_args(argv)
+
+
+def load_settings(args: argparse.Namespace | None = None, **overrides: Any) -> Settings:
+    """Build the settings from flags, environment, `--config` file and `.env`."""
+    args = args or parse_args([])
+    if args.config is not None and not args.config.is_file():
+        raise SystemExit(f"--config: no such file: {args.config}")
+    env_files = (".env", str(args.config)) if args.config else (".env",)
+    flags = {
+        "model_dir": args.model_dir,
+        "max_batch_size": args.max_batch_size,
+        "max_batch_delay_ms": args.max_batch_delay_ms,
+        "log_level": args.log_level,
+        "server_processes": getattr(args, "processes", None),
+    }
+    values = {k: v for k, v in flags.items() if v is not None} | overrides
+    settings = Settings(_env_file=env_files, **values)
+    if args.port is not None:
+        host = settings.grpc_server_address.rsplit(":", 1)[0]
+        settings = settings.model_copy(update={"grpc_server_address": f"{host}:{args.port}"})
+    return settings

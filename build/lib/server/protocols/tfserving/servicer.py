@@ -1,0 +1,138 @@
+"""TensorFlow Serving's gRPC API on the server's own port, so its clients work unchanged.
+
+`tensorflow.serving.PredictionService`: Predict and GetModelMetadata
+(`signature_def`); `tensorflow.serving.ModelService`: GetModelStatus. The
+messages are the `tensorflow-serving-api` package's; tensors are TensorFlow's
+`TensorProto`, read with `tf.make_ndarray` and written with
+`tf.make_tensor_proto` (`tensor_content` bytes for numbers). A Predict runs
+through the same Predictor and Batcher as `serving.v1.PredictService/Predict`,
+with the same interceptors and error table. A `version_label` is resolved
+through the model's serving.json "version_labels". Classify, Regress,
+MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import grpc
+import tensorflow as tf
+from tensorflow.core.framework import tensor_shape_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from server.errors import InvalidArgument, Unimplemented
+from server.models.model import SIGNATURE, LoadedModel, TensorInfo
+from server.protocols.tfserving.tensor_proto import tensor_array, tf_dtype_of
+from server.models.repository import ModelRepository
+from server.predictor import Predictor
+from server.protocols.deadlines import deadline_of
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+# The package's *_pb2_grpc modules do not import the files that define the services; reflection
+# finds a service only once its file is in the descriptor pool.
+SERVICE_FILES = (prediction_service_pb2.DESCRIPTOR, model_service_pb2.DESCRIPTOR)
+
+
+class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata of TensorFlow Serving's PredictionService."""
+
+    def __init__(self, predictor: Predictor, repository: ModelRepository, max_tensor_bytes: int) -> None:
+        self.predictor = predictor
+        self.repository = repository
+        self.max_tensor_bytes = max_tensor_bytes  # a TensorProto may not expand past this (MAX_MESSAGE_BYTES)
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+        model = self.repository.get(*model_of(request.model_spec, self.repository))
+        unknown = sorted(set(request.inputs) - set(model.inputs))
+        if unknown:  # before anything is decoded
+            takes = ", ".join(f"'{n}'" for n in model.inputs)
+            raise InvalidArgument(f"inputs: unknown input '{unknown[0]}'; model '{model.name}' takes {takes}")
+        arrays, budget = {}, self.max_tensor_bytes  # one budget for all the inputs of a request
+        for key, tensor in request.inputs.items():
+            arrays[key] = tensor_array(key, tensor, budget)
+            budget -= arrays[key].nbytes
+        outputs = await self.predictor.infer_arrays(model, arrays, deadline_of(context), list(request.output_filter))
+        response = predict_pb2.PredictResponse(model_spec=spec_of(model))
+        for key, array in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(array))
+        return response
+
+    def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        name, version = model_of(request.model_spec, self.repository)
+        model = self.repository.get(name, version)
+        fields = list(request.metadata_field)
+        if set(fields) != {"signature_def"}:
+            raise InvalidArgument(f"metadata_field: only 'signature_def' is served; got {fields or 'none'}")
+        signature = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+        for key, spec in model.inputs.items():
+            signature.inputs[key].CopyFrom(tensor_info(spec))
+        for key, spec in model.outputs.items():
+            signature.outputs[key].CopyFrom(tensor_info(spec))
+        response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=spec_of(model))
+        response.metadata["signature_def"].Pack(get_model_metadata_pb2.SignatureDefMap(signature_def={SIGNATURE: signature}))
+        return response
+
+    def Classify(self, request: object, context: grpc.ServicerContext) -> None:
+        raise Unimplemented("Classify is not supported; use Predict")
+
+    def Regress(self, request: object, context: grpc.ServicerContext) -> None:
+        raise Unimplemented("Regress is not supported; use Predict")
+
+    def MultiInference(self, request: object, context: grpc.ServicerContext) -> None:
+        raise Unimplemented("MultiInference is not supported; use Predict")
+
+
+class TFServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus of TensorFlow Serving's ModelService: the served versions, AVAILABLE."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+
+    def HandleReloadConfigRequest(self, request: object, context: grpc.ServicerContext) -> None:
+        raise Unimplemented("model config reloads are not supported; versions under MODEL_DIR are picked up "
+                            "with MODEL_POLL_SECONDS")
+
+    def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        name, version = model_of(request.model_spec, self.repository)
+        models = [self.repository.get(name, version)] if version else self.repository.served(name)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for model in models:
+            response.model_version_status.add(
+                version=model.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            )
+        return response
+
+
+def model_of(spec: model_pb2.ModelSpec, repository: ModelRepository) -> tuple[str, int]:
+    """(name, version or 0 for the newest served) of a ModelSpec, a version label resolved through the
+    model's serving.json "version_labels"; only the serving signature is served."""
+    if spec.signature_name not in ("", SIGNATURE):
+        raise InvalidArgument(f"model_spec.signature_name: only '{SIGNATURE}' is served, not '{spec.signature_name}'")
+    if not spec.name:
+        raise InvalidArgument("model_spec.name: required")
+    if spec.HasField("version_label"):
+        return spec.name, repository.version_of_label(spec.name, spec.version_label)
+    return spec.name, spec.version.value if spec.HasField("version") else 0
+
+
+def spec_of(model: LoadedModel) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=model.name, signature_name=SIGNATURE)
+    spec.version.value = model.version
+    return spec
+
+
+def tensor_info(spec: TensorInfo) -> meta_graph_pb2.TensorInfo:
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in spec.shape])
+    return meta_graph_pb2.TensorInfo(name=spec.name, dtype=tf_dtype_of(spec.dtype), tensor_shape=shape)

@@ -1,0 +1,92 @@
+"""Keras 3 native models (`<version>/model.keras`), loaded with `keras.saving.load_model`.
+
+The model is called on the TensorFlow backend inside one `tf.function` whose
+input signature has a free batch dimension, so every batch size runs the same
+traced graph, as a SavedModel's signature does. Inputs are the model's
+`keras.Input`s by name. Outputs are named as the model returns them: the keys
+of a dict output, else `output_0`, `output_1`, ... (the names Keras gives a
+SavedModel export). A model without declared inputs (a subclassed model that
+was never built on `keras.Input`s) cannot be described before a call, so it
+is refused at load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from server.models.backend import BackendModel, ModelBackend, TensorInfo
+
+MODEL_FILE = "model.keras"
+PLATFORM = "keras"
+
+
+class KerasBackend(ModelBackend):
+    platform = PLATFORM
+
+    def detect(self, version_dir: Path) -> bool:
+        return (version_dir / MODEL_FILE).is_file()
+
+    def describe(self) -> str:
+        return f"a Keras 3 model ({MODEL_FILE})"
+
+    def load(self, version_dir: Path, device: str) -> BackendModel:
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(f"{version_dir / MODEL_FILE}: Keras runs on {keras.backend.backend()!r}; "
+                             "the server serves Keras models on its TensorFlow backend (KERAS_BACKEND=tensorflow)")
+        with tf.device(device):
+            model = keras.saving.load_model(version_dir / MODEL_FILE, compile=False)
+        declared = list(getattr(model, "inputs", None) or [])
+        if not declared:
+            raise ValueError(f"{version_dir / MODEL_FILE}: the model declares no inputs (a subclassed model "
+                             "not built on keras.Input); save a functional or Sequential model")
+        inputs = {spec.name: spec for spec in (_info(t.name, t.dtype, t.shape) for t in declared)}
+        if len(inputs) != len(declared):
+            raise ValueError(f"{version_dir / MODEL_FILE}: two inputs share a name: {[t.name for t in declared]}")
+        single = declared[0].name if len(declared) == 1 else None
+        signature = {name: tf.TensorSpec(_tf_shape(spec), _tf_dtype(spec), name) for name, spec in inputs.items()}
+
+        @tf.function(input_signature=[signature], reduce_retracing=True)
+        def serve(tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            return _named(model(tensors[single] if single else tensors, training=False))
+
+        outputs = {
+            name: _info(name, spec.dtype, spec.shape)
+            for name, spec in sorted(serve.get_concrete_function().structured_outputs.items())
+        }
+
+        def run_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            with tf.device(device):
+                result = serve({k: tf.convert_to_tensor(v) for k, v in batch.items()})
+            return {k: v.numpy() for k, v in result.items()}
+
+        return BackendModel(dict(sorted(inputs.items())), outputs, run_batch, PLATFORM,
+                            f"Keras {keras.__version__} on TensorFlow {tf.__version__}", handle=model)
+
+
+def _named(result: Any) -> dict[str, tf.Tensor]:
+    if isinstance(result, Mapping):
+        return {str(k): v for k, v in result.items()}
+    if isinstance(result, Sequence) and not isinstance(result, (str, bytes)):
+        return {f"output_{i}": v for i, v in enumerate(result)}
+    return {"output_0": result}
+
+
+def _info(name: str, dtype: Any, shape: Any) -> TensorInfo:
+    tf_dtype = tf.as_dtype(dtype)
+    numpy_dtype = np.dtype(object) if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype)
+    dims = shape.as_list() if isinstance(shape, tf.TensorShape) else list(shape)
+    return TensorInfo(name, numpy_dtype, tuple(-1 if d is None else int(d) for d in dims))
+
+
+def _tf_shape(spec: TensorInfo) -> list[int | None]:
+    return [None if d == -1 else d for d in spec.shape]
+
+
+def _tf_dtype(spec: TensorInfo) -> tf.DType:
+    return tf.string if spec.dtype == object else tf.as_dtype(spec.dtype)

@@ -1,0 +1,1 @@
+"""Who may call: API-key authentication, the per-key rate limit, and TLS."""

@@ -1,0 +1,1 @@
+"""Tests of server/models/backends: one folder per model format."""

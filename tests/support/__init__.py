@@ -1,0 +1,1 @@
+"""What tests start and share: real servers (the server, redis-server, moto, webhook receivers) on free loopback ports, fakes, fixtures."""
