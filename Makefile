@@ -7,7 +7,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 PROTOS := $(wildcard protos/serving/v1/*.proto protos/inference/*.proto)
 
-.PHONY: setup run test lint generate check-generated check-deploy model bench clean
+.PHONY: setup run test test-unit lint generate check-generated check-deploy model bench clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ model: setup
 
 test: setup lint check-generated check-deploy
 	$(PY) -m pytest -q
+
+# The fast lane: tests that start no process, server or listening socket (about half a minute).
+test-unit: setup
+	$(PY) -m pytest -q -m "not integration and not slow"
 
 # The serving benchmark (h2load from Debian's nghttp2-client drives the load): prints the table for
 # docs/benchmarks.md and writes docs/bench-digits.png.

@@ -1,9 +1,19 @@
-"""Shared fixtures: the real demo model, a real server subprocess, an in-process App."""
+"""Shared fixtures: the real demo model, a real server subprocess, an in-process App; the test lanes.
+
+A test that starts a process, listens on a port or starts a gRPC server is an integration test and
+says so (`pytestmark = pytest.mark.integration` in its module, or the mark on the test); `make
+test-unit` runs the others. The guard below fails an unmarked test that starts one, so the fast
+lane stays fast and the marks stay true.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+from unittest import mock
 
 import grpc
 import numpy as np
@@ -16,6 +26,41 @@ from tests.support.servers import MODEL_DIR, ServerProcess
 pytest_plugins = ["tests.support.http_fixtures", "tests.support.s3_fixtures", "tests.support.telemetry_fixtures"]
 
 DIGITS = MODEL_DIR / "digits" / "1"
+
+
+@contextlib.contextmanager
+def _no_servers(item: pytest.Item) -> Iterator[None]:
+    """Outside `integration`, starting a process, listening on a port or making a gRPC server fails
+    (in the test and in every fixture it sets up, session-scoped ones included)."""
+    if item.get_closest_marker("integration"):
+        yield
+        return
+
+    def refuse(what: str) -> Any:
+        def refused(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"{item.nodeid} {what}: mark it, or its module, pytest.mark.integration")
+
+        return refused
+
+    with (
+        mock.patch.object(subprocess.Popen, "__init__", refuse("starts a process")),
+        mock.patch.object(socket.socket, "listen", refuse("listens on a port")),
+        mock.patch.object(grpc, "server", refuse("starts a gRPC server")),
+        mock.patch.object(grpc.aio, "server", refuse("starts a gRPC server")),
+    ):
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _no_servers(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _no_servers(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

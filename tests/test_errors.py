@@ -14,6 +14,8 @@ from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2_grpc, tensor_pb
 from tests.conftest import digits_rows
 from tests.support.servers import wait_for
 
+pytestmark = pytest.mark.integration
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 

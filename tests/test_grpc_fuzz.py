@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from tests.support.servers import ServerProcess, health_status
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXAMPLES_PER_METHOD = 100  # 35 methods: 3,500 calls in all
 SERVER_ERRORS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}

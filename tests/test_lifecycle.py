@@ -16,6 +16,8 @@ from serving.v1 import predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import ServerProcess, health_status, wait_for
 
+pytestmark = pytest.mark.integration
+
 
 def request(x: np.ndarray) -> predict_pb2.PredictRequest:
     return predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=from_numpy(x))})

@@ -18,7 +18,7 @@ from tests.support.servers import ServerProcess, wait_for
 from tests.support.redis_servers import RedisServer
 from tests.test_lifecycle import request, sigterm_under_load
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 @pytest.fixture(scope="module")

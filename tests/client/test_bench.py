@@ -31,6 +31,8 @@ from serving.v1 import (
 )
 from tests.support.certs import CertificateAuthority
 
+pytestmark = pytest.mark.integration
+
 IMAGE = {"image": np.zeros((1, 4), np.float32)}
 
 

@@ -14,6 +14,8 @@ from client.formatting import models_table, prediction_text, response_json, tabl
 from client.results import ClassScore, PredictResult
 from wire.codec import to_numpy
 
+pytestmark = pytest.mark.integration
+
 
 def test_global_options_before_or_after_command() -> None:
     before = build_parser().parse_args(["--target", "h:1", "--timeout", "2", "models", "--json"])

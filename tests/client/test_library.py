@@ -10,6 +10,8 @@ from tests.support.fake_serving import FakeServer, fake_scores
 from client import Client, ClientError
 from wire.codec import to_numpy
 
+pytestmark = pytest.mark.integration
+
 
 def test_predict_sends_raw_tensor_and_metadata(fake_server: FakeServer) -> None:
     image = np.arange(8, dtype=np.float32).reshape(2, 4)

@@ -15,6 +15,8 @@ from tests.conftest import digits_rows
 from tests.support.http_fixtures import Served
 from tests.support.servers import MODEL_DIR, wait_for
 
+pytestmark = pytest.mark.integration
+
 SAMPLES = MODEL_DIR / "digits" / "samples"
 
 

@@ -11,6 +11,8 @@ import requests
 from tests.support.http_fixtures import SCRIPTED_BODY_LIMIT, Scripted
 from tests.support.servers import wait_for
 
+pytestmark = pytest.mark.integration
+
 # The table (grpc-gateway's): gRPC code -> HTTP status.
 STATUSES = {
     "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400,

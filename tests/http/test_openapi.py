@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -24,6 +25,8 @@ from server.http.openapi import openapi_document
 from server.http.routes import build_routes
 from tests.support.http_fixtures import Served
 from tests.http.test_routes import API_SERVICES
+
+pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 20
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

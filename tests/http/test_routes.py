@@ -19,6 +19,8 @@ from server.http.templates import TemplateError, compile_template
 from server.interceptors import ErrorInterceptor
 from serving.v1 import predict_pb2, stream_pb2, task_pb2, upload_pb2
 
+pytestmark = pytest.mark.integration
+
 API_FILES = (predict_pb2, stream_pb2, task_pb2, upload_pb2)
 API_SERVICES = [s.full_name for f in API_FILES for s in f.DESCRIPTOR.services_by_name.values()]
 

@@ -9,11 +9,14 @@ import socket
 import tracemalloc
 from typing import Callable, Iterator
 
+import pytest
 import requests
 
 from server.http.multipart import UPLOAD_CHUNK
 from tests.support.http_fixtures import SCRIPTED_BODY_LIMIT, Scripted
 from tests.support.servers import wait_for
+
+pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
 BOUNDARY = "gateway-test-boundary"

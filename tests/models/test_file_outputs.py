@@ -21,6 +21,8 @@ from server.models.backend import TensorInfo
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2, task_pb2_grpc, tensor_pb2
 from tests.support.servers import MODEL_DIR, wait_for
 
+pytestmark = pytest.mark.integration
+
 DECODER = MODEL_DIR / "digits_decoder" / "1"
 
 

@@ -20,6 +20,8 @@ from tests.conftest import digits_rows
 from tests.support.servers import health_status
 from tests.models.test_reload import add_version
 
+pytestmark = pytest.mark.integration
+
 
 def save_string_model(path: Path) -> None:
     """A SavedModel whose serving_default takes a string tensor, as tf.Example-based models do."""

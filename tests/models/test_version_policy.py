@@ -19,6 +19,8 @@ from tests.conftest import digits_rows
 from tests.support.servers import wait_for
 from tests.models.test_reload import add_version, call
 
+pytestmark = pytest.mark.integration
+
 FOUND = [3, 2, 1]
 
 

@@ -19,6 +19,8 @@ from server.security.ratelimit import RateLimiter
 from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.support.rpcs import Rpc, api_rpcs, grpc_rpcs
 
+pytestmark = pytest.mark.integration
+
 KEY = "s3cret-key-1"
 AUTH_CASES = [
     pytest.param((), MISSING_KEY, id="missing"),

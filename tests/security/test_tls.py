@@ -18,6 +18,8 @@ from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.support.servers import health_status
 from tests.support.certs import CertificateAuthority
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def pki(tmp_path):

@@ -20,6 +20,8 @@ from server.storage.s3_errors import storage_error
 from server.storage.store import ObjectStore
 from tests.support.servers import free_port, wait_for
 
+pytestmark = pytest.mark.integration
+
 MakeStore = Callable[..., ObjectStore]
 
 

@@ -17,6 +17,8 @@ from tests.support.servers import wait_for
 from tests.support.redis_servers import RedisClusterServers
 from tests.tasks.test_store import list_all, make
 
+pytestmark = pytest.mark.integration
+
 TASKS = 30
 
 

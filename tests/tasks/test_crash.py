@@ -18,7 +18,7 @@ from tests.support.redis_servers import RedisServer
 from tests.support.task_helpers import SECRET, Served, async_request, digits_request, rpc_error, task_settings
 from tests.support.webhook_receiver import WebhookReceiver
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TASKS = 60
 

@@ -13,6 +13,8 @@ from server.tasks.redis_queue import RedisTaskQueue
 from tests.support.servers import free_port
 from tests.support.redis_servers import RedisClusterServers, RedisServer
 
+pytestmark = pytest.mark.integration
+
 
 def open_queue(kind: str, request: pytest.FixtureRequest) -> TaskQueue:
     if kind == "memory":

@@ -18,6 +18,8 @@ from tests.support.redis_servers import RedisServer, redis_tls_supported
 from tests.support.task_helpers import Served, async_request, digits_request, rpc_error, task_settings
 from tests.support.certs import CertificateAuthority
 
+pytestmark = pytest.mark.integration
+
 # Characters that must be percent-encoded in a URL are avoided on purpose: the address is the user's to encode.
 PASSWORD = "pw-" + secrets.token_hex(12)
 

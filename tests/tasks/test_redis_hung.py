@@ -18,6 +18,8 @@ from tests.support.servers import wait_for
 from tests.support.redis_servers import RedisServer
 from tests.support.task_helpers import Served, async_request, digits_request, task_settings
 
+pytestmark = pytest.mark.integration
+
 TIMEOUT_S = 1.0  # REDIS_TIMEOUT_SECONDS here (its smallest value)
 MARGIN_S = 1.5  # what the answer may take beyond it: a connect, gRPC, a loaded CI machine
 

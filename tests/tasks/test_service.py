@@ -22,6 +22,8 @@ from tests.support.redis_servers import RedisClusterServers, RedisServer
 from tests.support.task_helpers import SECRET, Served, async_request, digits_request, rpc_error, task_settings
 from tests.support.webhook_receiver import WebhookReceiver
 
+pytestmark = pytest.mark.integration
+
 S = status
 
 

@@ -16,6 +16,8 @@ from serving.v1 import task_pb2
 from tests.support.servers import wait_for
 from tests.tasks.conftest import TTL_S, open_store
 
+pytestmark = pytest.mark.integration
+
 BASE_S = float(int(time.time()) - 600)  # listing covers tasks created within the record lifetime
 
 

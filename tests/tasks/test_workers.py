@@ -18,6 +18,8 @@ from tests.support.servers import wait_for
 from tests.support.task_helpers import Served, async_request, task_settings
 from tests.support.webhook_receiver import WebhookReceiver
 
+pytestmark = pytest.mark.integration
+
 S = status
 
 

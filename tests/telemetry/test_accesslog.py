@@ -10,11 +10,14 @@ from datetime import datetime, timezone
 
 import grpc
 import numpy as np
+import pytest
 
 from wire.codec import from_numpy
 from server.telemetry.accesslog import AccessLog
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
+
+pytestmark = pytest.mark.integration
 
 PREDICT = "/serving.v1.PredictService/Predict"
 STREAM = "/serving.v1.StreamPredictService/StreamPredict"

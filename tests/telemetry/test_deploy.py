@@ -19,6 +19,8 @@ from server.config import Settings
 from server.security.auth import parse_api_keys, read_api_keys_file
 from tests.support.servers import ROOT, health_status
 
+pytestmark = pytest.mark.integration
+
 K8S = ROOT / "deploy" / "k8s"
 
 

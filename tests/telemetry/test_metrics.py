@@ -12,6 +12,8 @@ from tests.conftest import digits_rows
 from tests.support.servers import wait_for
 from tests.support.rpcs import scrape
 
+pytestmark = pytest.mark.integration
+
 PREDICT = "/serving.v1.PredictService/Predict"
 GET_MODEL = "/serving.v1.PredictService/GetModel"
 

@@ -7,12 +7,15 @@ import signal
 import urllib.request
 
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from wire.codec import from_numpy
 from serving.v1 import predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import ServerProcess, free_port, wait_for
+
+pytestmark = pytest.mark.integration
 
 PREDICT = "/serving.v1.PredictService/Predict"
 CALLS = 6

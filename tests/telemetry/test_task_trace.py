@@ -15,6 +15,8 @@ from tests.support.task_helpers import async_request
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.telemetry.test_tracing import spans_named
 
+pytestmark = pytest.mark.integration
+
 PREDICT_ASYNC = "/serving.v1.PredictService/PredictAsync"
 UPLOAD = "/serving.v1.UploadService/Upload"
 

@@ -18,6 +18,8 @@ from serving.v1 import predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import wait_for
 
+pytestmark = pytest.mark.integration
+
 PREDICT = "/serving.v1.PredictService/Predict"
 INCOMING_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 INCOMING_PARENT = "00f067aa0ba902b7"

@@ -24,6 +24,8 @@ from inference import open_inference_pb2_grpc
 from server.protocols.inference_v2.tensors import DATATYPES
 from tests.support.servers import MODEL_DIR
 
+pytestmark = pytest.mark.integration
+
 EXAMPLES = 150
 SERVER_ERRORS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

@@ -14,6 +14,8 @@ from serving.v1 import model_pb2, predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import MODEL_DIR
 
+pytestmark = pytest.mark.integration
+
 SAMPLES = MODEL_DIR / "digits" / "samples"
 
 

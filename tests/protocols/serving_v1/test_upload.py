@@ -31,6 +31,8 @@ from server.app import App
 from serving.v1 import task_pb2, task_pb2_grpc, upload_pb2, upload_pb2_grpc
 from tests.support.servers import wait_for
 
+pytestmark = pytest.mark.integration
+
 StartApp = Callable[..., App]
 
 

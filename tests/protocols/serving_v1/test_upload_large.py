@@ -14,6 +14,8 @@ from tests.support.s3_servers import MiB, MotoServer, new_bucket
 from client import Client
 from tests.support.servers import ServerProcess
 
+pytestmark = pytest.mark.integration
+
 SIZE = 256 * MiB
 PART = 8 * MiB  # the default UPLOAD_PART_SIZE
 MAX_GROWTH = 64 * MiB

@@ -33,6 +33,8 @@ from serving.v1 import predict_pb2_grpc as serving_predict_pb2_grpc
 from tests.conftest import digits_rows
 from tests.support.servers import MODEL_DIR, wait_for
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def access_log(tmp_path_factory: pytest.TempPathFactory) -> Path:

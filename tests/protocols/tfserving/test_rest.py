@@ -16,6 +16,8 @@ from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.conftest import digits_rows
 from tests.support.servers import MODEL_DIR, wait_for
 
+pytestmark = pytest.mark.integration
+
 KEY = "tfs-test-key"
 
 

@@ -24,6 +24,8 @@ from tests.conftest import digits_rows
 from tests.support.servers import MODEL_DIR
 from wire import codec
 
+pytestmark = pytest.mark.integration
+
 KERAS, SAVED = "digits_keras", "digits"
 
 
