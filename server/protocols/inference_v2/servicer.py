@@ -2,7 +2,7 @@
 
 `inference.GRPCInferenceService` on the gRPC port: ServerLive, ServerReady,
 ModelReady, ServerMetadata, ModelMetadata, ModelInfer, Triton's streaming
-ModelStreamInfer (services/streaming.py: each message batched as it comes,
+ModelStreamInfer (server/protocols/streaming.py: each message batched as it comes,
 answered in completion order, a failed one with its `error_message`) and
 Triton's RepositoryIndex (models are loaded from MODEL_DIR, not through the
 API: load and unload are not served). A ModelInfer runs

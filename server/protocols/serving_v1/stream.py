@@ -1,4 +1,4 @@
-"""StreamPredictService: each streamed message goes through the same Batcher (services/streaming.py)."""
+"""StreamPredictService: each streamed message goes through the same Batcher (server/protocols/streaming.py)."""
 
 from __future__ import annotations
 
