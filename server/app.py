@@ -93,9 +93,11 @@ class App:
             settings.model_dir,
             choose_device(settings.tf_intra_op_threads, settings.tf_inter_op_threads),
             batching,
-            poll_seconds=settings.model_poll_seconds,
+            poll_seconds=settings.model_poll_seconds if settings.model_control_mode == "poll" else 0.0,
             retire_seconds=max(settings.grace_period_seconds, MIN_RETIRE_SECONDS),
             strict=settings.model_load_strict,
+            control=settings.model_control_mode or "none",
+            startup=tuple(settings.startup_models),
         )
         self.object_store = open_object_store(settings)
         self.predictor = Predictor(self.repository, settings.default_top_k, self.object_store)
@@ -301,7 +303,8 @@ class App:
             self.repository.load_all()
         for name in READY_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in self.repository.models()))
+        log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in self.repository.models())
+                 or f"no models loaded yet (MODEL_CONTROL_MODE={self.repository.control})")
         self.repository.start_polling()
         self.tasks.start_workers()
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+DEFAULT_POLL_SECONDS = 10.0  # MODEL_CONTROL_MODE=poll without MODEL_POLL_SECONDS
 
 
 class Settings(BaseSettings):
@@ -43,6 +44,15 @@ class Settings(BaseSettings):
     # Models
     model_dir: Path = Path("./models")
     model_poll_seconds: float = Field(0.0, ge=0, description="look for new model versions this often; 0: never")
+    model_control_mode: Literal["none", "poll", "explicit"] | None = Field(
+        None,
+        description="none: serve the models found at start; poll: also follow MODEL_DIR every MODEL_POLL_SECONDS "
+        "(10 when unset); explicit: load and unload models by API only (LoadModel, UnloadModel, Triton's "
+        "repository load/unload). Unset: poll when MODEL_POLL_SECONDS > 0, else none",
+    )
+    startup_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="with MODEL_CONTROL_MODE=explicit: models to load at start, comma-separated; * loads all"
+    )
     model_load_strict: bool = Field(
         False, description="a model that fails to load at start-up stops the start (else the others serve)"
     )
@@ -133,6 +143,21 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("startup_models", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        return [v for v in value.replace(" ", "").split(",") if v] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _resolve_model_control(self) -> Settings:
+        if self.model_control_mode is None:
+            self.model_control_mode = "poll" if self.model_poll_seconds > 0 else "none"
+        if self.model_control_mode == "poll" and self.model_poll_seconds == 0:
+            self.model_poll_seconds = DEFAULT_POLL_SECONDS
+        if self.startup_models and self.model_control_mode != "explicit":
+            raise ValueError("startup_models is for model_control_mode=explicit; in the other modes every model loads")
+        return self
 
     @field_validator("allowed_batch_sizes", mode="before")
     @classmethod

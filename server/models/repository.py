@@ -5,6 +5,12 @@ Every model directory's highest numeric version that holds a format's files
 names (`version_policy()`: the latest N, all, or specific ones, as in TF
 Serving and Triton). Other entries (sample files, `labels.txt`) are ignored.
 
+Model control (MODEL_CONTROL_MODE, as Triton's): "none" serves what is found at
+start; "poll" also follows the directory (below); "explicit" loads only
+`startup` models at start, and then what callers load (`load`) until they
+unload it (`unload`). In "poll" mode callers may load and unload too: polling
+never unloads a model a caller loaded, nor loads one a caller unloaded.
+
 With `poll_seconds` > 0 (MODEL_POLL_SECONDS) a thread looks at the directory
 again at that interval, as TF Serving's file-system polling does: a version
 the policy wants (or a new model) is loaded and warmed up while the current one
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 from server.batching import BatchingConfig
-from server.errors import InvalidArgument, NotFound, Unavailable
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from server.models.backends import backend_for, known_formats
 from server.models.model import LoadedModel, load_model, serving_config
 
@@ -144,6 +150,8 @@ class ModelRepository:
         poll_seconds: float = 0.0,
         retire_seconds: float = 10.0,
         strict: bool = False,
+        control: str = "none",
+        startup: tuple[str, ...] = (),
     ) -> None:
         self.model_dir = model_dir
         self.device = device
@@ -162,6 +170,11 @@ class ModelRepository:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._retiring: dict[int, tuple[threading.Timer, LoadedModel]] = {}
+        self.control = control  # "none", "poll" or "explicit" (MODEL_CONTROL_MODE)
+        self.startup = startup  # the models loaded at start in explicit mode ("*": all)
+        self._changing = threading.RLock()  # one load, unload or poll at a time
+        self._loaded_by_call: set[str] = set()  # never unloaded by polling
+        self._unloaded_by_call: set[str] = set()  # never loaded by polling
 
     def load_all(self) -> None:
         """Load the versions each model's policy serves (the newest by default).
@@ -173,12 +186,18 @@ class ModelRepository:
         serving.json.
         """
         self.versions = find_versions(self.model_dir)
-        if not self.versions:
+        explicit = self.control == "explicit"
+        if not self.versions and not explicit:
             raise RuntimeError(
                 f"no models in {self.model_dir.resolve()}: expected <name>/<version>/ holding {known_formats()}"
             )
+        starting = {n: v for n, v in self.versions.items() if not explicit or "*" in self.startup or n in self.startup}
+        if explicit:
+            missing = [n for n in self.startup if n != "*" and n not in self.versions]
+            if missing:
+                raise RuntimeError(f"STARTUP_MODELS names models not in {self.model_dir.resolve()}: {', '.join(missing)}")
         failures = []
-        for name, versions in self.versions.items():
+        for name, versions in starting.items():
             wanted = self._wanted(name, versions, take_labels=True)
             if not wanted:
                 raise RuntimeError(
@@ -199,9 +218,61 @@ class ModelRepository:
                     failures.append(f"{name} v{version}: {reason}")
                     continue
                 self._set_served(name, {**self._models.get(name, {}), version: model})
-        if not self._models:
+        if not self._models and starting:
             raise RuntimeError("no model could be loaded: " + "; ".join(failures))
         self.ready.set()
+
+    def load(self, name: str) -> list[LoadedModel]:
+        """Serve a model of the directory (a caller's LoadModel): load the versions its policy wants that
+        are not served, retire the others; the served versions, newest first. Polling will not unload it."""
+        self._check_control("load")
+        versions = find_versions(self.model_dir).get(_folder_name(name))
+        if not versions:
+            raise NotFound(f"model '{name}' not found in {self.model_dir}: expected {self.model_dir}/{name}/<version>/ "
+                           f"holding {known_formats()}")
+        with self._changing:
+            self.versions = {**self.versions, name: versions}
+            wanted, problem = self._policy(name, versions, take_labels=True)
+            if problem:
+                raise FailedPrecondition(f"model '{name}': {problem}")
+            for version in wanted:
+                if version not in self._models.get(name, {}):
+                    self._failed.pop((name, version), None)  # a caller asks again: try again now
+                    self._load_version(name, version)
+                    failure = self._failed.get((name, version))
+                    if failure is not None:
+                        raise FailedPrecondition(f"model '{name}': version {version} failed to load: {failure.reason}")
+            self._loaded_by_call.add(name)
+            self._unloaded_by_call.discard(name)
+            self._retire_unwanted(name, wanted)
+        return self.served(name)
+
+    def unload(self, name: str) -> list[int]:
+        """Stop serving every version of a model (a caller's UnloadModel); the versions unloaded. Calls
+        that already hold a version finish first (it is closed `retire_seconds` later)."""
+        self._check_control("unload")
+        with self._changing:
+            with self._lock:
+                gone = self._models.get(name)
+                if not gone:
+                    raise NotFound(f"model '{name}' is not loaded; loaded models: "
+                                   f"{', '.join(repr(n) for n in sorted(self._models)) or 'none'}")
+                self._models = {n: m for n, m in self._models.items() if n != name}
+            self._loaded_by_call.discard(name)
+            self._unloaded_by_call.add(name)
+        log.info("model %s: unloaded %s by a call", name, _versions(gone))
+        for model in gone.values():
+            self._retire(model)
+        return sorted(gone, reverse=True)
+
+    def _check_control(self, what: str) -> None:
+        if self.control == "none":
+            raise FailedPrecondition(
+                f"model control is off (MODEL_CONTROL_MODE=none serves the models found at start): set "
+                f"MODEL_CONTROL_MODE=explicit or poll to {what} models by API"
+            )
+        if not self.ready.is_set():
+            raise Unavailable("models are still loading; try again when the server is ready")
 
     def _wanted(self, name: str, versions: list[int], take_labels: bool = False) -> list[int]:
         """The versions (newest first) the model's policy serves out of `versions`, from one read of its
@@ -245,6 +316,8 @@ class ModelRepository:
             failed = [(v, f) for (n, v), f in list(self._failed.items()) if n == name and name in self.versions]
             if failed:
                 raise Unavailable(f"model '{name}' failed to load: {max(failed)[1].reason}")
+            if name in self.versions and self.control != "none":
+                raise NotFound(f"model '{name}' is not loaded (MODEL_CONTROL_MODE={self.control}): load it with LoadModel")
             known = ", ".join(f"'{n}'" for n in self.versions) or "none"
             raise NotFound(f"model '{name}' not found; available models: {known}")
         if not version:
@@ -303,6 +376,10 @@ class ModelRepository:
         failure = self._failed.get((name, version))
         if failure is not None:
             return "UNAVAILABLE", f"failed to load: {failure.reason}"
+        if name in self._unloaded_by_call:
+            return "UNAVAILABLE", "unloaded by a call (UnloadModel)"
+        if self.control == "explicit" and name not in self._models:
+            return "UNAVAILABLE", "not loaded: MODEL_CONTROL_MODE=explicit loads a model when a call asks (LoadModel)"
         if problem:
             return "UNAVAILABLE", f"not served: {problem}"
         if version not in wanted:
@@ -331,7 +408,11 @@ class ModelRepository:
 
     def poll_once(self) -> None:
         """Serve the newest version of every model found now; unload what stays gone."""
-        found = find_versions(self.model_dir)
+        with self._changing:
+            self._poll()
+
+    def _poll(self) -> None:
+        found = {n: v for n, v in find_versions(self.model_dir).items() if n not in self._unloaded_by_call}
         if not found:  # an unmounted or half-replaced volume: keep serving what is loaded
             log.warning("no models in %s at this poll; keeping the loaded ones", self.model_dir)
             return
@@ -340,7 +421,7 @@ class ModelRepository:
                 return
             self._missing.pop(name, None)
             self._follow_policy(name, versions)
-        for name in [n for n in self._models if n not in found]:
+        for name in [n for n in self._models if n not in found and n not in self._loaded_by_call]:
             self._missing[name] = self._missing.get(name, 0) + 1
             if self._missing[name] < 2:  # absent twice in a row before it is unloaded
                 continue
@@ -370,6 +451,10 @@ class ModelRepository:
         for version in wanted:
             if version not in self._models.get(name, {}):
                 self._load_version(name, version)
+        self._retire_unwanted(name, wanted)
+
+    def _retire_unwanted(self, name: str, wanted: list[int]) -> None:
+        """Stop serving the versions the policy no longer wants, once every wanted one serves."""
         served = self._models.get(name, {})
         unwanted = [v for v in served if v not in wanted]
         if not unwanted or not all(v in served for v in wanted):
@@ -437,6 +522,13 @@ class ModelRepository:
             model.close(drain=drain)
         for model in self.models():
             model.close(drain=drain)
+
+
+def _folder_name(name: str) -> str:
+    """A model name that names one folder of MODEL_DIR, or InvalidArgument."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise InvalidArgument(f"model: {name!r} is not a model name (one folder name of MODEL_DIR)")
+    return name
 
 
 def _versions(versions: Iterable[int]) -> str:

@@ -175,3 +175,27 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[_model_pb2.ModelMetadata]
     def __init__(self, models: _Optional[_Iterable[_Union[_model_pb2.ModelMetadata, _Mapping]]] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class LoadModelResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_model_pb2.ModelMetadata]
+    def __init__(self, models: _Optional[_Iterable[_Union[_model_pb2.ModelMetadata, _Mapping]]] = ...) -> None: ...
+
+class UnloadModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class UnloadModelResponse(_message.Message):
+    __slots__ = ("unloaded_versions",)
+    UNLOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    unloaded_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, unloaded_versions: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -55,6 +55,16 @@ class PredictServiceStub:
                 request_serializer=serving_dot_v1_dot_predict__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=serving_dot_v1_dot_predict__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/serving.v1.PredictService/LoadModel',
+                request_serializer=serving_dot_v1_dot_predict__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=serving_dot_v1_dot_predict__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/serving.v1.PredictService/UnloadModel',
+                request_serializer=serving_dot_v1_dot_predict__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=serving_dot_v1_dot_predict__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class PredictServiceServicer:
@@ -91,6 +101,23 @@ class PredictServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Loads a model of the model directory and serves the versions its
+        serving.json asks for (the newest by default); answers once they serve.
+        Needs MODEL_CONTROL_MODE explicit or poll (FAILED_PRECONDITION otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Stops serving every version of a model. Calls that already hold a version
+        finish first. Needs MODEL_CONTROL_MODE explicit or poll.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +140,16 @@ def add_PredictServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=serving_dot_v1_dot_predict__pb2.ListModelsRequest.FromString,
                     response_serializer=serving_dot_v1_dot_predict__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=serving_dot_v1_dot_predict__pb2.LoadModelRequest.FromString,
+                    response_serializer=serving_dot_v1_dot_predict__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=serving_dot_v1_dot_predict__pb2.UnloadModelRequest.FromString,
+                    response_serializer=serving_dot_v1_dot_predict__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +261,60 @@ class PredictService:
             '/serving.v1.PredictService/ListModels',
             serving_dot_v1_dot_predict__pb2.ListModelsRequest.SerializeToString,
             serving_dot_v1_dot_predict__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serving.v1.PredictService/LoadModel',
+            serving_dot_v1_dot_predict__pb2.LoadModelRequest.SerializeToString,
+            serving_dot_v1_dot_predict__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serving.v1.PredictService/UnloadModel',
+            serving_dot_v1_dot_predict__pb2.UnloadModelRequest.SerializeToString,
+            serving_dot_v1_dot_predict__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@
     GET  /v2/models/{model}[/versions/{v}]/ready      200 {"name", "ready": true}, else 400
     POST /v2/models/{model}[/versions/{v}]/infer      {"inputs": [...], "outputs": [...]}
     POST /v2/repository/index                         [{"name", "version", "state", "reason"}, ...]
+    POST /v2/repository/models/{model}/load | /unload 200, empty (MODEL_CONTROL_MODE explicit or poll)
 
 Each request is one call through the dispatcher, so auth, the access log,
 metrics, tracing, deadlines and batching are the same as over gRPC: the probes
@@ -56,6 +57,7 @@ REST_INFER_RPC = "/serving.v1.InferenceV2Rest/Infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH_VALUE = re.compile(r"[0-9]{1,15}")
 _MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer)?")
+_CONTROL_PATH = re.compile(r"/v2/repository/models/(?P<model>[^/]+)/(?P<verb>load|unload)")
 _PROBES = {"/v2/health/live": ("ServerLive", pb.ServerLiveRequest, "live"),
            "/v2/health/ready": ("ServerReady", pb.ServerReadyRequest, "ready")}
 
@@ -92,11 +94,15 @@ class InferenceV2Rest:
         if path == "/v2/repository/index":
             self._expect(request, "POST")
             return await self._index(request)
+        control = _CONTROL_PATH.fullmatch(path)
+        if control is not None:
+            self._expect(request, "POST")
+            return await self._control(request, control["model"], control["verb"])
         match = _MODEL_PATH.fullmatch(path)
         if match is None:
             raise NotFound(f"no such path: {request.path}; the Open Inference Protocol's paths are /v2, "
-                           "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer] "
-                           "and /v2/repository/index")
+                           "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer], "
+                           "/v2/repository/index and /v2/repository/models/{model}/{load,unload}")
         model, verb = match["model"], match["verb"] or ""
         version = match["version"] or ""
         number, label = version_of("version", version)  # checked before any call
@@ -142,6 +148,17 @@ class InferenceV2Rest:
             return reply
         return _json([{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
                       for m in reply.models])
+
+    async def _control(self, request: web.Request, model: str, verb: str) -> web.Response:
+        method = "RepositoryModelLoad" if verb == "load" else "RepositoryModelUnload"
+        message = pb.RepositoryModelLoadRequest if verb == "load" else pb.RepositoryModelUnloadRequest
+        admitted = self.admits(f"/{SERVICE}/{method}", metadata_from_headers(request.headers))
+        body = await read_body(request, self.max_body_bytes) if admitted else b""
+        reply = await self._call(request, method, partial(_control_request, message, model, body),
+                                 f"POST /v2/repository/models/{{model}}/{verb}")
+        if isinstance(reply, web.Response):
+            return reply
+        return web.Response(status=200)
 
     async def _infer(self, request: web.Request, target: tuple[str, int, str], route: str) -> web.Response:
         context = context_for(request, route)
@@ -229,6 +246,28 @@ def _index_request(body: bytes) -> pb.RepositoryIndexRequest:
     if not isinstance(name, str) or not isinstance(ready, bool):
         raise InvalidArgument('request body: "repository_name" is a string and "ready" true or false')
     return pb.RepositoryIndexRequest(repository_name=name, ready=ready)
+
+
+def _control_request(message: type[Message], model: str, body: bytes) -> Message:
+    """A repository load or unload request from the path's model and the optional body {"parameters": {...}}."""
+    request = message(model_name=model)
+    if not body.strip():
+        return request
+    expected = 'expected an object with "parameters" (optional)'
+    payload = json_object(body, expected)
+    if set(payload) - {"parameters"} or not isinstance(payload.get("parameters") or {}, dict):
+        raise InvalidArgument(f"request body: {expected}")
+    for key, value in (payload.get("parameters") or {}).items():
+        parameter = request.parameters[key]  # type: ignore[attr-defined]
+        if isinstance(value, bool):
+            parameter.bool_param = value
+        elif isinstance(value, int):
+            parameter.int64_param = value
+        elif isinstance(value, str):
+            parameter.string_param = value
+        else:
+            raise InvalidArgument(f"parameters.{key}: expected a boolean, an integer or a string")
+    return request
 
 
 def _parse(header: bytes | memoryview) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import Future
 from importlib import metadata as package_metadata
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -38,7 +38,7 @@ from server.protocols.streaming import BatchedStream
 
 SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "tf-grpc-serving"
-EXTENSIONS = ("classification", "binary_tensor_data")  # the repository index alone is not Triton's whole extension
+EXTENSIONS = ("classification", "binary_tensor_data", "model_repository")  # index, load and unload
 REPOSITORY = "models"
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
@@ -199,6 +199,26 @@ def requested_of(request: pb.ModelInferRequest) -> list[tuple[str, int]]:
     return found
 
 
+def check_repository(name: str) -> None:
+    if name not in ("", REPOSITORY):
+        raise NotFound(f"repository_name: no repository '{name}'; the one repository is '{REPOSITORY}' (MODEL_DIR)")
+
+
+def check_parameters(parameters: Mapping[str, object], allowed: tuple[str, ...]) -> None:
+    """Refuse repository parameters the server does not act on (Triton's config and file overrides)."""
+    unknown = sorted(k for k in parameters if k not in allowed)
+    if unknown:
+        takes = f"it takes {', '.join(repr(a) for a in allowed)}" if allowed else "it takes none"
+        raise InvalidArgument(f"parameters: {', '.join(repr(k) for k in unknown)} not supported (models load from "
+                              f"MODEL_DIR as they are); {takes}")
+
+
+def required(field: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field}: required")
+    return value
+
+
 class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol over the Predictor; `ready()` is the server's readiness."""
 
@@ -254,14 +274,28 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        if request.repository_name not in ("", REPOSITORY):
-            raise NotFound(f"repository_name: no repository '{request.repository_name}'; the one repository is "
-                           f"'{REPOSITORY}' (MODEL_DIR)")
+        check_repository(request.repository_name)
         return pb.RepositoryIndexResponse(models=[
             pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(version), state=state, reason=reason)
             for name, version, state, reason in self.repository.index()
             if state == "READY" or not request.ready
         ])
+
+    def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        check_repository(request.repository_name)
+        check_parameters(request.parameters, allowed=())
+        self.repository.load(required("model_name", request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        check_repository(request.repository_name)
+        check_parameters(request.parameters, allowed=("unload_dependents",))
+        self.repository.unload(required("model_name", request.model_name))
+        return pb.RepositoryModelUnloadResponse()
 
     def _model_of(self, request: pb.ModelInferRequest) -> LoadedModel:
         if not request.model_name:

@@ -53,3 +53,13 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
         return predict_pb2.ListModelsResponse(
             models=[m.metadata(self.repository.versions_of(m), served[m.name]) for m in models]
         )
+
+    def LoadModel(self, request: predict_pb2.LoadModelRequest, context: grpc.ServicerContext) -> predict_pb2.LoadModelResponse:
+        loaded = self.repository.load(request.model)
+        served = [m.version for m in loaded]
+        return predict_pb2.LoadModelResponse(models=[m.metadata(self.repository.versions_of(m), served) for m in loaded])
+
+    def UnloadModel(
+        self, request: predict_pb2.UnloadModelRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.UnloadModelResponse:
+        return predict_pb2.UnloadModelResponse(unloaded_versions=self.repository.unload(request.model))

@@ -177,7 +177,7 @@ def test_grpc_probes_and_metadata(v2: Served) -> None:
     assert v2.stub.ModelReady(pb.ModelReadyRequest(name="digits", version="2"), timeout=10, metadata=AUTH).ready is False
     assert v2.stub.ModelReady(pb.ModelReadyRequest(name="nope"), timeout=10, metadata=AUTH).ready is False
     server = v2.stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10, metadata=AUTH)
-    assert (server.name, list(server.extensions)) == ("tf-grpc-serving", ["classification", "binary_tensor_data"])
+    assert (server.name, list(server.extensions)) == ("tf-grpc-serving", ["classification", "binary_tensor_data", "model_repository"])
     meta = v2.stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=10, metadata=AUTH)
     assert (meta.name, list(meta.versions), meta.platform) == ("digits", ["1"], "tensorflow_savedmodel")
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("image", "FP32", [-1, 8, 8, 1])]
@@ -389,7 +389,7 @@ def test_rest_probes_and_metadata(v2: Served) -> None:
     assert v2.get("/v2/health/ready", key=None).json() == {"ready": True}
     assert v2.get("/v2").json() == {
         "name": "tf-grpc-serving", "version": metadata.version("tf-grpc-serving"),
-        "extensions": ["classification", "binary_tensor_data"],
+        "extensions": ["classification", "binary_tensor_data", "model_repository"],
     }
     assert v2.get("/v2/models/digits").json() == {
         "name": "digits", "versions": ["1"], "platform": "tensorflow_savedmodel",
@@ -490,7 +490,8 @@ REST_ERRORS = [
      "version: expected a version number such as '1' or a version label such as 'stable', got '-1'"),
     ("GET", "/v2/models/digits/infer", None, 405, "method GET is not allowed for /v2/models/digits/infer; allowed: POST"),
     ("POST", "/v2/models/digits", {}, 405, "method POST is not allowed for /v2/models/digits; allowed: GET"),
-    ("POST", "/v2/repository/models/digits/load", {}, 404, "no such path: /v2/repository/models/digits/load"),
+    ("POST", "/v2/repository/models/digits/load", {}, 400, "model control is off (MODEL_CONTROL_MODE=none serves the models found at start): set MODEL_CONTROL_MODE=explicit or poll to load models by API"),
+    ("GET", "/v2/repository/models/digits/unload", None, 405, "method GET is not allowed for /v2/repository/models/digits/unload; allowed: POST"),
     ("GET", "/v2/models/nope", None, 404, "model 'nope' not found"),
     ("GET", "/v2/models/digits/versions/%C2%B2", None, 400,
      "version: expected a version number such as '1' or a version label such as 'stable', got '²'"),
@@ -681,7 +682,7 @@ def test_triton_clients_work_unchanged(make_app, tmp_path: Path) -> None:
         True, True, True, False
     )
     assert grpc_seen["server"] == {"name": "tf-grpc-serving", "version": metadata.version("tf-grpc-serving"),
-                                   "extensions": ["classification", "binary_tensor_data"]}
+                                   "extensions": ["classification", "binary_tensor_data", "model_repository"]}
     assert grpc_seen["metadata"]["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "8", "8", "1"]}]
     assert grpc_seen["index"] == {"models": [
         {"name": "digits", "version": "1", "state": "READY"}, {"name": "digits_decoder", "version": "1", "state": "READY"},

@@ -1,1 +1,0 @@
-"""The Open Inference Protocol (KServe V2, Triton) over gRPC and REST, so its clients work unchanged."""

@@ -1,1 +1,0 @@
-"""The server's own API (serving.v1): Predict, StreamPredict, Task and Upload. Its REST routes come from the protos' annotations (server/http)."""

@@ -1,1 +1,0 @@
-"""TensorFlow Serving's APIs (gRPC PredictionService/ModelService and its REST API), so its clients work unchanged."""
