@@ -17,13 +17,13 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from server import config
 from server.config import Settings
@@ -34,40 +34,122 @@ GiB = 1024 * MiB
 
 # (title, topic page, field names); the topic page holds the hand-written explanation.
 SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("Listening and protocols", "operating.md", (
-        "grpc_server_address", "grpc_max_workers", "max_message_bytes", "grace_period_seconds",
-        "server_processes", "server_process_index", "reflection", "tfserving_grpc", "inference_v2",
-        "log_level",
-    )),
-    ("Models", "models.md", (
-        "model_dir", "model_poll_seconds", "model_load_strict", "default_top_k",
-        "tf_intra_op_threads", "tf_inter_op_threads",
-    )),
-    ("Batching", "models.md#batching", (
-        "max_batch_size", "max_batch_delay_ms", "allowed_batch_sizes", "max_queue_size",
-    )),
-    ("HTTP listeners", "http-shim.md", (
-        "http_server_address", "http_max_workers", "max_http_body_bytes", "tfserving_rest_address",
-    )),
-    ("Tasks, queue and webhooks", "tasks.md", (
-        "redis_address", "redis_cluster_mode", "redis_tls_ca_file", "redis_key_duration",
-        "redis_timeout_seconds", "task_workers", "task_visibility_timeout", "task_max_time_in_queue_seconds",
-        "record_predictions", "webhook_secret", "webhook_max_attempts", "webhook_timeout_seconds",
-        "webhook_allow_private", "webhook_workers",
-    )),
-    ("Object storage and uploads", "storage.md", (
-        "aws_bucket", "aws_region", "aws_s3_use_accelerate", "s3_endpoint_url", "s3_key_prefix",
-        "s3_max_attempts", "s3_connect_timeout_seconds", "s3_read_timeout_seconds", "upload_dir",
-        "upload_fsync", "upload_part_size", "max_upload_bytes", "presign_expiry_seconds", "public_base_url",
-    )),
-    ("Security: API keys, rate limits, TLS", "operating.md#api-keys-and-rate-limits", (
-        "api_keys", "api_keys_file", "auth_exempt_reflection", "rate_limit_per_second", "rate_limit_burst",
-        "tls_cert_file", "tls_key_file", "tls_client_ca_file", "health_server_address",
-    )),
-    ("Telemetry: access log, metrics, tracing", "operating.md#access-log", (
-        "access_log_path", "access_log_max_bytes", "access_log_backup_count", "metrics_address",
-        "otel_service_name", "otel_exporter_otlp_endpoint", "tracing_enabled",
-    )),
+    (
+        "Listening and protocols",
+        "operating.md",
+        (
+            "grpc_server_address",
+            "grpc_max_workers",
+            "max_message_bytes",
+            "grace_period_seconds",
+            "server_processes",
+            "server_process_index",
+            "reflection",
+            "tfserving_grpc",
+            "inference_v2",
+            "log_level",
+        ),
+    ),
+    (
+        "Models",
+        "models.md",
+        (
+            "model_dir",
+            "model_poll_seconds",
+            "model_load_strict",
+            "default_top_k",
+            "tf_intra_op_threads",
+            "tf_inter_op_threads",
+        ),
+    ),
+    (
+        "Batching",
+        "models.md#batching",
+        (
+            "max_batch_size",
+            "max_batch_delay_ms",
+            "allowed_batch_sizes",
+            "max_queue_size",
+        ),
+    ),
+    (
+        "HTTP listeners",
+        "http-shim.md",
+        (
+            "http_server_address",
+            "http_max_workers",
+            "max_http_body_bytes",
+            "tfserving_rest_address",
+        ),
+    ),
+    (
+        "Tasks, queue and webhooks",
+        "tasks.md",
+        (
+            "redis_address",
+            "redis_cluster_mode",
+            "redis_tls_ca_file",
+            "redis_key_duration",
+            "redis_timeout_seconds",
+            "task_workers",
+            "task_visibility_timeout",
+            "task_max_time_in_queue_seconds",
+            "record_predictions",
+            "webhook_secret",
+            "webhook_max_attempts",
+            "webhook_timeout_seconds",
+            "webhook_allow_private",
+            "webhook_workers",
+        ),
+    ),
+    (
+        "Object storage and uploads",
+        "storage.md",
+        (
+            "aws_bucket",
+            "aws_region",
+            "aws_s3_use_accelerate",
+            "s3_endpoint_url",
+            "s3_key_prefix",
+            "s3_max_attempts",
+            "s3_connect_timeout_seconds",
+            "s3_read_timeout_seconds",
+            "upload_dir",
+            "upload_fsync",
+            "upload_part_size",
+            "max_upload_bytes",
+            "presign_expiry_seconds",
+            "public_base_url",
+        ),
+    ),
+    (
+        "Security: API keys, rate limits, TLS",
+        "operating.md#api-keys-and-rate-limits",
+        (
+            "api_keys",
+            "api_keys_file",
+            "auth_exempt_reflection",
+            "rate_limit_per_second",
+            "rate_limit_burst",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "health_server_address",
+        ),
+    ),
+    (
+        "Telemetry: access log, metrics, tracing",
+        "operating.md#access-log",
+        (
+            "access_log_path",
+            "access_log_max_bytes",
+            "access_log_backup_count",
+            "metrics_address",
+            "otel_service_name",
+            "otel_exporter_otlp_endpoint",
+            "tracing_enabled",
+        ),
+    ),
 )
 
 # What a field's "before" validator accepts, by validator name (server/config.py).
@@ -154,7 +236,7 @@ def _bounds(name: str, metadata: Iterable[Any]) -> list[str]:
 
 
 def _default(name: str, field: FieldInfo) -> str:
-    value = field.default_factory() if field.default is PydanticUndefined and field.default_factory else field.default
+    value = field.get_default(call_default_factory=True, validated_data={})
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     if value is None:
