@@ -7,7 +7,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 PROTOS := $(wildcard protos/serving/v1/*.proto protos/inference/*.proto)
 
-.PHONY: setup run test test-unit lint generate check-generated check-deploy model bench clean
+.PHONY: setup run test test-unit lint generate check-generated check-deploy docs check-docs model bench clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,14 @@ check-generated: generate
 lint: $(BUF)
 	$(BUF) lint
 
+# docs/configuration.md is rendered from server.config.Settings; check-docs fails when the committed copy differs.
+docs: $(VENV)/.deps
+	$(PY) -m server.config_reference --out docs/configuration.md
+
+check-docs: docs
+	@git status --porcelain -- docs/configuration.md | grep . && \
+		{ echo "docs/configuration.md is stale: run 'make docs' and commit it"; exit 1; } || true
+
 # Kubernetes manifests against the bundled schemas, and the Dockerfile lint; both offline.
 check-deploy: setup
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
@@ -50,7 +58,7 @@ model: setup
 	$(PY) models/train_digits_decoder.py --out models/digits_decoder/1
 	$(PY) models/export_digits_keras.py --saved-model models/digits/1 --out models/digits_keras/1
 
-test: setup lint check-generated check-deploy
+test: setup lint check-generated check-docs check-deploy
 	$(PY) -m pytest -q
 
 # The fast lane: tests that start no process, server or listening socket (about half a minute).

@@ -26,23 +26,25 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
     # Listening
-    grpc_server_address: str = "0.0.0.0:50051"
+    grpc_server_address: str = Field("0.0.0.0:50051", description="gRPC listen address (--port replaces the port)")
     grpc_max_workers: int = Field(128, ge=1, description="threads for RPCs whose work blocks (tasks, uploads, streams)")
-    max_message_bytes: int = Field(64 * MiB, ge=1024)
+    max_message_bytes: int = Field(
+        64 * MiB, ge=1024, description="largest request or response message (gRPC's own default is 4 MB)"
+    )
     grace_period_seconds: float = Field(10.0, ge=0, description="drain time on SIGTERM")
     server_processes: int = Field(
         1, ge=1, le=256,
         description="server processes sharing the ports (SO_REUSEPORT), each with its own event loop and models",
     )
     server_process_index: int = Field(-1, ge=-1, description="set by the parent of SERVER_PROCESSES > 1; -1: alone")
-    reflection: bool = True
+    reflection: bool = Field(True, description="serve gRPC server reflection")
     tfserving_grpc: bool = Field(True, description="also serve TensorFlow Serving's gRPC PredictionService and ModelService")
     inference_v2: bool = Field(
         True, description="also serve the Open Inference Protocol (KServe V2, Triton): gRPC, and REST under /v2 on the shim"
     )
 
     # Models
-    model_dir: Path = Path("./models")
+    model_dir: Path = Field(Path("./models"), description="the model repository: <name>/<version>/ folders")
     model_poll_seconds: float = Field(0.0, ge=0, description="look for new model versions this often; 0: never")
     model_control_mode: Literal["none", "poll", "explicit"] | None = Field(
         None,
@@ -56,32 +58,43 @@ class Settings(BaseSettings):
     model_load_strict: bool = Field(
         False, description="a model that fails to load at start-up stops the start (else the others serve)"
     )
-    default_top_k: int = Field(3, ge=0)
+    default_top_k: int = Field(3, ge=0, description="classes per row when a request asks for top_k 0")
     tf_intra_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")
     tf_inter_op_threads: int = Field(0, ge=0, description="0: TensorFlow's default")
 
     # Batching (defaults for every model; models/<name>/serving.json overrides them)
-    max_batch_size: int = Field(512, ge=1)
-    max_batch_delay_ms: float = Field(0.0, ge=0)
-    allowed_batch_sizes: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    max_batch_size: int = Field(512, ge=1, description="rows per model call; larger requests are refused")
+    max_batch_delay_ms: float = Field(
+        0.0, ge=0, description="hold a batch open this long for more requests; 0: never wait"
+    )
+    allowed_batch_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="pad batches to these sizes, e.g. 8,32,128,512 (the largest is MAX_BATCH_SIZE); empty: none",
+    )
     max_queue_size: int = Field(1024, ge=1, description="queued requests per model")
 
     # Used by later parts of the server; named here so every setting has one home.
-    http_server_address: str = "0.0.0.0:8080"
+    http_server_address: str = Field("0.0.0.0:8080", description="HTTP/JSON shim listen address; empty: no shim")
     http_max_workers: int = Field(128, ge=1, description="threads running HTTP shim calls")
     max_http_body_bytes: int = Field(0, ge=0, description="largest HTTP body or NDJSON line; 0: MAX_MESSAGE_BYTES")
     tfserving_rest_address: str = Field("", description="TensorFlow Serving's REST API here (e.g. 0.0.0.0:8501); empty: off")
-    redis_address: str = ""
-    redis_cluster_mode: bool = False
+    redis_address: str = Field(
+        "", description="host:port, redis://[:password@]host:port[/db] or rediss://; empty: tasks in memory"
+    )
+    redis_cluster_mode: bool = Field(False, description="REDIS_ADDRESS is a node of a Redis Cluster")
     redis_tls_ca_file: Path | None = Field(None, description="CA certificates (PEM) for a rediss:// address")
     redis_key_duration: float = Field(12 * 3600.0, gt=0, description="seconds; also 90s, 15m, 12h, 1d")
     redis_timeout_seconds: float = Field(
         2.0, ge=1.0, description="longest wait for a Redis connect or answer; a hung Redis is UNAVAILABLE after it"
     )
-    aws_region: str = ""
-    aws_bucket: str = ""
-    aws_s3_use_accelerate: bool = False
-    s3_endpoint_url: str = ""
+    aws_region: str = Field("", description="S3 region; empty: boto3's own default")
+    aws_bucket: str = Field("", description="S3 bucket of the object store; empty: the local folder UPLOAD_DIR")
+    aws_s3_use_accelerate: bool = Field(
+        False, description="use the S3 Transfer Acceleration endpoint (not with S3_ENDPOINT_URL)"
+    )
+    s3_endpoint_url: str = Field(
+        "", description="an S3-compatible endpoint (MinIO, GCS, R2), path-style addressing; empty: AWS"
+    )
 
     # Object storage (server/storage): S3 when AWS_BUCKET is set, else UPLOAD_DIR.
     # Credentials come from boto3's own chain (AWS_ACCESS_KEY_ID, ~/.aws, roles).
@@ -102,36 +115,40 @@ class Settings(BaseSettings):
     task_workers: int = Field(2, ge=0, description="queue worker threads per process; 0: none")
     task_visibility_timeout: float = Field(30.0, gt=0, description="seconds before another worker claims an entry")
     task_max_time_in_queue_seconds: int = Field(0, ge=0, description="default queue limit; 0: none")
-    record_predictions: bool = False
-    webhook_secret: str = ""
-    webhook_max_attempts: int = Field(5, ge=1)
-    webhook_timeout_seconds: float = Field(10.0, gt=0)
-    webhook_allow_private: bool = False
+    record_predictions: bool = Field(False, description="record every Predict as a task")
+    webhook_secret: str = Field("", description="HMAC key of the X-Signature-SHA256 header; empty: no signature")
+    webhook_max_attempts: int = Field(5, ge=1, description="attempts per webhook")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="timeout of one webhook attempt")
+    webhook_allow_private: bool = Field(False, description="allow private, loopback and link-local webhook targets")
     webhook_workers: int = Field(4, ge=1, description="threads delivering webhooks")
 
     # Security (server/telemetry): API keys, rate limit, TLS
     api_keys: SecretStr = Field(SecretStr(""), description="name:key pairs, comma-separated")
     api_keys_file: Path | None = Field(None, description="lines name:key or name:sha256:<hex>")
-    auth_exempt_reflection: bool = True
+    auth_exempt_reflection: bool = Field(True, description="serve reflection without an API key")
     rate_limit_per_second: float = Field(0.0, ge=0, description="per API key; 0: no limit")
     rate_limit_burst: int = Field(0, ge=0, description="0: one second's worth (at least 1)")
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain: TLS on the gRPC port and the HTTP listeners"
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of TLS_CERT_FILE")
     tls_client_ca_file: Path | None = Field(None, description="require client certificates (mTLS)")
     health_server_address: str = Field("", description="plaintext port serving only grpc.health.v1")
 
     # Telemetry (server/telemetry): access log, metrics, tracing
     access_log_path: str = Field("logs/access.log", description="empty: no access log")
-    access_log_max_bytes: int = Field(100 * MiB, ge=1024)
-    access_log_backup_count: int = Field(5, ge=0)
+    access_log_max_bytes: int = Field(100 * MiB, ge=1024, description="rotate the access log at this size")
+    access_log_backup_count: int = Field(5, ge=0, description="rotated access log files kept")
     metrics_address: str = Field("0.0.0.0:9090", description="metrics port without the HTTP shim; empty: none")
-    otel_service_name: str = "tf-grpc-serving"
+    otel_service_name: str = Field("tf-grpc-serving", description="service name of the spans")
     otel_exporter_otlp_endpoint: str = Field("", description="OTLP/gRPC collector; empty: spans are not exported")
     # Server spans cost about 0.2 ms of GIL time per call, so they are made only
     # when they go somewhere: None = on exactly when an OTLP endpoint is set.
-    tracing_enabled: bool | None = None
+    tracing_enabled: bool | None = Field(
+        None, description="make server spans; unset: on exactly when OTEL_EXPORTER_OTLP_ENDPOINT is set"
+    )
 
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="level of the server's log: DEBUG, INFO, WARNING, ERROR")
 
     @field_validator("redis_key_duration", "task_visibility_timeout", mode="before")
     @classmethod

@@ -55,6 +55,11 @@ def check(settings: Settings) -> None:
     for name, address in fixed.items():
         if address and address.rpartition(":")[2] == "0":
             raise SystemExit(f"{name}: SERVER_PROCESSES={settings.server_processes} needs a fixed port, not 0")
+    if settings.model_control_mode == "explicit":
+        raise SystemExit(
+            f"MODEL_CONTROL_MODE=explicit: SERVER_PROCESSES={settings.server_processes} would load a model in the "
+            "one process that answers the call; use one process, or poll mode"
+        )
     if not settings.redis_address:
         raise SystemExit(
             f"SERVER_PROCESSES={settings.server_processes} needs REDIS_ADDRESS: in-memory tasks would be "

@@ -70,6 +70,8 @@ def test_settings_that_cannot_be_shared_are_refused_by_name() -> None:
         check(Settings(**base, http_server_address="127.0.0.1:0"))
     with pytest.raises(SystemExit, match="needs REDIS_ADDRESS"):
         check(Settings(_env_file=None, server_processes=2))
+    with pytest.raises(SystemExit, match="MODEL_CONTROL_MODE=explicit: SERVER_PROCESSES=2 would load a model in the one"):
+        check(Settings(**base, model_control_mode="explicit"))
     check(Settings(**base))  # fixed ports and Redis: accepted
 
 
