@@ -26,6 +26,7 @@ need no lock.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 from server.batching import BatchingConfig
+from server.memory import release_freed_memory
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from server.models.backends import backend_for, known_formats
 from server.models.model import LoadedModel, load_model, serving_config
@@ -502,6 +504,11 @@ class ModelRepository:
             model.close()
             with self._lock:
                 self._retiring.pop(id(model), None)  # let its memory go
+            # TensorFlow's functions and graphs hold reference cycles: collect them now, not at the
+            # collector's next threshold, and hand the freed heap back (20 loads and unloads of a demo
+            # model: 16 MiB of growth without this, 2.5-3.3 MiB with it).
+            gc.collect()
+            release_freed_memory()
 
         timer = threading.Timer(self.retire_seconds, unload)
         timer.daemon = True

