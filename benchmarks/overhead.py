@@ -42,11 +42,12 @@ def serve(kind: str, address: str) -> None:
     from grpc_health.v1 import health, health_pb2_grpc
 
     from server.batching import Batcher, BatchingConfig
-    from wire import codec
     from serving.v1 import model_pb2, predict_pb2, predict_pb2_grpc, tensor_pb2
+    from wire import codec
 
     metadata = model_pb2.ModelMetadata(
-        name="digits", version=1,
+        name="digits",
+        version=1,
         inputs=[tensor_pb2.TensorSpec(name="image", dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[-1, 8, 8, 1])],
     )
     fixed = predict_pb2.PredictResponse(request_id="x" * 32, model=model_pb2.ModelRef(name="digits", version=1))
@@ -98,7 +99,8 @@ def main() -> None:
                 target = f"127.0.0.1:{free_port()}"
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "benchmarks.overhead", "serve", kind, target],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
                 servers[kind] = (proc, target, None)
             for name, env in (("server", {}), ("server, MAX_BATCH_SIZE=1", {"MAX_BATCH_SIZE": "1"})):

@@ -77,7 +77,9 @@ def observer_us(telemetry: Telemetry, requests: int, repeats: int) -> float:
     with telemetry.tracing.tracer.start_as_current_span("caller"):
         token = telemetry.batch_observer.request_queued()
     now = time.monotonic()
-    observation = BatchObservation("digits", requests, 0, now, now + 0.001, tuple((token, now) for _ in range(requests)))
+    observation = BatchObservation(
+        "digits", requests, 0, now, now + 0.001, tuple((token, now) for _ in range(requests))
+    )
     started = time.perf_counter()
     for _ in range(repeats):
         telemetry.batch_observer.batch_done(observation)
@@ -87,7 +89,9 @@ def observer_us(telemetry: Telemetry, requests: int, repeats: int) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(
-            _env_file=None, api_keys="bench:bench-key", access_log_path=str(Path(folder) / "access.log"),
+            _env_file=None,
+            api_keys="bench:bench-key",
+            access_log_path=str(Path(folder) / "access.log"),
             tracing_enabled=True,
         )
         telemetry = Telemetry(settings)
@@ -107,7 +111,9 @@ def main() -> None:
         batches = {n: observer_us(telemetry, n, 300) for n in (1, 8, 64)}
         telemetry.close()
     base = statistics.median(results["errors only"])
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n"
+    )
     print("| interceptor chain | µs per call (median of 7 x 5000) | added |")
     print("| --- | --- | --- |")
     for name, values in results.items():

@@ -175,9 +175,7 @@ class Client(Connection):
         response = self._call(self._predict.PredictAsync, request, timeout, request_id)
         return response.task
 
-    def get_model(
-        self, model: str, version: Version = 0, *, timeout: float | None = None
-    ) -> model_pb2.ModelMetadata:
+    def get_model(self, model: str, version: Version = 0, *, timeout: float | None = None) -> model_pb2.ModelMetadata:
         """Metadata of one model version (0: the newest loaded one; a string: a version label)."""
         request = predict_pb2.GetModelRequest(model=model, **version_fields(version))
         metadata = self._call(self._predict.GetModel, request, timeout).model
@@ -244,9 +242,7 @@ class Client(Connection):
         cached = self._models.get((model, version))
         return cached if cached is not None else self.get_model(model, version)
 
-    def _send_predict(
-        self, request: predict_pb2.PredictRequest, timeout: float | None
-    ) -> PredictResult:
+    def _send_predict(self, request: predict_pb2.PredictRequest, timeout: float | None) -> PredictResult:
         """Call `Predict` (its request id also goes in `x-request-id`) and decode the answer."""
         response = self._call(self._predict.Predict, request, timeout, request.request_id)
         return PredictResult.from_response(response)

@@ -32,8 +32,9 @@ from train_digits import build_model, load_data  # noqa: E402
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saved-model", type=Path, default=Path("models/digits/1"))
-    parser.add_argument("--out", type=Path, default=Path("models/digits_keras/1"),
-                        help="version directory (replaced if it exists)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("models/digits_keras/1"), help="version directory (replaced if it exists)"
+    )
     return parser.parse_args()
 
 

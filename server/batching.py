@@ -45,9 +45,10 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -238,7 +239,9 @@ class Batcher:
             pending.future.cancel()
             raise DeadlineExceeded(f"deadline exceeded waiting for model '{self.name}'") from None
 
-    def _pending(self, inputs: Arrays, deadline: float | None, future: Future | asyncio.Future | None = None) -> _Pending:
+    def _pending(
+        self, inputs: Arrays, deadline: float | None, future: Future | asyncio.Future | None = None
+    ) -> _Pending:
         rows = _rows_of(inputs)
         if rows > self.config.max_batch_size:
             raise InvalidArgument(
@@ -306,8 +309,9 @@ class Batcher:
 
     def _waiting_elsewhere(self, loops: set[asyncio.AbstractEventLoop]) -> bool:
         """Whether a queued request waits on a loop other than `loops` (caller holds the lock)."""
-        return any(isinstance(item.future, asyncio.Future) and item.future.get_loop() not in loops
-                   for item in self._queue)
+        return any(
+            isinstance(item.future, asyncio.Future) and item.future.get_loop() not in loops for item in self._queue
+        )
 
     def _take_batch(self) -> list[_Pending] | None:
         """Wait for work, a free model and a go, then take one batch; None when closed and empty."""

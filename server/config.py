@@ -10,8 +10,9 @@ elsewhere.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,14 +31,19 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * MiB, ge=1024)
     grace_period_seconds: float = Field(10.0, ge=0, description="drain time on SIGTERM")
     server_processes: int = Field(
-        1, ge=1, le=256,
+        1,
+        ge=1,
+        le=256,
         description="server processes sharing the ports (SO_REUSEPORT), each with its own event loop and models",
     )
     server_process_index: int = Field(-1, ge=-1, description="set by the parent of SERVER_PROCESSES > 1; -1: alone")
     reflection: bool = True
-    tfserving_grpc: bool = Field(True, description="also serve TensorFlow Serving's gRPC PredictionService and ModelService")
+    tfserving_grpc: bool = Field(
+        True, description="also serve TensorFlow Serving's gRPC PredictionService and ModelService"
+    )
     inference_v2: bool = Field(
-        True, description="also serve the Open Inference Protocol (KServe V2, Triton): gRPC, and REST under /v2 on the shim"
+        True,
+        description="also serve the Open Inference Protocol (KServe V2, Triton): gRPC, and REST under /v2 on the shim",
     )
 
     # Models
@@ -60,7 +66,9 @@ class Settings(BaseSettings):
     http_server_address: str = "0.0.0.0:8080"
     http_max_workers: int = Field(128, ge=1, description="threads running HTTP shim calls")
     max_http_body_bytes: int = Field(0, ge=0, description="largest HTTP body or NDJSON line; 0: MAX_MESSAGE_BYTES")
-    tfserving_rest_address: str = Field("", description="TensorFlow Serving's REST API here (e.g. 0.0.0.0:8501); empty: off")
+    tfserving_rest_address: str = Field(
+        "", description="TensorFlow Serving's REST API here (e.g. 0.0.0.0:8501); empty: off"
+    )
     redis_address: str = ""
     redis_cluster_mode: bool = False
     redis_tls_ca_file: Path | None = Field(None, description="CA certificates (PEM) for a rediss:// address")
@@ -128,8 +136,9 @@ class Settings(BaseSettings):
     def _parse_duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
 
-    @field_validator("api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "redis_tls_ca_file",
-                     mode="before")
+    @field_validator(
+        "api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "redis_tls_ca_file", mode="before"
+    )
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -157,8 +166,7 @@ class Settings(BaseSettings):
                 raise ValueError("allowed_batch_sizes must be increasing positive integers")
             if sizes[-1] != self.max_batch_size:
                 raise ValueError(
-                    f"the largest allowed_batch_sizes ({sizes[-1]}) must equal "
-                    f"max_batch_size ({self.max_batch_size})"
+                    f"the largest allowed_batch_sizes ({sizes[-1]}) must equal max_batch_size ({self.max_batch_size})"
                 )
         return self
 
@@ -180,8 +188,13 @@ def parse_duration(text: str) -> float:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags of `python -m server [worker]`."""
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n")[0])
-    parser.add_argument("mode", nargs="?", default="serve", choices=["serve", "worker"],
-                        help="serve: the API; worker: only queue workers (plus gRPC health)")
+    parser.add_argument(
+        "mode",
+        nargs="?",
+        default="serve",
+        choices=["serve", "worker"],
+        help="serve: the API; worker: only queue workers (plus gRPC health)",
+    )
     parser.add_argument("--config", type=Path, help="KEY=VALUE settings file (like .env)")
     parser.add_argument("--port", type=int, help="gRPC port (host from GRPC_SERVER_ADDRESS)")
     parser.add_argument("--model-dir", type=Path, help="model repository (MODEL_DIR)")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import grpc
 

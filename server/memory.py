@@ -20,7 +20,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
-from typing import Callable
+from collections.abc import Callable
 
 M_ARENA_MAX = -8  # glibc's mallopt() parameter
 MALLOC_ARENAS = 2

@@ -516,7 +516,7 @@ def test_random_concurrent_requests_get_their_own_rows(make_batcher: MakeBatcher
                 n = rng.randint(1, 4)
                 sent_rows[seed] += n
                 # Integers as floats: sums are exact whatever the batch layout.
-                return nprng.integers(-10**6, 10**6, size=(n, 3)).astype(np.float64)
+                return nprng.integers(-(10**6), 10**6, size=(n, 3)).astype(np.float64)
 
             x = make_input()
             future = batcher.submit({"x": x})

@@ -77,12 +77,16 @@ def test_infer_returns_the_callers_rows(make_batcher: MakeBatcher) -> None:
     assert model.batch_rows == [3]
 
 
-@pytest.mark.parametrize("sizes,config,batches", [
-    ([1, 2, 3, 1, 4], {}, [1, 11]),
-    # No lost wake-up between the model thread and the loop, batch after batch, with nothing else
-    # arriving; a queue holding as many rows as the batch that just ran is taken by the model thread at once.
-    ([1] * 6, {"max_batch_size": 2}, [1, 2, 2, 2]),
-], ids=["one batch", "batch after batch"])
+@pytest.mark.parametrize(
+    "sizes,config,batches",
+    [
+        ([1, 2, 3, 1, 4], {}, [1, 11]),
+        # No lost wake-up between the model thread and the loop, batch after batch, with nothing else
+        # arriving; a queue holding as many rows as the batch that just ran is taken by the model thread at once.
+        ([1] * 6, {"max_batch_size": 2}, [1, 2, 2, 2]),
+    ],
+    ids=["one batch", "batch after batch"],
+)
 def test_requests_queued_while_the_model_runs_become_the_next_batches(
     make_batcher: MakeBatcher, sizes: list[int], config: dict, batches: list[int]
 ) -> None:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 
 from server.config import Settings
 from server.processes import _without_processes, check, child_access_log
-from serving.v1 import predict_pb2, predict_pb2_grpc
+from serving.v1 import predict_pb2_grpc
 from tests.conftest import digits_rows
-from tests.support.servers import ServerProcess, wait_for
 from tests.support.redis_servers import RedisServer
+from tests.support.servers import ServerProcess, wait_for
 from tests.test_lifecycle import request, sigterm_under_load
 
 pytestmark = pytest.mark.timeout(180)
@@ -51,14 +51,17 @@ def test_two_processes_serve_one_port_and_one_metrics_view(tmp_path: Path, redis
             text = urllib.request.urlopen(proc.http_url + "/metrics", timeout=10).read().decode()
             found = re.search(
                 r'^serving_requests_total\{code="OK",method="/serving.v1.PredictService/Predict",transport="grpc"\} (\S+)$',
-                text, re.M,
+                text,
+                re.M,
             )
             assert found is not None and float(found.group(1)) == calls
     finally:
         assert proc.stop() == 0
 
 
-def test_sigterm_under_load_with_two_processes_fails_no_in_flight_call(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_sigterm_under_load_with_two_processes_fails_no_in_flight_call(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
     sigterm_under_load(tmp_path, {"SERVER_PROCESSES": "2", "REDIS_ADDRESS": redis_server.address})
 
 

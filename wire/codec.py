@@ -65,9 +65,7 @@ def dtype_name(dtype: int) -> str:
 
 
 _DATA_TYPES: Final[dict[tuple[str, int], int]] = {
-    (dtype.kind, dtype.itemsize): code
-    for code, dtype in NUMPY_DTYPES.items()
-    if code != tensor_pb2.DATA_TYPE_STRING
+    (dtype.kind, dtype.itemsize): code for code, dtype in NUMPY_DTYPES.items() if code != tensor_pb2.DATA_TYPE_STRING
 }
 
 
@@ -109,14 +107,10 @@ def to_numpy(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
     field = TYPED_FIELDS[tensor.dtype]
     wrong = [f for f in typed_set if f != field]
     if wrong:
-        raise TensorCodecError(
-            f"{name}: {dtype_name(tensor.dtype)} values go in {field} (or raw), not {wrong[0]}"
-        )
+        raise TensorCodecError(f"{name}: {dtype_name(tensor.dtype)} values go in {field} (or raw), not {wrong[0]}")
     values = getattr(tensor, field)
     if len(values) != count:
-        raise TensorCodecError(
-            f"{name}: {field} holds {len(values)} values but shape {list(shape)} needs {count}"
-        )
+        raise TensorCodecError(f"{name}: {field} holds {len(values)} values but shape {list(shape)} needs {count}")
     if tensor.dtype == tensor_pb2.DATA_TYPE_STRING:
         array = np.empty(count, dtype=object)
         array[:] = list(values)
@@ -133,9 +127,7 @@ def from_numpy(array: np.ndarray, *, raw: bool = True) -> tensor_pb2.Tensor:
     code = data_type_of(array)
     tensor = tensor_pb2.Tensor(dtype=code, shape=array.shape)
     if code == tensor_pb2.DATA_TYPE_STRING:
-        tensor.string_val.extend(
-            v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)
-        )
+        tensor.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1))
     elif raw:
         tensor.raw = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[code]).tobytes()
     else:

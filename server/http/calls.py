@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -202,7 +203,9 @@ class RpcCall:
             return CallFailed.of(exc)
         return CallFailed(*status_of(exc))
 
-    def failure_or_deadline(self, exc: BaseException | None, requests: RequestStream | None = None) -> CallFailed | None:
+    def failure_or_deadline(
+        self, exc: BaseException | None, requests: RequestStream | None = None
+    ) -> CallFailed | None:
         """`failure`, and DEADLINE_EXCEEDED for a stream that ended cleanly once its deadline had passed: a
         servicer that stops when the call turns inactive (WatchTask) ends because of the deadline, and
         a gRPC client would see DEADLINE_EXCEEDED then too."""
@@ -246,7 +249,9 @@ class RpcCall:
             return None
         return handler
 
-    async def invoke_async(self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]) -> Message:
+    async def invoke_async(
+        self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]
+    ) -> Message:
         """`invoke` for a coroutine behavior (`handler` from `loop_handler`), on the event loop."""
         exc: Exception | None = None
         response: Message | None = None
@@ -263,7 +268,9 @@ class RpcCall:
         assert response is not None
         return response
 
-    async def run_unary_async(self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]) -> bytes:
+    async def run_unary_async(
+        self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]
+    ) -> bytes:
         """`run_unary` for a coroutine behavior, on the event loop."""
         return dumps(message_json(await self.invoke_async(handler, build), self.response_body))
 

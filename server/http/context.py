@@ -17,7 +17,8 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -50,7 +51,7 @@ def metadata_from_headers(headers: Mapping[str, str]) -> Metadata:
         if key in FORWARDED_HEADERS:
             metadata.append((key, value))
         elif key.startswith(METADATA_PREFIX) and len(key) > len(METADATA_PREFIX):
-            key = key[len(METADATA_PREFIX):]
+            key = key[len(METADATA_PREFIX) :]
             if key.endswith("-bin"):
                 try:
                     metadata.append((key, base64.b64decode(value, validate=True)))
@@ -210,7 +211,10 @@ class HttpServicerContext(RecordedContext, grpc.ServicerContext):
         also becomes the HTTP `Retry-After` header.
         """
         headers = {}
-        for prefix, pairs in (("Grpc-Metadata-", self.initial_metadata), ("Grpc-Trailer-", self.trailing_metadata_sent)):
+        for prefix, pairs in (
+            ("Grpc-Metadata-", self.initial_metadata),
+            ("Grpc-Trailer-", self.trailing_metadata_sent),
+        ):
             for key, value in pairs:
                 text = base64.b64encode(value).decode() if isinstance(value, bytes) else value
                 headers[prefix + key] = text

@@ -17,8 +17,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from aiohttp import BodyPartReader, ClientPayloadError, MultipartReader, web
 from aiohttp.hdrs import CONTENT_TYPE

@@ -11,7 +11,8 @@ RESOURCE_EXHAUSTED, the code gRPC answers for a message over its limit).
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any
 
 import grpc
 from aiohttp import web

@@ -12,9 +12,10 @@ with the plain error shape and status instead.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from functools import partial
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 import grpc
 from aiohttp import web
@@ -47,7 +48,9 @@ def context_for(request: web.Request, route: str) -> HttpServicerContext:
 
 
 def failure_response(failed: CallFailed, context: HttpServicerContext) -> web.Response:
-    return error_response(failed.code, failed.message, http_status=failed.http_status, headers=context.response_headers())
+    return error_response(
+        failed.code, failed.message, http_status=failed.http_status, headers=context.response_headers()
+    )
 
 
 class RpcHandler:
@@ -80,7 +83,9 @@ class RpcHandler:
                 feeder = multipart.feed_upload(request, uploads)
                 build = partial(RequestStream, uploads, _as_is)
             else:
-                raise InvalidArgument(f"{route.rpc}: multipart forms are accepted only by Predict and Upload; send JSON")
+                raise InvalidArgument(
+                    f"{route.rpc}: multipart forms are accepted only by Predict and Upload; send JSON"
+                )
         elif route.client_streaming:
             lines: FromLoop[bytes] = FromLoop(loop)
             feeder = feed_lines(request.content, lines, self.max_body_bytes)

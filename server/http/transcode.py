@@ -12,7 +12,8 @@ strings and bytes as base64 (`json_format.MessageToDict`).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -23,12 +24,21 @@ from server.http.responses import dumps, status_json
 from server.http.routes import Route
 
 # Well-known message types whose JSON form is one string (so a query value can carry it).
-STRING_MESSAGES = frozenset({
-    "google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask",
-    "google.protobuf.StringValue", "google.protobuf.BytesValue", "google.protobuf.Int64Value",
-    "google.protobuf.UInt64Value", "google.protobuf.Int32Value", "google.protobuf.UInt32Value",
-    "google.protobuf.DoubleValue", "google.protobuf.FloatValue",
-})
+STRING_MESSAGES = frozenset(
+    {
+        "google.protobuf.Timestamp",
+        "google.protobuf.Duration",
+        "google.protobuf.FieldMask",
+        "google.protobuf.StringValue",
+        "google.protobuf.BytesValue",
+        "google.protobuf.Int64Value",
+        "google.protobuf.UInt64Value",
+        "google.protobuf.Int32Value",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+    }
+)
 # "TENSOR_ENCODING_UNSPECIFIED: RAW over gRPC, TYPED over the HTTP shim" (predict.proto).
 TENSOR_ENCODING = "serving.v1.TensorEncoding"
 TYPED_ENCODING = "TENSOR_ENCODING_TYPED"
@@ -47,7 +57,9 @@ def parse_json(data: bytes, what: str = "request body") -> Any:
 def merge_json(value: Any, message: Message, what: str) -> None:
     """Merge a JSON object into `message` (unknown fields rejected)."""
     if not isinstance(value, dict):
-        raise InvalidArgument(f"{what}: expected a JSON object for {message.DESCRIPTOR.full_name}, got {type(value).__name__}")
+        raise InvalidArgument(
+            f"{what}: expected a JSON object for {message.DESCRIPTOR.full_name}, got {type(value).__name__}"
+        )
     try:
         json_format.ParseDict(value, message, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
@@ -75,7 +87,9 @@ def _leaf_value(field: FieldDescriptor, text: str, what: str, key: str) -> Any:
             return lowered in _TRUE
         raise InvalidArgument(f"{what}: expected true or false, got {text!r}")
     if field.message_type is not None and field.message_type.full_name not in STRING_MESSAGES:
-        raise InvalidArgument(f"{what}: is a message ({field.message_type.full_name}); set its fields as '{key}.<field>'")
+        raise InvalidArgument(
+            f"{what}: is a message ({field.message_type.full_name}); set its fields as '{key}.<field>'"
+        )
     return text
 
 
@@ -121,9 +135,7 @@ def apply_http_defaults(message: Message) -> None:
             apply_http_defaults(getattr(message, field.name))
 
 
-def build_request(
-    route: Route, body: bytes, query: Iterable[tuple[str, str]], variables: dict[str, str]
-) -> Message:
+def build_request(route: Route, body: bytes, query: Iterable[tuple[str, str]], variables: dict[str, str]) -> Message:
     """The route's request message from the body, the query string and the path variables."""
     message = route.new_request()
     descriptor = message.DESCRIPTOR
@@ -167,7 +179,12 @@ def parse_stream_line(route: Route, line: bytes, number: int, variables: dict[st
     value = parse_json(line, what)
     message = route.new_request()
     wrapper = wrapper_field(message.DESCRIPTOR)
-    if wrapper is not None and isinstance(value, dict) and value and not value.keys() <= {wrapper.name, wrapper.json_name}:
+    if (
+        wrapper is not None
+        and isinstance(value, dict)
+        and value
+        and not value.keys() <= {wrapper.name, wrapper.json_name}
+    ):
         merge_json(value, getattr(message, wrapper.name), what)
     else:
         merge_json(value, message, what)

@@ -25,8 +25,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 from server.batching import BatchingConfig
 from server.errors import InvalidArgument, NotFound, Unavailable
@@ -52,8 +53,11 @@ def find_versions(model_dir: Path) -> dict[str, list[int]]:
         for folder in unknown:
             if folder not in _LOGGED_UNKNOWN:
                 _LOGGED_UNKNOWN.add(folder)
-                log.warning("%s: no saved_model.pb or model.keras, so not a version the server can load "
-                            "(expected %s); skipped", folder, known_formats())
+                log.warning(
+                    "%s: no saved_model.pb or model.keras, so not a version the server can load (expected %s); skipped",
+                    folder,
+                    known_formats(),
+                )
         if versions:
             found[model_root.name] = sorted(versions, reverse=True)
     return found
@@ -86,11 +90,14 @@ def version_policy(raw: object, where: str) -> VersionPolicy:
     if raw == "all":
         return lambda found: list(found)
     if isinstance(raw, dict) and len(raw) == 1:
-        (kind, value), = raw.items()
+        ((kind, value),) = raw.items()
         if kind == "latest" and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return lambda found: found[:value]
-        if kind == "specific" and isinstance(value, list) and value and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+        if (
+            kind == "specific"
+            and isinstance(value, list)
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
         ):
             wanted = set(value)
             return lambda found: [v for v in found if v in wanted]
@@ -114,7 +121,7 @@ def version_labels(raw: object, where: str) -> dict[str, int]:
         return dict(raw)
     raise ValueError(
         f'{where}: version_labels must map labels (a letter, then letters, digits, "_", "." or "-") to '
-        f"versions (>= 1), e.g. {{\"stable\": 1, \"canary\": 2}}; got {json.dumps(raw)[:200]}"
+        f'versions (>= 1), e.g. {{"stable": 1, "canary": 2}}; got {json.dumps(raw)[:200]}'
     )
 
 
@@ -191,11 +198,18 @@ class ModelRepository:
                     model = load_model(name, version, path, self.device, self.batching)
                 except Exception as exc:
                     if self.strict:
-                        raise RuntimeError(f"model {name}: version {version} ({path}) failed to load: "
-                                           f"{_first_line(exc)}") from exc
+                        raise RuntimeError(
+                            f"model {name}: version {version} ({path}) failed to load: {_first_line(exc)}"
+                        ) from exc
                     reason = self._failed_to_load(name, version, files_signature(path), exc)
-                    log.error("model %s: version %d (%s) failed to load (%s); the other models serve "
-                              "(MODEL_LOAD_STRICT=true stops the start instead)", name, version, path, reason)
+                    log.error(
+                        "model %s: version %d (%s) failed to load (%s); the other models serve "
+                        "(MODEL_LOAD_STRICT=true stops the start instead)",
+                        name,
+                        version,
+                        path,
+                        reason,
+                    )
                     failures.append(f"{name} v{version}: {reason}")
                     continue
                 self._set_served(name, {**self._models.get(name, {}), version: model})
@@ -440,6 +454,6 @@ class ModelRepository:
 
 
 def _versions(versions: Iterable[int]) -> str:
-    """"version 1" or "versions 2, 1" for versions (or a dict keyed by them), newest first."""
+    """ "version 1" or "versions 2, 1" for versions (or a dict keyed by them), newest first."""
     ordered = sorted(versions, reverse=True)
     return ("version " if len(ordered) == 1 else "versions ") + ", ".join(str(v) for v in ordered)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
@@ -74,8 +75,14 @@ class BatchedStream(Generic[Request, Response]):
         finally:
             stop.set()
 
-    def _read(self, requests: Iterable[Request], context: grpc.ServicerContext, results: queue.Queue,
-              slots: threading.Semaphore, stop: threading.Event) -> None:
+    def _read(
+        self,
+        requests: Iterable[Request],
+        context: grpc.ServicerContext,
+        results: queue.Queue,
+        slots: threading.Semaphore,
+        stop: threading.Event,
+    ) -> None:
         """Queue each message; put `_END` once every queued message has been answered."""
         submitted = 0
         done = threading.Semaphore(0)

@@ -18,16 +18,17 @@ import hmac
 import inspect
 import math
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import grpc
 
 from server.config import Settings
 from server.errors import ResourceExhausted, Unauthenticated
-from server.telemetry.calls import Behavior, current_call, is_async, wrap_handler
 from server.security.ratelimit import RateLimiter
+from server.telemetry.calls import Behavior, current_call, is_async, wrap_handler
 
 HEALTH_PREFIX = "/grpc.health.v1."
 PROBE_METHODS = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")

@@ -16,7 +16,8 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis.exceptions
 

@@ -21,7 +21,8 @@ index keys expire with the last record written to them.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from server.tasks import records, status
 from server.tasks.records import Cursor
@@ -163,8 +164,15 @@ class RedisTaskStore(TaskStore):
             event = "DELETED"
         else:
             event = status.name(new.status) if old is None or old.status != new.status else ""
-        head = ["1", expected or "", "" if new is None else records.to_json(new), max(1, int(self.ttl_seconds)),
-                channel(task_id), event, self._cutoff()]
+        head = [
+            "1",
+            expected or "",
+            "" if new is None else records.to_json(new),
+            max(1, int(self.ttl_seconds)),
+            channel(task_id),
+            event,
+            self._cutoff(),
+        ]
         index_keys, index_args = self._index_ops(old, new)
         with translated(self.address):
             if not self.cluster:

@@ -11,7 +11,7 @@ the full lifetime (REDIS_KEY_DURATION) again.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 from server.errors import AlreadyExists, NotFound, Unavailable
 from server.tasks import records

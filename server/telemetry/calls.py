@@ -12,8 +12,9 @@ import asyncio
 import contextvars
 import inspect
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
@@ -47,7 +48,7 @@ def is_async(behavior: Callable[..., Any]) -> bool:
 
 
 def transport_of(context: grpc.ServicerContext) -> str:
-    """"grpc", or what an in-process transport's context says it is (e.g. "http")."""
+    """ "grpc", or what an in-process transport's context says it is (e.g. "http")."""
     return getattr(context, "transport", "grpc")
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import collections
 import re
 import secrets
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import grpc
 from opentelemetry import trace

@@ -22,8 +22,8 @@ from schemathesis.specs.openapi.checks import (
 
 from server.http.openapi import openapi_document
 from server.http.routes import build_routes
-from tests.support.http_fixtures import Served
 from tests.http.test_routes import API_SERVICES
+from tests.support.http_fixtures import Served
 
 MAX_EXAMPLES = 20
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -12,14 +12,14 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from tests.support.s3_servers import MotoServer, app_settings, s3_settings
 
 from server.app import App
-from wire.codec import from_numpy, to_numpy
-from server.models.file_outputs import encode_png, parse_file_outputs
 from server.models.backend import TensorInfo
+from server.models.file_outputs import encode_png, parse_file_outputs
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2, task_pb2_grpc, tensor_pb2
+from tests.support.s3_servers import MotoServer, app_settings, s3_settings
 from tests.support.servers import MODEL_DIR, wait_for
+from wire.codec import from_numpy, to_numpy
 
 DECODER = MODEL_DIR / "digits_decoder" / "1"
 
@@ -56,7 +56,9 @@ def s3_app(moto: MotoServer) -> Iterator[App]:
 
 def request(digits: list[int], **fields: object) -> predict_pb2.PredictRequest:
     tensor = from_numpy(np.array(digits, np.int32))
-    return predict_pb2.PredictRequest(model="digits_decoder", inputs={"digit": tensor_pb2.Input(tensor=tensor)}, **fields)
+    return predict_pb2.PredictRequest(
+        model="digits_decoder", inputs={"digit": tensor_pb2.Input(tensor=tensor)}, **fields
+    )
 
 
 def predict(app: App, message: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
@@ -107,8 +109,11 @@ def test_stream_predict_returns_files_too(s3_app: App, drawn) -> None:
 
 def test_async_tasks_record_the_files(s3_app: App, moto: MotoServer, drawn) -> None:
     with grpc.insecure_channel(s3_app.address) as channel:
-        task = predict_pb2_grpc.PredictServiceStub(channel).PredictAsync(
-            predict_pb2.PredictAsyncRequest(request=request([9])), timeout=30).task
+        task = (
+            predict_pb2_grpc.PredictServiceStub(channel)
+            .PredictAsync(predict_pb2.PredictAsyncRequest(request=request([9])), timeout=30)
+            .task
+        )
         tasks = task_pb2_grpc.TaskServiceStub(channel)
 
         def finished() -> task_pb2.Task | None:
@@ -134,7 +139,9 @@ def test_get_model_reports_the_file_outputs(s3_app: App) -> None:
 
 def test_the_classifier_is_unchanged(s3_app: App) -> None:
     tensor = from_numpy(np.zeros((1, 8, 8, 1), np.float32))
-    reply = predict(s3_app, predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=tensor)}))
+    reply = predict(
+        s3_app, predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=tensor)})
+    )
     assert list(reply.outputs) == ["probabilities"] and list(reply.files) == []
 
 

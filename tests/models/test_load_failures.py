@@ -17,8 +17,8 @@ from server.app import App
 from server.config import Settings
 from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.conftest import digits_rows
-from tests.support.servers import health_status
 from tests.models.test_reload import add_version
+from tests.support.servers import health_status
 
 
 def save_string_model(path: Path) -> None:
@@ -56,14 +56,17 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(
     assert health_status(app.address) == "SERVING"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].startswith(
-        f"model broken: version 1 ({mixed_repository / 'broken' / '1'}) failed to load ("), errors
+        f"model broken: version 1 ({mixed_repository / 'broken' / '1'}) failed to load ("
+    ), errors
     assert any(f"{mixed_repository / 'onnx_model' / '1'}: no saved_model.pb" in r.getMessage() for r in caplog.records)
     with grpc.insecure_channel(app.address) as channel:
         predict = predict_pb2_grpc.PredictServiceStub(channel)
         reply = predict.Predict(predict_request("digits", tensor_inputs({"image": digits_rows(1)})), timeout=10)
         assert list(reply.outputs["probabilities"].shape) == [1, 10]
         strings = predict_request("lengths", tensor_inputs({"text": np.array([b"abc", b"hello"], dtype=object)}))
-        assert np.array_equal(np.frombuffer(predict.Predict(strings, timeout=10).outputs["length"].raw, np.int32), [3, 5])
+        assert np.array_equal(
+            np.frombuffer(predict.Predict(strings, timeout=10).outputs["length"].raw, np.int32), [3, 5]
+        )
         with pytest.raises(grpc.RpcError) as raised:
             predict.GetModel(predict_pb2.GetModelRequest(model="broken"), timeout=10)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -79,8 +82,17 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(
 
 
 def assert_start_fails(model_dir: Path, match: str, **settings: object) -> None:
-    app = App(Settings(_env_file=None, grpc_server_address="127.0.0.1:0", http_server_address="", metrics_address="",
-                       access_log_path="", model_dir=model_dir, **settings))
+    app = App(
+        Settings(
+            _env_file=None,
+            grpc_server_address="127.0.0.1:0",
+            http_server_address="",
+            metrics_address="",
+            access_log_path="",
+            model_dir=model_dir,
+            **settings,
+        )
+    )
     try:
         with pytest.raises(RuntimeError, match=match):
             app.start()
@@ -89,8 +101,9 @@ def assert_start_fails(model_dir: Path, match: str, **settings: object) -> None:
 
 
 def test_strict_loading_stops_the_start_naming_the_model(mixed_repository: Path) -> None:
-    assert_start_fails(mixed_repository, r"model broken: version 1 \(.*broken/1\) failed to load: ",
-                       model_load_strict=True)
+    assert_start_fails(
+        mixed_repository, r"model broken: version 1 \(.*broken/1\) failed to load: ", model_load_strict=True
+    )
 
 
 def test_nothing_loadable_stops_the_start(tmp_path: Path) -> None:

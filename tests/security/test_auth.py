@@ -67,7 +67,9 @@ def test_every_rpc_rejects_a_missing_or_wrong_key_over_grpc(keyed_app, metadata,
             with pytest.raises(grpc.RpcError) as info:
                 rpc.call(channel, metadata)
             assert (rpc.name, info.value.code(), info.value.details()) == (
-                rpc.name, grpc.StatusCode.UNAUTHENTICATED, message
+                rpc.name,
+                grpc.StatusCode.UNAUTHENTICATED,
+                message,
             )
 
 
@@ -76,7 +78,11 @@ def test_every_rpc_rejects_a_missing_or_wrong_key_over_http(keyed_app, metadata,
     for rpc in api_rpcs():
         status, headers, body = http_call(keyed_app, rpc, metadata)
         assert (rpc.name, status, headers.get("WWW-Authenticate"), body.get("code"), body.get("message")) == (
-            rpc.name, 401, "Bearer", grpc.StatusCode.UNAUTHENTICATED.value[0], message
+            rpc.name,
+            401,
+            "Bearer",
+            grpc.StatusCode.UNAUTHENTICATED.value[0],
+            message,
         )
 
 
@@ -98,7 +104,9 @@ def test_health_is_open_and_reflection_is_open_by_default(keyed_app):
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+        replies = list(
+            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        )
         assert "serving.v1.PredictService" in {s.name for s in replies[0].list_services_response.service}
 
 
@@ -107,7 +115,9 @@ def test_reflection_needs_a_key_when_not_exempt(telemetry_app):
     with grpc.insecure_channel(app.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+            list(
+                stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+            )
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -125,7 +135,10 @@ def test_keys_file_with_hashes_and_rotation(telemetry_app, tmp_path, read_access
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     entries = read_access_log(4, "/serving.v1.PredictService/ListModels")
     assert [(e["key"], e["status"]) for e in entries] == [
-        ("billing", "OK"), ("billing", "OK"), ("ops", "OK"), (None, "UNAUTHENTICATED")
+        ("billing", "OK"),
+        ("billing", "OK"),
+        ("ops", "OK"),
+        (None, "UNAUTHENTICATED"),
     ]
 
 
@@ -177,8 +190,13 @@ def test_without_a_key_the_http_listeners_never_read_the_body(telemetry_app, rea
     """A body over the limit gives 401 without a key (it was not read) and 413 with one (it was)."""
     import requests
 
-    app = telemetry_app(listen_only=True, api_keys=f"ci:{KEY}", http_server_address="127.0.0.1:0",
-                        tfserving_rest_address="127.0.0.1:0", max_http_body_bytes=1024)
+    app = telemetry_app(
+        listen_only=True,
+        api_keys=f"ci:{KEY}",
+        http_server_address="127.0.0.1:0",
+        tfserving_rest_address="127.0.0.1:0",
+        max_http_body_bytes=1024,
+    )
     big = b"x" * 64 * 1024
     targets = [
         (f"http://{app.http_address}/v1/models/digits:predict", {"Content-Type": "application/json"}),

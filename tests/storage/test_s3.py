@@ -12,12 +12,21 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from botocore.exceptions import ClientError
-from tests.support.s3_servers import MiB, PART, MotoServer, TcpRelay, chunks_of, in_progress_uploads, object_keys, s3_settings
 
 from server.errors import ServingError
 from server.storage.factory import open_object_store
 from server.storage.s3_errors import storage_error
 from server.storage.store import ObjectStore
+from tests.support.s3_servers import (
+    PART,
+    MiB,
+    MotoServer,
+    TcpRelay,
+    chunks_of,
+    in_progress_uploads,
+    object_keys,
+    s3_settings,
+)
 from tests.support.servers import free_port, wait_for
 
 MakeStore = Callable[..., ObjectStore]
@@ -34,8 +43,9 @@ def test_small_object_is_one_put(moto: MotoServer, bucket: str, make_store: Make
     store = make_store(bucket, s3_key_prefix="pre")
     data = os.urandom(1000)
     key = store.new_key("../../a.bin", "in")
-    stored = store.put(key, chunks_of(data, 300), content_type="application/x-test",
-                       sha256=hashlib.sha256(data).hexdigest())
+    stored = store.put(
+        key, chunks_of(data, 300), content_type="application/x-test", sha256=hashlib.sha256(data).hexdigest()
+    )
     assert key.startswith("pre/in/") and key.endswith("-a.bin")
     head = moto.client.head_object(Bucket=bucket, Key=key)
     assert "-" not in head["ETag"] and head["ContentType"] == "application/x-test"
@@ -122,8 +132,16 @@ def test_storage_errors_name_the_bucket_not_the_credentials(make_store: MakeStor
         "object storage: cannot reach bucket 'some-bucket' (EndpointConnectionError) while storing the object; retry later"
     )
     denied = ClientError(
-        {"Error": {"Code": "InvalidAccessKeyId", "Message": "key AKIASECRET unknown", "AWSAccessKeyId": "AKIASECRET"},
-         "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+        {
+            "Error": {
+                "Code": "InvalidAccessKeyId",
+                "Message": "key AKIASECRET unknown",
+                "AWSAccessKeyId": "AKIASECRET",
+            },
+            "ResponseMetadata": {"HTTPStatusCode": 403},
+        },
+        "PutObject",
+    )
     error = storage_error(denied, "b1", "storing the object")
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "AKIASECRET" not in error.message
     assert error.message == (
@@ -134,9 +152,7 @@ def test_storage_errors_name_the_bucket_not_the_credentials(make_store: MakeStor
     assert storage_error(throttled, "b1", "uploading part 2").code == grpc.StatusCode.UNAVAILABLE
 
 
-def test_endpoint_gone_mid_upload_aborts_once_it_is_back(
-    moto: MotoServer, bucket: str, make_store: MakeStore
-) -> None:
+def test_endpoint_gone_mid_upload_aborts_once_it_is_back(moto: MotoServer, bucket: str, make_store: MakeStore) -> None:
     relay = TcpRelay(moto.port)
     store = make_store(bucket, s3_endpoint_url=relay.endpoint_url, s3_max_attempts=1)
     key = store.new_key("cut.bin")
@@ -144,8 +160,11 @@ def test_endpoint_gone_mid_upload_aborts_once_it_is_back(
     def chunks() -> Iterator[bytes]:
         yield from chunks_of(os.urandom(PART + MiB))
         upload = wait_for(lambda: in_progress_uploads(moto, bucket), 30, "the multipart upload")[0]
-        wait_for(lambda: moto.client.list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"]).get("Parts"),
-                 30, "part 1 to be stored")
+        wait_for(
+            lambda: moto.client.list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"]).get("Parts"),
+            30,
+            "part 1 to be stored",
+        )
         relay.cut()
         yield from chunks_of(os.urandom(PART))
 
@@ -190,7 +209,9 @@ def test_settings_that_cannot_work_stop_the_start() -> None:
         open_object_store(s3_settings("http://127.0.0.1:1", "b", max_upload_bytes=10_001 * PART))
 
 
-def test_a_hung_endpoint_is_unavailable_within_the_timeouts(moto: MotoServer, bucket: str, make_store: MakeStore) -> None:
+def test_a_hung_endpoint_is_unavailable_within_the_timeouts(
+    moto: MotoServer, bucket: str, make_store: MakeStore
+) -> None:
     """moto frozen (SIGSTOP) mid-upload: the call answers UNAVAILABLE after S3_MAX_ATTEMPTS read
     timeouts, not botocore's minutes; once the store answers again the upload is aborted."""
     store = make_store(bucket, s3_read_timeout_seconds=0.5, s3_connect_timeout_seconds=0.5, s3_max_attempts=2)

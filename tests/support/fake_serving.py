@@ -45,9 +45,7 @@ def fake_scores(rows: int) -> np.ndarray:
     return scores
 
 
-def fake_response(
-    request: predict_pb2.PredictRequest, request_id: str
-) -> predict_pb2.PredictResponse:
+def fake_response(request: predict_pb2.PredictRequest, request_id: str) -> predict_pb2.PredictResponse:
     """What the fake model answers: `scores` per row, plus classifications."""
     source = request.inputs["image"]
     if source.WhichOneof("kind") == "images":

@@ -72,7 +72,7 @@ def new_bucket(moto: MotoServer) -> str:
 
 def chunks_of(data: bytes, size: int = MiB) -> Iterator[bytes]:
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 def in_progress_uploads(moto: MotoServer, bucket: str) -> list[dict]:
@@ -119,7 +119,9 @@ class MotoServer:
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **AWS_ENV},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **AWS_ENV},
         )
         wait_for(self._ready, 30, f"moto_server on port {self.port}")
         self.client = s3_client(self.endpoint_url)

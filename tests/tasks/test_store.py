@@ -90,8 +90,9 @@ def test_listing_and_pagination_across_many_tasks(store: TaskStore) -> None:
     assert list_all(store, by_status, 11) == [i for i in newest_first if int(i[-3:]) % 3 == 1]
     two = task_pb2.TaskFilter(statuses=[status.QUEUED, status.SUCCEEDED], model="digits")
     assert list_all(store, two, 13) == [i for i in newest_first if int(i[-3:]) % 3 != 1 and int(i[-3:]) % 2 == 0]
-    window = task_pb2.TaskFilter(created_after=records.timestamp_at(BASE_S + 10),
-                                 created_before=records.timestamp_at(BASE_S + 20))
+    window = task_pb2.TaskFilter(
+        created_after=records.timestamp_at(BASE_S + 10), created_before=records.timestamp_at(BASE_S + 20)
+    )
     assert list_all(store, window, 6) == [i for i in newest_first if 20 <= int(i[-3:]) < 40]
 
 

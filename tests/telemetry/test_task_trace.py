@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -84,11 +84,13 @@ def test_two_tasks_submitted_in_one_callers_trace_get_distinct_ids(traced_task_a
 
 def test_uploads_have_a_span_with_key_and_size(traced_task_app):
     app, exporter = traced_task_app
-    requests = iter([
-        upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(file_name="a.bin")),
-        upload_pb2.UploadRequest(chunk=b"x" * 1000),
-        upload_pb2.UploadRequest(chunk=b"y" * 234),
-    ])
+    requests = iter(
+        [
+            upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(file_name="a.bin")),
+            upload_pb2.UploadRequest(chunk=b"x" * 1000),
+            upload_pb2.UploadRequest(chunk=b"y" * 234),
+        ]
+    )
     with grpc.insecure_channel(app.address) as channel:
         reply = upload_pb2_grpc.UploadServiceStub(channel).Upload(requests, timeout=30)
     (server_span,) = spans_named(exporter, UPLOAD, 1)

@@ -12,11 +12,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from server.config import Settings
-from wire.codec import from_numpy
 from server.telemetry.tracing import Tracing, current_traceparent, traceparent_for_task
 from serving.v1 import predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import wait_for
+from wire.codec import from_numpy
 
 PREDICT = "/serving.v1.PredictService/Predict"
 INCOMING_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -40,14 +40,18 @@ def predict_request(rows: int, seed: int = 0) -> predict_pb2.PredictRequest:
 
 def spans_named(exporter: InMemorySpanExporter, name: str, count: int) -> list[ReadableSpan]:
     return wait_for(
-        lambda: (found := [s for s in exporter.get_finished_spans() if s.name == name]) and len(found) >= count and found,
-        10, f"{count} spans named {name}",
+        lambda: (
+            (found := [s for s in exporter.get_finished_spans() if s.name == name]) and len(found) >= count and found
+        ),
+        10,
+        f"{count} spans named {name}",
     )
 
 
 def children_of(exporter: InMemorySpanExporter, parent: ReadableSpan) -> dict[str, ReadableSpan]:
     return {
-        s.name: s for s in exporter.get_finished_spans()
+        s.name: s
+        for s in exporter.get_finished_spans()
         if s.parent is not None and s.parent.span_id == parent.context.span_id
     }
 
@@ -128,9 +132,7 @@ def test_traceparent_for_task_needs_a_uuid4_hex(bad):
         traceparent_for_task(bad)
 
 
-def test_spans_are_off_without_an_exporter_but_the_access_log_keeps_incoming_trace_ids(
-    telemetry_app, read_access_log
-):
+def test_spans_are_off_without_an_exporter_but_the_access_log_keeps_incoming_trace_ids(telemetry_app, read_access_log):
     app = telemetry_app(tracing_enabled=None)
     assert not app.telemetry.tracing.enabled
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -54,9 +54,7 @@ class SignatureRunner:
         return {k: v.numpy() for k, v in result.items()}
 
 
-def flat_caller(
-    signature: object, inputs: dict[str, TensorInfo], public: SignatureCall
-) -> SignatureCall:
+def flat_caller(signature: object, inputs: dict[str, TensorInfo], public: SignatureCall) -> SignatureCall:
     """The signature's function called with its flat argument list, else `public`.
 
     Calling a loaded signature binds and checks its keyword arguments against
@@ -81,10 +79,7 @@ def flat_caller(
             return tf.nest.pack_sequence_as(structure, flat, expand_composites=True)
 
         rng = np.random.default_rng(0)
-        sample = {
-            name: tf.convert_to_tensor(_random_rows(rng, spec, 2))
-            for name, spec in inputs.items()
-        }
+        sample = {name: tf.convert_to_tensor(_random_rows(rng, spec, 2)) for name, spec in inputs.items()}
         want, got = public(sample), call(sample)
         if set(want) == set(got) and all(np.array_equal(want[k].numpy(), got[k].numpy()) for k in want):
             return call

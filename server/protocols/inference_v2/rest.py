@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -42,22 +43,23 @@ from server.dispatch import Dispatcher
 from server.errors import InvalidArgument, NotFound, Unimplemented
 from server.http.bodies import json_object, read_body
 from server.http.calls import CallFailed, RpcCall
-from server.http.responses import MethodNotAllowed
 from server.http.context import HttpServicerContext, metadata_from_headers
+from server.http.responses import MethodNotAllowed, error_body, with_error_body
 from server.http.rpc import Admits, admit_all, context_for, in_pool
-from server.http.responses import error_body, with_error_body
-from server.protocols.inference_v2 import tensors
 from server.predictor import Predictor
-from server.protocols.inference_v2.servicer import SERVICE, check_input, infer, version_of
 from server.protocols.deadlines import deadline_of
+from server.protocols.inference_v2 import tensors
+from server.protocols.inference_v2.servicer import SERVICE, check_input, infer, version_of
 
 # Dispatched in process only (never served over gRPC): the request body in, the answer's body out.
 REST_INFER_RPC = "/serving.v1.InferenceV2Rest/Infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH_VALUE = re.compile(r"[0-9]{1,15}")
 _MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer)?")
-_PROBES = {"/v2/health/live": ("ServerLive", pb.ServerLiveRequest, "live"),
-           "/v2/health/ready": ("ServerReady", pb.ServerReadyRequest, "ready")}
+_PROBES = {
+    "/v2/health/live": ("ServerLive", pb.ServerLiveRequest, "live"),
+    "/v2/health/ready": ("ServerReady", pb.ServerReadyRequest, "ready"),
+}
 
 
 class InferenceV2Rest:
@@ -94,9 +96,11 @@ class InferenceV2Rest:
             return await self._index(request)
         match = _MODEL_PATH.fullmatch(path)
         if match is None:
-            raise NotFound(f"no such path: {request.path}; the Open Inference Protocol's paths are /v2, "
-                           "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer] "
-                           "and /v2/repository/index")
+            raise NotFound(
+                f"no such path: {request.path}; the Open Inference Protocol's paths are /v2, "
+                "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer] "
+                "and /v2/repository/index"
+            )
         model, verb = match["model"], match["verb"] or ""
         version = match["version"] or ""
         number, label = version_of("version", version)  # checked before any call
@@ -106,13 +110,15 @@ class InferenceV2Rest:
             return await self._infer(request, (model, number, label), route)
         self._expect(request, "GET")
         if verb == "/ready":
-            reply = await self._call(request, "ModelReady", partial(pb.ModelReadyRequest, name=model, version=version),
-                                     route)
+            reply = await self._call(
+                request, "ModelReady", partial(pb.ModelReadyRequest, name=model, version=version), route
+            )
             if isinstance(reply, web.Response):
                 return reply
             return _json({"name": model, "ready": reply.ready}, 200 if reply.ready else 400)
-        reply = await self._call(request, "ModelMetadata",
-                                 partial(pb.ModelMetadataRequest, name=model, version=version), route)
+        reply = await self._call(
+            request, "ModelMetadata", partial(pb.ModelMetadataRequest, name=model, version=version), route
+        )
         if isinstance(reply, web.Response):
             return reply
         return _json(metadata_json(reply))
@@ -140,8 +146,9 @@ class InferenceV2Rest:
         reply = await self._call(request, "RepositoryIndex", partial(_index_request, body), "POST /v2/repository/index")
         if isinstance(reply, web.Response):
             return reply
-        return _json([{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
-                      for m in reply.models])
+        return _json(
+            [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in reply.models]
+        )
 
     async def _infer(self, request: web.Request, target: tuple[str, int, str], route: str) -> web.Response:
         context = context_for(request, route)
@@ -168,8 +175,13 @@ def metadata_json(reply: pb.ModelMetadataResponse) -> dict[str, Any]:
     def specs(items: Any) -> list[dict[str, Any]]:
         return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
 
-    return {"name": reply.name, "versions": list(reply.versions), "platform": reply.platform,
-            "inputs": specs(reply.inputs), "outputs": specs(reply.outputs)}
+    return {
+        "name": reply.name,
+        "versions": list(reply.versions),
+        "platform": reply.platform,
+        "inputs": specs(reply.inputs),
+        "outputs": specs(reply.outputs),
+    }
 
 
 def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
@@ -198,7 +210,11 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         blobs: list[bytes] = []
         entries = []
         for name, array in outputs:
-            entry: dict[str, Any] = {"name": name, "datatype": tensors.datatype_of(array.dtype), "shape": list(array.shape)}
+            entry: dict[str, Any] = {
+                "name": name,
+                "datatype": tensors.datatype_of(array.dtype),
+                "shape": list(array.shape),
+            }
             if binary_outputs(name):
                 blob = tensors.to_raw(array)
                 entry["parameters"] = {"binary_data_size": len(blob)}
@@ -331,5 +347,6 @@ def _outputs(payload: dict[str, Any]) -> tuple[list[tuple[str, int]], Callable[[
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body, separators=(",", ":")).encode(),
-                        content_type="application/json")
+    return web.Response(
+        status=status, body=json.dumps(body, separators=(",", ":")).encode(), content_type="application/json"
+    )

@@ -9,16 +9,18 @@ import grpc
 import numpy as np
 import pytest
 
-from wire.codec import from_numpy, to_numpy
 from serving.v1 import model_pb2, predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import MODEL_DIR
+from wire.codec import from_numpy, to_numpy
 
 SAMPLES = MODEL_DIR / "digits" / "samples"
 
 
 def tensor_request(x: np.ndarray, **fields) -> predict_pb2.PredictRequest:
-    return predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=from_numpy(x))}, **fields)
+    return predict_pb2.PredictRequest(
+        model="digits", inputs={"image": tensor_pb2.Input(tensor=from_numpy(x))}, **fields
+    )
 
 
 def assert_same_rows(got: np.ndarray, want: np.ndarray) -> None:
