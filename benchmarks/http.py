@@ -13,7 +13,8 @@ output through the shim, and with TF Serving's `{"instances": ...}` body; and
 a `grpc.aio` loop in this process calling TF Serving's
 `PredictionService/Predict` (TensorProto input); the Open Inference
 Protocol's `ModelInfer` the same way (raw input contents), and its REST infer
-through the shim (flat JSON `data`). Medians over the rounds are reported. Only loopback is targeted; every run stops by itself.
+through the shim (flat JSON `data`). Medians over the rounds are reported. Only loopback is
+targeted; every run stops by itself.
 """
 
 from __future__ import annotations

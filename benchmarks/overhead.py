@@ -59,7 +59,7 @@ def serve(kind: str, address: str) -> None:
     batcher = Batcher(fake_model, BatchingConfig(), "digits")
 
     class Servicer(predict_pb2_grpc.PredictServiceServicer):
-        def Predict(self, request, context):  # noqa: N802 (gRPC method name)
+        def Predict(self, request, context):  # gRPC's method name
             if kind == "echo":
                 return fixed
             rows = batcher.run({"image": codec.to_numpy(request.inputs["image"].tensor, "image")})
@@ -67,7 +67,7 @@ def serve(kind: str, address: str) -> None:
             response.outputs["probabilities"].CopyFrom(codec.from_numpy(rows["probabilities"], raw=True))
             return response
 
-        def GetModel(self, request, context):  # noqa: N802
+        def GetModel(self, request, context):
             return predict_pb2.GetModelResponse(model=metadata)
 
     server = grpc.server(ThreadPoolExecutor(128, thread_name_prefix="rpc"))
@@ -106,11 +106,11 @@ def main() -> None:
             for name, env in (("server", {}), ("server, MAX_BATCH_SIZE=1", {"MAX_BATCH_SIZE": "1"})):
                 server = ServerProcess(Path(tmp) / f"{len(servers)}.log", env=env)
                 servers[name] = (server.process, server.target, server)
-            for name, (proc, target, server) in servers.items():
+            for name, (_proc, target, server) in servers.items():
                 if server is not None:
                     server.wait_serving()
                 else:
-                    wait_for(lambda: health_status(target) == "SERVING", 60, f"the {name} server")
+                    wait_for(lambda target=target: health_status(target) == "SERVING", 60, f"the {name} server")
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
             for _ in range(args.rounds):
                 for name, (proc, target, _server) in servers.items():

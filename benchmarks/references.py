@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-import server  # noqa: F401  (TensorFlow's environment, as the server sets it)
+import server as _tf_environment  # noqa: F401  (TensorFlow's environment, as the server sets it)
 from serving.v1 import model_pb2, predict_pb2
 from wire import codec
 

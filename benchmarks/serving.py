@@ -459,7 +459,8 @@ def report(model: BenchModel, limit: list[tuple[int, float, float]], results: di
             )
         budget = 1.1 * limit[0][1] + p50[("echo", 1)]
         lines += [
-            f"- concurrency 1: p50 {p50[('server', 1)]:.2f} ms against 1.1 x batch-1 call + echo p50 = {budget:.2f} ms.",
+            f"- concurrency 1: p50 {p50[('server', 1)]:.2f} ms against 1.1 x batch-1 call + echo p50"
+            f" = {budget:.2f} ms.",
             f"- SERVER_PROCESSES=2 / one process: {gains}.",
         ]
     return "\n".join(lines)

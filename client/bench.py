@@ -196,7 +196,7 @@ async def _run_workers(senders: list[Sender], schedule: _Schedule) -> list[_Tall
     tallies = [_Tally() for _ in senders]
     try:
         async with asyncio.TaskGroup() as group:
-            for send, tally in zip(senders, tallies):
+            for send, tally in zip(senders, tallies, strict=True):
                 group.create_task(_work(send, schedule, tally))
     except ExceptionGroup as failed:  # a worker failed outside gRPC: raise its error, not the group
         raise failed.exceptions[0] from None

@@ -21,12 +21,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_digits import build_model, load_data  # noqa: E402
+from train_digits import build_model, load_data
 
 
 def parse_args() -> argparse.Namespace:

@@ -242,5 +242,5 @@ def _top_k(scores: np.ndarray, labels: list[str], k: int) -> list[predict_pb2.Cl
         predict_pb2.Classification(
             classes=[predict_pb2.ClassScore(label=labels[i], index=int(i), score=float(row[i])) for i in indices]
         )
-        for row, indices in zip(scores, best)
+        for row, indices in zip(scores, best, strict=True)
     ]

@@ -142,7 +142,7 @@ def test_max_batch_size_caps_a_batch(make_batcher: MakeBatcher) -> None:
     model.release()
 
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     assert model.batch_rows == [1, 4, 2]
     assert batcher.stats.batch_sizes == collections.Counter({1: 1, 4: 1, 2: 1})
@@ -200,7 +200,7 @@ def test_allowed_batch_sizes_pad_a_merged_batch(make_batcher: MakeBatcher) -> No
     model.release()
 
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     assert model.batch_rows == [2, 8]
     assert batcher.stats.padded_rows == 1 + 3
@@ -246,7 +246,7 @@ def test_full_queue_rejects_at_once(make_batcher: MakeBatcher) -> None:
 
     model.release()
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     assert 300.0 not in model.seen_values()
     assert model.batch_rows == [1, 2]
@@ -356,7 +356,7 @@ def test_different_shapes_are_not_merged(make_batcher: MakeBatcher) -> None:
     model.release()
 
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     assert model.batch_rows == [1, 3, 2, 1]
     merged = [call.inputs["x"] for call in model.calls[1:]]
@@ -462,7 +462,7 @@ def test_close_with_drain_runs_what_is_queued(make_batcher: MakeBatcher) -> None
 
     model.release()
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     batcher.close(timeout=WAIT_S)
     assert model.batch_rows == [1, 3]

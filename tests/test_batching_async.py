@@ -100,7 +100,7 @@ def test_requests_queued_while_the_model_runs_become_the_next_batches(
         await until(lambda: batcher.queue_depth == len(xs), "every request to be queued")
         model.release()
         assert_own_rows(await first, first_x)
-        for x, result in zip(xs, await asyncio.gather(*tasks)):
+        for x, result in zip(xs, await asyncio.gather(*tasks), strict=True):
             assert_own_rows(result, x)
 
     run(scenario())
@@ -266,7 +266,7 @@ def test_requests_ready_in_one_loop_turn_go_to_the_model_as_one_batch(make_batch
 
     async def scenario() -> None:
         results = await asyncio.gather(*(batcher.infer({"x": x}) for x in xs))  # five requests in one turn
-        for x, result in zip(xs, results):
+        for x, result in zip(xs, results, strict=True):
             assert_own_rows(result, x)
 
     run(scenario())

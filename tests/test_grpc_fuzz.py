@@ -120,7 +120,7 @@ def messages(draw: st.DrawFn, descriptor: Descriptor, depth: int = 0) -> Any:
     """A message of `descriptor` with some fields set to edge values, nested messages to depth 3."""
     message = message_factory.GetMessageClass(descriptor)()
     for field in descriptor.fields:
-        if not draw(st.integers(0, 2)) == 0:  # a third of the fields are set
+        if draw(st.integers(0, 2)) != 0:  # a third of the fields are set
             continue
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             key_field, value_field = (

@@ -50,7 +50,8 @@ def test_two_processes_serve_one_port_and_one_metrics_view(tmp_path: Path, redis
         for _ in range(4):  # whichever process answers the scrape counts the calls of both
             text = urllib.request.urlopen(proc.http_url + "/metrics", timeout=10).read().decode()
             found = re.search(
-                r'^serving_requests_total\{code="OK",method="/serving.v1.PredictService/Predict",transport="grpc"\} (\S+)$',
+                r'^serving_requests_total\{code="OK",method="/serving.v1.PredictService/Predict",'
+                r'transport="grpc"\} (\S+)$',
                 text,
                 re.M,
             )

@@ -146,9 +146,13 @@ def narrowed(values: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
             return None
     with np.errstate(over="ignore", invalid="ignore"):
         converted = values.astype(dtype)
-    if values.size and dtype.kind == "f" and values.dtype.kind in "iuf":
-        if not np.all(np.isfinite(converted) | ~np.isfinite(values)):  # each value on its own
-            return None
+    if (
+        values.size
+        and dtype.kind == "f"
+        and values.dtype.kind in "iuf"
+        and not np.all(np.isfinite(converted) | ~np.isfinite(values))  # each value on its own
+    ):
+        return None
     return converted
 
 

@@ -130,7 +130,7 @@ class LoadedModel:
                     got = str(array.dtype)
                 raise InvalidArgument(f"input '{name}': dtype {got} does not match the model's {spec.describe()}")
             if array.ndim != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, array.shape)
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
             ):
                 raise InvalidArgument(
                     f"input '{name}': shape {list(array.shape)} does not match the model's {spec.describe()}"

@@ -1,8 +1,8 @@
 """The model repository: MODEL_DIR/<name>/<version>/ folders (TF-Serving layout), in any known format.
 
 Every model directory's highest numeric version that holds a format's files
-(`saved_model.pb`, `model.keras`: `server.models.backends`) is loaded and served, or the versions its `serving.json` "version_policy"
-names (`version_policy()`: the latest N, all, or specific ones, as in TF
+(`saved_model.pb`, `model.keras`: `server.models.backends`) is loaded and served, or the
+versions its `serving.json` "version_policy" names (`version_policy()`: the latest N, all, or specific ones, as in TF
 Serving and Triton). Other entries (sample files, `labels.txt`) are ignored.
 
 With `poll_seconds` > 0 (MODEL_POLL_SECONDS) a thread looks at the directory

@@ -170,5 +170,5 @@ class ObjectStore(ABC):
             content_type=content_type,
         )
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: nothing to release unless a subclass says so)
         """Release connections and threads."""

@@ -104,7 +104,7 @@ def matches(task: task_pb2.Task, task_filter: task_pb2.TaskFilter) -> bool:
     created = micros(task.create_time)
     if task_filter.HasField("created_after") and created < micros(task_filter.created_after):
         return False
-    if task_filter.HasField("created_before") and created >= micros(task_filter.created_before):
+    if task_filter.HasField("created_before") and created >= micros(task_filter.created_before):  # noqa: SIM103 (one test per clause)
         return False
     return True
 

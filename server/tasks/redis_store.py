@@ -21,6 +21,7 @@ index keys expire with the last record written to them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,10 +109,8 @@ class _RedisSubscription(Subscription):
             self._pubsub.get_message(timeout=timeout)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing a broken connection: nothing left to release
             self._pubsub.close()
-        except Exception:  # closing a broken connection: nothing left to release
-            pass
 
 
 class RedisTaskStore(TaskStore):
@@ -160,7 +159,7 @@ class RedisTaskStore(TaskStore):
         return keys, args
 
     def _swap(self, task_id: str, expected: str | None, old: task_pb2.Task | None, new: task_pb2.Task | None) -> bool:
-        if new is None:
+        if new is None:  # noqa: SIM108 (the other branch is a conditional already)
             event = "DELETED"
         else:
             event = status.name(new.status) if old is None or old.status != new.status else ""
@@ -179,7 +178,7 @@ class RedisTaskStore(TaskStore):
                 return bool(self._swap_script(keys=[record_key(task_id), *index_keys], args=head + index_args))
             if not self._swap_script(keys=[record_key(task_id)], args=head):
                 return False
-            self._swap_script(keys=index_keys, args=["0", *head[1:]] + index_args)
+            self._swap_script(keys=index_keys, args=["0", *head[1:], *index_args])
             return True
 
     # -- listing ------------------------------------------------------------------
@@ -246,7 +245,7 @@ class RedisTaskStore(TaskStore):
             texts = pipe.execute()
         tasks: list[task_pb2.Task] = []
         stale: list[str] = []
-        for (task_id, _), text in zip(batch, texts):
+        for (task_id, _), text in zip(batch, texts, strict=True):
             task = None if text is None else records.from_json(text)
             if task is None or (key != CREATED and key != self._entry_key(key, task)):
                 stale.append(task_id)

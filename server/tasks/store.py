@@ -79,7 +79,7 @@ class TaskStore(ABC):
     def ping(self) -> None:
         """Raise Unavailable when the store cannot be reached."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: nothing to release unless a subclass says so)
         """Release connections."""
 
     # -- operations built on them ------------------------------------------------

@@ -141,7 +141,7 @@ class WorkerPool:
         with self._lock:
             held = list(self._held.values())
         by_consumer: dict[str, list[str]] = {}
-        for consumer, entry, token in held:
+        for consumer, entry, _token in held:
             by_consumer.setdefault(consumer, []).append(entry.entry_id)
         try:
             for consumer, ids in by_consumer.items():

@@ -136,7 +136,7 @@ def call_entry(item: _CallLine) -> dict[str, Any]:
     ended, *values = item
     entry: dict[str, Any] = {
         "time": datetime.fromtimestamp(ended, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        **dict(zip(FIELDS, values)),
+        **dict(zip(FIELDS, values, strict=True)),
     }
     if entry["route"] is None:
         del entry["route"]

@@ -78,7 +78,7 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("value", ["x", "=a.npy", "x="])
 def test_input_file_rejects(value: str) -> None:
-    with pytest.raises(Exception, match="NAME=FILE.npy"):
+    with pytest.raises(Exception, match=r"NAME=FILE\.npy"):
         input_file(value)
 
 

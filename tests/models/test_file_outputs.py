@@ -77,7 +77,7 @@ def test_image_output_comes_back_as_urls(s3_app: App, moto: MotoServer, drawn, c
     assert list(reply.outputs) == [] and list(reply.files) == ["image"]
     refs = reply.files["image"].files
     assert len(refs) == 2
-    for row, (digit, ref) in enumerate(zip([3, 7], refs)):
+    for row, (digit, ref) in enumerate(zip([3, 7], refs, strict=True)):
         assert ref.key.startswith("outputs/digits_decoder/req-9/") and ref.key.endswith(f"-image-{row}.png")
         assert ref.uri == f"s3://outputs/{ref.key}" and ref.url == f"{moto.endpoint_url}/outputs/{ref.key}"
         assert ref.content_type == "image/png"

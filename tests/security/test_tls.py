@@ -104,9 +104,11 @@ def test_http_shim_uses_the_same_certificates(telemetry_app, pki):
     with urllib.request.urlopen(f"https://localhost:{port}/healthz", context=trusting, timeout=10) as response:
         assert response.status == 200
     without_cert = ssl.create_default_context(cafile=str(ca.pem))
-    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
-        with urllib.request.urlopen(f"https://localhost:{port}/healthz", context=without_cert, timeout=10) as response:
-            response.read()
+    with (
+        pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)),
+        urllib.request.urlopen(f"https://localhost:{port}/healthz", context=without_cert, timeout=10) as response,
+    ):
+        response.read()
     with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
         urllib.request.urlopen(f"http://localhost:{port}/healthz", timeout=10)
 

@@ -117,8 +117,14 @@ def test_limits_and_checksums_store_nothing(moto: MotoServer, bucket: str, make_
         (len(data) + 1, None, grpc.StatusCode.INVALID_ARGUMENT),
         (None, hashlib.sha256(b"other").hexdigest(), grpc.StatusCode.DATA_LOSS),
     ]:
-        _expect(code, lambda: store.put(store.new_key("x"), chunks_of(data), size=size, sha256=sha256))
-        _expect(code, lambda: store.put(store.new_key("x"), [b"small"], size=size and 6, sha256=sha256))
+        _expect(
+            code,
+            lambda size=size, sha256=sha256: store.put(store.new_key("x"), chunks_of(data), size=size, sha256=sha256),
+        )
+        _expect(
+            code,
+            lambda size=size, sha256=sha256: store.put(store.new_key("x"), [b"small"], size=size and 6, sha256=sha256),
+        )
     assert in_progress_uploads(moto, bucket) == [] and object_keys(moto, bucket) == []
 
 
@@ -129,7 +135,8 @@ def test_storage_errors_name_the_bucket_not_the_credentials(make_store: MakeStor
     down = make_store("some-bucket", s3_endpoint_url=f"http://127.0.0.1:{free_port()}", s3_max_attempts=1)
     message = _expect(grpc.StatusCode.UNAVAILABLE, lambda: down.put_bytes("k", b"x"))
     assert message == (
-        "object storage: cannot reach bucket 'some-bucket' (EndpointConnectionError) while storing the object; retry later"
+        "object storage: cannot reach bucket 'some-bucket' (EndpointConnectionError) while storing the object;"
+        " retry later"
     )
     denied = ClientError(
         {

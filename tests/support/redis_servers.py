@@ -39,7 +39,7 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        log = open(self.folder / f"redis-{self.port}.log", "ab")
+        log = open(self.folder / f"redis-{self.port}.log", "ab")  # noqa: SIM115 (the server's stdout while it runs)
         self.process = subprocess.Popen(
             [
                 "redis-server",

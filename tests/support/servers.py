@@ -60,7 +60,7 @@ class ServerProcess:
         full_env["ACCESS_LOG_PATH"] = str(log_path.with_name(log_path.stem + "-access.log"))
         full_env["TFSERVING_REST_ADDRESS"] = ""  # not from the caller's environment: every server would take it
         full_env.update(env or {})
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 (the server's stdout while it runs, closed by stop())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", *(args or [])],
             cwd=ROOT,

@@ -69,7 +69,7 @@ def test_an_async_task_is_one_trace_from_predict_async_to_the_webhook(traced_tas
 
 
 def test_two_tasks_submitted_in_one_callers_trace_get_distinct_ids(traced_task_app):
-    app, exporter = traced_task_app
+    app, _exporter = traced_task_app
     incoming = "4bf92f3577b34da6a3ce929d0e0e4736"
     metadata = (("traceparent", f"00-{incoming}-00f067aa0ba902b7-01"),)
     with grpc.insecure_channel(app.address) as channel:

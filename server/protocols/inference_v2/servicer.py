@@ -153,7 +153,7 @@ def _classified(scores: np.ndarray, classes: int, labels: list[str]) -> np.ndarr
     decimals (Triton's format: "0.998573:3:3")."""
     best = best_classes(scores, classes)
     array = np.empty(best.shape, dtype=object)
-    for r, (row, indices) in enumerate(zip(scores.tolist(), best.tolist())):
+    for r, (row, indices) in enumerate(zip(scores.tolist(), best.tolist(), strict=True)):
         array[r, :] = [(f"{row[i]:f}:{i}" + (f":{labels[i]}" if i < len(labels) else "")).encode() for i in indices]
     return array
 

@@ -725,10 +725,7 @@ REST_ERRORS = [
 
 @pytest.mark.parametrize("method, path, body, status, message", REST_ERRORS)
 def test_rest_errors_name_what_is_wrong(v2: Served, method, path, body, status, message) -> None:
-    if method == "GET":
-        response = v2.get(path)
-    else:
-        response = v2.post(path, body)
+    response = v2.get(path) if method == "GET" else v2.post(path, body)
     assert response.status_code == status, response.text
     assert response.json()["error"].startswith(message), response.json()
     if status == 405:  # RFC 9110: the methods the path takes

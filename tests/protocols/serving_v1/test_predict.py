@@ -50,7 +50,7 @@ def test_top_k_classifications_follow_the_scores(stub):
     reply = stub.Predict(tensor_request(x, top_k=2), timeout=10)
     scores = to_numpy(reply.outputs["probabilities"])
     assert len(reply.classifications) == 4
-    for row, classification in zip(scores, reply.classifications):
+    for row, classification in zip(scores, reply.classifications, strict=True):
         best = np.argsort(-row)[:2]
         assert [c.index for c in classification.classes] == list(best)
         assert [c.label for c in classification.classes] == [str(i) for i in best]

@@ -361,7 +361,7 @@ def test_reflection_lists_the_tensorflow_serving_services(channel: grpc.Channel)
         ("tensorflow.serving.ModelService", "tensorflow_serving/apis/model_service.proto"),
     ):
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
-        reply = list(stub.ServerReflectionInfo(iter([request]), timeout=10))[0]
+        reply = list(stub.ServerReflectionInfo(iter([request]), timeout=10))[0]  # noqa: RUF015 (reads the stream to its end)
         assert reply.WhichOneof("message_response") == "file_descriptor_response", reply
         files = [
             descriptor_pb2.FileDescriptorProto.FromString(b)
