@@ -19,15 +19,18 @@ from typing import Any, NamedTuple
 import grpc
 
 from server.errors import InvalidArgument
+from server.metadata import Metadata
 from server.telemetry.calls import current_call, is_async
 from server.threaded import threaded_handler
 
 
-class CallDetails(NamedTuple):
-    """`grpc.HandlerCallDetails` for an in-process call."""
-
+class _CallDetails(NamedTuple):
     method: str
-    invocation_metadata: tuple[tuple[str, str], ...]
+    invocation_metadata: Metadata
+
+
+class CallDetails(_CallDetails, grpc.HandlerCallDetails):
+    """`grpc.HandlerCallDetails` for an in-process call (a named tuple, as grpc's own)."""
 
 
 class HandlerRegistry:
@@ -123,7 +126,7 @@ class Dispatcher:
         self.registry = registry
         self.chain = InterceptorChain(interceptors)
 
-    def handler(self, method: str, metadata: Sequence[tuple[str, str]] = ()) -> grpc.RpcMethodHandler | None:
+    def handler(self, method: str, metadata: Metadata = ()) -> grpc.RpcMethodHandler | None:
         return self.chain.intercept_service(self.registry.find, CallDetails(method, tuple(metadata)))
 
 

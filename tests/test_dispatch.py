@@ -42,7 +42,7 @@ def test_the_chain_is_composed_once_per_method_and_runs_in_order_on_every_call()
     seen: list[str] = []
     outer, inner = Counting("outer", seen), Counting("inner", seen)
     dispatcher = Dispatcher(registry(), [outer, inner])
-    answers = [dispatcher.handler(METHOD, [("k", "v")]).unary_unary(i, None) for i in range(3)]
+    answers = [dispatcher.handler(METHOD, (("k", "v"),)).unary_unary(i, None) for i in range(3)]
     assert answers == ["answer to 0", "answer to 1", "answer to 2"]
     assert seen == ["outer", "inner"] * 3
     assert (outer.composed, inner.composed) == (1, 1)

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from server.errors import InvalidArgument
+from server.metadata import Metadata
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ FORWARDED_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate
 METADATA_PREFIX = "grpc-metadata-"
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])\Z")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 class RpcAborted(Exception):

@@ -26,10 +26,11 @@ from server.errors import InvalidArgument
 from server.http import multipart
 from server.http.bodies import feed_lines, read_body
 from server.http.calls import CallFailed, End, FromLoop, RequestStream, RpcCall, ToLoop
-from server.http.context import HttpServicerContext, Metadata, metadata_from_headers, peer_of, timeout_from_headers
+from server.http.context import HttpServicerContext, metadata_from_headers, peer_of, timeout_from_headers
 from server.http.responses import JSON, NDJSON, error_response
 from server.http.routes import Route
 from server.http.transcode import build_request, error_line, parse_stream_line
+from server.metadata import Metadata
 from serving.v1 import model_pb2, predict_pb2
 
 GET_MODEL_RPC = "/serving.v1.PredictService/GetModel"
