@@ -20,7 +20,7 @@ import grpc
 
 from server.errors import InvalidArgument
 from server.metadata import Metadata
-from server.telemetry.calls import current_call, is_async
+from server.telemetry.calls import behavior_of, current_call, is_async, replace_handler
 from server.threaded import threaded_handler
 
 
@@ -127,7 +127,10 @@ class Dispatcher:
         self.chain = InterceptorChain(interceptors)
 
     def handler(self, method: str, metadata: Metadata = ()) -> grpc.RpcMethodHandler | None:
-        return self.chain.intercept_service(self.registry.find, CallDetails(method, tuple(metadata)))
+        handler: grpc.RpcMethodHandler | None = self.chain.intercept_service(
+            self.registry.find, CallDetails(method, tuple(metadata))
+        )
+        return handler
 
 
 class GrpcHandlers(grpc.GenericRpcHandler):
@@ -193,7 +196,7 @@ def parsing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
         wrapped = parsed_plain
     kind = "unary_stream" if handler.response_streaming else "unary_unary"
-    return handler._replace(request_deserializer=None, **{kind: wrapped})
+    return replace_handler(handler, request_deserializer=None, **{kind: wrapped})
 
 
 def _parsed(parse: Callable[[bytes], Any], raw: bytes) -> Any:
@@ -208,4 +211,4 @@ def _parsed(parse: Callable[[bytes], Any], raw: bytes) -> Any:
 
 
 def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
-    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    return behavior_of(handler)

@@ -18,7 +18,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -28,7 +28,7 @@ from server.errors import Cancelled, ServingError, Unimplemented, status_of
 from server.http.context import HttpServicerContext, RpcAborted
 from server.http.responses import dumps
 from server.http.transcode import message_json, result_line
-from server.telemetry.calls import is_async
+from server.telemetry.calls import Behavior, is_async
 
 T = TypeVar("T")
 
@@ -46,7 +46,7 @@ class CallFailed(ServingError):
         return cls(error.code, error.message, getattr(error, "http_status", None))
 
 
-class RequestStreamBroken(ServingError, grpc.RpcError):
+class RequestStreamBroken(ServingError, grpc.RpcError):  # type: ignore[misc]  # grpc.RpcError has no code() at run time
     """The request stream ended badly: a malformed line, a line over the limit, the client gone.
 
     Raised from the servicer's request iterator; it is a `grpc.RpcError`, as
@@ -224,9 +224,9 @@ class RpcCall:
             handler = self.handler()
             if isinstance(request, RequestStream):
                 requests = request
-                response = handler.stream_unary(iter(request), self.context)
+                response = cast(Behavior, handler.stream_unary)(iter(request), self.context)
             else:
-                response = handler.unary_unary(request, self.context)
+                response = cast(Behavior, handler.unary_unary)(request, self.context)
         except Exception as error:
             exc = error
         finally:
@@ -257,7 +257,7 @@ class RpcCall:
         response: Message | None = None
         try:
             request = build()
-            response = await handler.unary_unary(request, self.context)
+            response = await cast(Behavior, handler.unary_unary)(request, self.context)
         except Exception as error:
             exc = error
         finally:
@@ -284,9 +284,9 @@ class RpcCall:
             handler = self.handler()
             if isinstance(request, RequestStream):
                 requests = request
-                responses = handler.stream_stream(iter(request), self.context)
+                responses = cast(Behavior, handler.stream_stream)(iter(request), self.context)
             else:
-                responses = handler.unary_stream(request, self.context)
+                responses = cast(Behavior, handler.unary_stream)(request, self.context)
             for message in responses:
                 sink.put(result_line(message, self.response_body))
         except Exception as error:

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -107,13 +107,13 @@ class RecordedContext:
         self._callbacks: list[Callable[[], None]] = []
         self.trailing_metadata_sent: Metadata = ()
 
-    def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Metadata = ()) -> None:
+    def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Metadata = ()) -> NoReturn:
         if trailing_metadata:
             self.set_trailing_metadata(trailing_metadata)
         self._code, self._details = code, details
         raise RpcAborted(code, details)
 
-    def abort_with_status(self, status: Any) -> None:
+    def abort_with_status(self, status: Any) -> NoReturn:
         self.set_trailing_metadata(tuple(status.trailing_metadata or ()))
         self.abort(status.code, status.details)
 
@@ -192,10 +192,10 @@ class HttpServicerContext(RecordedContext, grpc.ServicerContext):
     def peer_identity_key(self) -> None:
         return None
 
-    def auth_context(self) -> dict[str, list[bytes]]:
+    def auth_context(self) -> dict[str, list[bytes]]:  # type: ignore[override]  # grpc's is this shape; its stubs say bytes
         return {}
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None: no deadline, as grpc's own contexts
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     # -- metadata sent back ------------------------------------------------------------
@@ -234,7 +234,7 @@ class HttpServicerContext(RecordedContext, grpc.ServicerContext):
             return False
         return self._active
 
-    def cancel(self) -> None:
+    def cancel(self) -> None:  # type: ignore[override]  # grpc's servicer contexts return None too
         self.end_early(grpc.StatusCode.CANCELLED, "the call was cancelled")
 
     def end_early(self, code: grpc.StatusCode, details: str) -> None:
