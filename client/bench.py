@@ -191,7 +191,7 @@ def run_bench(
     )
 
 
-async def _run_workers(senders: list[Sender], schedule: _Schedule) -> list[_Tally]:
+async def _run_workers(senders: Sequence[Sender], schedule: _Schedule) -> list[_Tally]:
     """Run one task per sender until the schedule stops them (or they are cancelled)."""
     tallies = [_Tally() for _ in senders]
     try:

@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except (ClientError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -147,7 +148,7 @@ def version_arg(text: str) -> Version:
 
 
 def _command(
-    commands: argparse._SubParsersAction,
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     description: str,
     handler: Callable[[argparse.Namespace], int],

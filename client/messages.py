@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ Version = int | str
 """A model version number (0: the newest served), or a version label such as "canary"."""
 
 
-def version_fields(version: Version) -> dict[str, int | str]:
+def version_fields(version: Version) -> dict[str, Any]:
     """`version` or `version_label` of a request message."""
     return {"version_label": version} if isinstance(version, str) else {"version": version}
 

@@ -106,7 +106,7 @@ def write_samples(x_test: np.ndarray, y_test: np.ndarray, predicted: np.ndarray)
         pixels = np.rint(x_test[index, :, :, 0] * 255.0).astype(np.uint8)
         image = Image.fromarray(pixels)  # uint8 2-D -> mode "L"
         image.save(SAMPLES_DIR / f"digit_{label}.png")
-        image.resize((64, 64), Image.NEAREST).save(SAMPLES_DIR / f"digit_{label}_64.png")
+        image.resize((64, 64), Image.Resampling.NEAREST).save(SAMPLES_DIR / f"digit_{label}_64.png")
 
 
 def main() -> None:

@@ -118,7 +118,7 @@ class App:
         self.grpc_only = HandlerRegistry()  # what only gRPC serves: the in-process dispatcher never reaches it
         if settings.reflection:
             names = (*self.registry.services, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self.grpc_only)
+            reflection.enable_server_reflection(names, self.grpc_only.as_server())
         self.executor = ThreadPoolExecutor(max_workers=settings.grpc_max_workers, thread_name_prefix="rpc")
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="event-loop", daemon=True)
@@ -223,7 +223,7 @@ class App:
         """The API's servicers, collected once for the gRPC server and in-process dispatch."""
         registry = HandlerRegistry()
         if self.worker_mode:
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, registry.as_server())
             return registry
         predict_pb2_grpc.add_PredictServiceServicer_to_server(
             PredictServicer(self.predictor, self.repository, self.tasks.predictions), registry
@@ -251,7 +251,7 @@ class App:
             self.telemetry.metrics.uploaded,
         )
         upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), registry)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry.as_server())
         return registry
 
     @property

@@ -9,7 +9,7 @@ without TensorFlow.
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final, cast
 
 import numpy as np
 
@@ -64,12 +64,14 @@ def dtype_name(dtype: int) -> str:
         return f"<unknown dtype {dtype}>"
 
 
-_DATA_TYPES: Final[dict[tuple[str, int], int]] = {
-    (dtype.kind, dtype.itemsize): code for code, dtype in NUMPY_DTYPES.items() if code != tensor_pb2.DATA_TYPE_STRING
+_DATA_TYPES: Final[dict[tuple[str, int], tensor_pb2.DataType]] = {
+    (dtype.kind, dtype.itemsize): cast(tensor_pb2.DataType, code)  # NUMPY_DTYPES' keys are DataType values
+    for code, dtype in NUMPY_DTYPES.items()
+    if code != tensor_pb2.DATA_TYPE_STRING
 }
 
 
-def data_type_of(array: np.ndarray) -> int:
+def data_type_of(array: np.ndarray) -> tensor_pb2.DataType:
     """The `DataType` of a numpy array (strings and bytes map to STRING)."""
     kind = array.dtype.kind
     if kind in "OSU":
@@ -159,6 +161,9 @@ def narrowed(values: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
 def float_list(array: np.ndarray) -> list:
     """A float array as nested lists, float16/float32 values written as the shortest decimal that reads
     back as the same value (0.99999994, not 0.9999999403953552)."""
+    values: list[Any]
     if array.dtype.kind == "f" and array.dtype.itemsize < 8:
-        return array.astype(str).astype(np.float64).tolist()
-    return array.tolist()
+        values = array.astype(str).astype(np.float64).tolist()
+    else:
+        values = array.tolist()
+    return values

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 from google.protobuf import descriptor_pool
@@ -133,7 +134,9 @@ class HttpGateway(LoopServer):
         build = partial(health_pb2.HealthCheckRequest, service="")
         try:
             reply = await asyncio.get_running_loop().run_in_executor(self.executor, call.invoke, build)
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(
+                cast(health_pb2.HealthCheckResponse, reply).status
+            )
         except CallFailed as failed:
             status = "SERVICE_UNKNOWN" if failed.code.name == "NOT_FOUND" else failed.code.name
         return json_response({"status": status}, 200 if status == "SERVING" else 503)

@@ -12,7 +12,7 @@ floats as numbers or "NaN"/"Infinity"/"-Infinity", bytes as base64).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.rpc import status_pb2
@@ -20,6 +20,7 @@ from google.rpc import status_pb2
 from server.http import multipart
 from server.http.responses import JSON, NDJSON
 from server.http.routes import Route
+from server.http.transcode import AnyFieldDescriptor, MessageDescriptor
 
 OPENAPI_VERSION = "3.0.3"
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -75,7 +76,7 @@ class Schemas:
     def ref(name: str) -> dict[str, str]:
         return {"$ref": f"#/components/schemas/{name}"}
 
-    def message(self, descriptor: Descriptor) -> dict[str, Any]:
+    def message(self, descriptor: MessageDescriptor) -> dict[str, Any]:
         name = descriptor.full_name
         if name in WELL_KNOWN:
             return dict(WELL_KNOWN[name])
@@ -94,14 +95,14 @@ class Schemas:
         self.components.setdefault(name, {"type": "string", "enum": [v.name for v in descriptor.values]})
         return self.ref(name)
 
-    def singular(self, field: FieldDescriptor) -> dict[str, Any]:
+    def singular(self, field: AnyFieldDescriptor) -> dict[str, Any]:
         if field.message_type is not None:
             return self.message(field.message_type)
         if field.enum_type is not None:
-            return self.enum(field.enum_type)
+            return self.enum(cast(EnumDescriptor, field.enum_type))  # protobuf's Python class or upb's
         return dict(SCALARS[field.type])
 
-    def field(self, field: FieldDescriptor) -> dict[str, Any]:
+    def field(self, field: AnyFieldDescriptor) -> dict[str, Any]:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value = field.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.singular(value)}
@@ -114,7 +115,7 @@ def _field_at(descriptor: Descriptor, path: str) -> FieldDescriptor:
     field = None
     for part in path.split("."):
         field = descriptor.fields_by_name[part]
-        descriptor = field.message_type
+        descriptor = cast(Descriptor, field.message_type)  # None only past the last part
     assert field is not None
     return field
 

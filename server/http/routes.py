@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pool, message_factory
@@ -58,9 +59,10 @@ class Route:
 def http_rules(method: MethodDescriptor) -> list[http_pb2.HttpRule]:
     """The method's `google.api.http` rule and its additional bindings (empty when unannotated)."""
     options = method.GetOptions()
-    if not options.HasExtension(annotations_pb2.http):
+    http: Any = annotations_pb2.http  # its .pyi says FieldDescriptor, not the extension's own type
+    if not options.HasExtension(http):
         return []
-    rule = options.Extensions[annotations_pb2.http]
+    rule: http_pb2.HttpRule = options.Extensions[http]
     return [rule, *rule.additional_bindings]
 
 

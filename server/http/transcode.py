@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -22,6 +22,14 @@ from google.protobuf.message import Message
 from server.errors import InvalidArgument
 from server.http.responses import dumps, status_json
 from server.http.routes import Route
+
+if TYPE_CHECKING:
+    from google._upb._message import Descriptor as UpbDescriptor
+    from google._upb._message import FieldDescriptor as UpbFieldDescriptor
+
+# A message's DESCRIPTOR, and its fields: protobuf's Python classes or upb's, which the stubs keep apart.
+MessageDescriptor: TypeAlias = "Descriptor | UpbDescriptor"
+AnyFieldDescriptor: TypeAlias = "FieldDescriptor | UpbFieldDescriptor"
 
 # Well-known message types whose JSON form is one string (so a query value can carry it).
 STRING_MESSAGES = frozenset(
@@ -66,18 +74,18 @@ def merge_json(value: Any, message: Message, what: str) -> None:
         raise InvalidArgument(f"{what}: {str(exc).splitlines()[0]}") from None
 
 
-def _field(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
+def _field(descriptor: MessageDescriptor, name: str) -> AnyFieldDescriptor | None:
     field = descriptor.fields_by_name.get(name)
     if field is not None:
         return field
     return next((f for f in descriptor.fields if f.json_name == name), None)
 
 
-def _is_map(field: FieldDescriptor) -> bool:
+def _is_map(field: AnyFieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
-def _leaf_value(field: FieldDescriptor, text: str, what: str, key: str) -> Any:
+def _leaf_value(field: AnyFieldDescriptor, text: str, what: str, key: str) -> Any:
     """A JSON value json_format accepts for `field`, from a query or path string."""
     if field.type == FieldDescriptor.TYPE_BOOL or (
         field.message_type is not None and field.message_type.full_name == "google.protobuf.BoolValue"
@@ -93,7 +101,7 @@ def _leaf_value(field: FieldDescriptor, text: str, what: str, key: str) -> Any:
     return text
 
 
-def strings_to_json(descriptor: Descriptor, items: Iterable[tuple[str, str]], kind: str) -> dict[str, Any]:
+def strings_to_json(descriptor: MessageDescriptor, items: Iterable[tuple[str, str]], kind: str) -> dict[str, Any]:
     """A nested JSON object for `a.b=value` pairs (query parameters, form fields, path variables)."""
     tree: dict[str, Any] = {}
     for key, text in items:
@@ -159,7 +167,7 @@ def apply_path(message: Message, variables: dict[str, str]) -> None:
     apply_http_defaults(message)
 
 
-def wrapper_field(descriptor: Descriptor) -> FieldDescriptor | None:
+def wrapper_field(descriptor: MessageDescriptor) -> AnyFieldDescriptor | None:
     """The only field of a message that just wraps another (StreamPredictRequest.request)."""
     if len(descriptor.fields) != 1:
         return None

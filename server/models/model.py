@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -248,5 +249,5 @@ def _batching_for(raw: dict, defaults: BatchingConfig) -> BatchingConfig:
     return dataclasses.replace(defaults, **merged)  # what serving.json does not set stays the server's
 
 
-def _quoted(names: dict[str, object]) -> str:
+def _quoted(names: Mapping[str, object]) -> str:
     return ", ".join(f"'{n}'" for n in names)

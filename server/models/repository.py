@@ -277,7 +277,8 @@ class ModelRepository:
         served = self._models.get(name)
         if not served:
             self.get(name)  # raises NotFound or Unavailable
-        return [served[v] for v in sorted(served or {}, reverse=True)]
+            return []
+        return [served[v] for v in sorted(served, reverse=True)]
 
     def models(self) -> list[LoadedModel]:
         """Every served version, by model name, newest version first."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -61,7 +62,7 @@ def connect(
     Redis costs a call about `timeout`; a refused or dropped connection is retried twice, briefly
     (a restart, a failover).
     """
-    options = {
+    options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "health_check_interval": 15,

@@ -21,9 +21,12 @@ index keys expire with the last record written to them.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
+
+from redis.typing import EncodableT
 
 from server.tasks import records, status
 from server.tasks.records import Cursor
@@ -129,7 +132,7 @@ class RedisTaskStore(TaskStore):
 
     def _read(self, task_id: str) -> tuple[str, task_pb2.Task] | None:
         with translated(self.address):
-            text = self.client.get(record_key(task_id))
+            text = cast(str | None, self.client.get(record_key(task_id)))  # decode_responses: str replies
         return None if text is None else (text, records.from_json(text))
 
     def _cutoff(self) -> int:
@@ -163,7 +166,7 @@ class RedisTaskStore(TaskStore):
             event = "DELETED"
         else:
             event = status.name(new.status) if old is None or old.status != new.status else ""
-        head = [
+        head: list[EncodableT] = [
             "1",
             expected or "",
             "" if new is None else records.to_json(new),
@@ -195,13 +198,16 @@ class RedisTaskStore(TaskStore):
         while True:
             if cursor is not None:
                 with translated(self.address):
-                    ties = self.client.zrevrangebyscore(key, cursor.score, cursor.score)
+                    ties = cast(list[str], self.client.zrevrangebyscore(key, cursor.score, cursor.score))
                 for member in ties:
                     if member < cursor.task_id:
                         yield member, cursor.score
                 high = f"({cursor.score}"
             with translated(self.address):
-                chunk = self.client.zrevrangebyscore(key, high, low, start=0, num=SCAN_CHUNK, withscores=True)
+                chunk = cast(
+                    list[tuple[str, float]],  # decode_responses: str members
+                    self.client.zrevrangebyscore(key, high, low, start=0, num=SCAN_CHUNK, withscores=True),
+                )
             if not chunk:
                 return
             for member, score in chunk[:-1]:
@@ -234,7 +240,9 @@ class RedisTaskStore(TaskStore):
             return page, None
         return page, Cursor(records.micros(page[-1].create_time), page[-1].id)
 
-    def _load(self, key: str, batch: list[tuple[str, int]], task_filter: task_pb2.TaskFilter) -> list[task_pb2.Task]:
+    def _load(
+        self, key: str, batch: builtins.list[tuple[str, int]], task_filter: task_pb2.TaskFilter
+    ) -> builtins.list[task_pb2.Task]:  # builtins: `list` here is the method above
         """The records of index entries that pass the filter; stale entries are removed."""
         if not batch:
             return []

@@ -66,7 +66,7 @@ def check(old: int, new: int, *, retry: bool = False, same_ok: bool = True) -> N
 
 def move(
     task: task_pb2.Task,
-    new: int,
+    new: task_pb2.TaskStatus,
     *,
     retry: bool = False,
     same_ok: bool = True,

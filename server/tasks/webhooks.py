@@ -173,7 +173,11 @@ class WebhookSender:
             done(True)
             return
         delay = backoff_delay(number, FIRST_RETRY_S, MAX_RETRY_S)
-        self._timers.call_later(delay, lambda: self._pool.submit(self._attempt, task_id, done))
+
+        def retry() -> None:
+            self._pool.submit(self._attempt, task_id, done)
+
+        self._timers.call_later(delay, retry)
         self.observer.webhook_delivered("retried")
 
     def _span(self, task: task_pb2.Task, number: int) -> contextlib.AbstractContextManager[Any]:

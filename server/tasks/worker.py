@@ -248,7 +248,7 @@ class WorkerPool:
     def _finish(
         self,
         task_id: str,
-        new: int,
+        new: task_pb2.TaskStatus,
         *,
         error: task_pb2.TaskError | None = None,
         response: predict_pb2.PredictResponse | None = None,

@@ -76,7 +76,8 @@ def flat_caller(signature: object, inputs: dict[str, TensorInfo], public: Signat
 
         def call(tensors: dict[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
             flat = function.call_flat(*[tensors[name] for name in names], *captured)
-            return tf.nest.pack_sequence_as(structure, flat, expand_composites=True)
+            outputs: Mapping[str, tf.Tensor] = tf.nest.pack_sequence_as(structure, flat, expand_composites=True)
+            return outputs
 
         rng = np.random.default_rng(0)
         sample = {name: tf.convert_to_tensor(_random_rows(rng, spec, 2)) for name, spec in inputs.items()}

@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -193,6 +193,7 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
             raise Unimplemented(f"{REST_INFER_RPC} is served by the HTTP shim's /v2 paths only")
         body = request.value
         json_length = getattr(context, "json_length_in", None)
+        binary: bytes | memoryview
         if json_length is None:
             header, binary = body, b""
         elif json_length > len(body):
@@ -226,7 +227,7 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         text = json.dumps(answer, separators=(",", ":")).encode()
         if not blobs:
             return wrappers_pb2.BytesValue(value=text)
-        context.json_length_out = len(text)
+        cast(Any, context).json_length_out = len(text)  # the shim's context: only the shim calls this method
         return wrappers_pb2.BytesValue(value=b"".join([text, *blobs]))
 
     return grpc.unary_unary_rpc_method_handler(rest_infer)
@@ -289,7 +290,8 @@ def _inputs(model: Any, payload: dict[str, Any], binary: bytes | memoryview) -> 
     for index, item in enumerate(inputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidArgument(f"inputs[{index}]: expected an object with a name")
-        name, datatype = item["name"], item.get("datatype")
+        name: str = item["name"]
+        datatype: Any = item.get("datatype")  # a str once check_input has passed
         if name in model.inputs and name not in arrays and not isinstance(datatype, str):
             raise InvalidArgument(f"input '{name}': datatype is required (e.g. \"FP32\")")
         label = check_input(model, name, datatype, arrays)

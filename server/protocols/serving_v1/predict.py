@@ -19,7 +19,7 @@ def request_id_for(request_id: str, context: grpc.ServicerContext) -> str:
         return request_id
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
-            return value
+            return value.decode() if isinstance(value, bytes) else value
     return uuid.uuid4().hex
 
 

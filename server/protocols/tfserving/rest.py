@@ -34,12 +34,13 @@ import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
 from aiohttp import web
 from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
 from tensorflow.core.framework import types_pb2
 
 from server.dispatch import Dispatcher
@@ -129,14 +130,15 @@ class TFServingRest(LoopServer):
             call = RpcCall(self.dispatcher, GET_MODEL_RPC, context)
             build = partial(predict_pb2.GetModelRequest, model=model, version=version, version_label=label)
         try:
-            reply = await in_pool(self.executor, call, call.invoke, build)
+            answered: Message = await in_pool(self.executor, call, call.invoke, build)
         except CallFailed as failed:
             return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
         if verb == ":predict":
-            answer = reply.value
+            answer = cast(wrappers_pb2.BytesValue, answered).value
         else:
-            named = version or (reply.model.version if label else 0)
-            answer = _dumps(metadata_json(reply.model) if verb == "/metadata" else status_json(reply.model, named))
+            model_reply = cast(predict_pb2.GetModelResponse, answered).model
+            named = version or (model_reply.version if label else 0)
+            answer = _dumps(metadata_json(model_reply) if verb == "/metadata" else status_json(model_reply, named))
         return web.Response(body=answer, content_type="application/json", headers=context.response_headers())
 
 
@@ -283,7 +285,7 @@ def predict_json(model: LoadedModel, outputs: dict[str, np.ndarray], columnar: b
         )
     if len(names) == 1:
         return {"predictions": values[names[0]]}
-    rows = batch[names[0]]
+    rows = cast(int, batch[names[0]])  # None was refused above
     return {"predictions": [{name: values[name][row] for name in names} for row in range(rows)]}
 
 

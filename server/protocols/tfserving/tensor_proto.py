@@ -19,7 +19,8 @@ from wire import codec
 
 def tf_dtype_of(dtype: np.dtype) -> int:
     """TensorFlow's `DataType` for one of the API's numpy dtypes (object: DT_STRING)."""
-    return (tf.string if dtype.kind == "O" else tf.as_dtype(dtype)).as_datatype_enum
+    code: int = (tf.string if dtype.kind == "O" else tf.as_dtype(dtype)).as_datatype_enum
+    return code
 
 
 # The TensorFlow dtypes a TensorProto may carry: the API's own (codec.NUMPY_DTYPES), and where typed values go.
@@ -71,7 +72,7 @@ def tensor_array(
                 f"{count} (or fewer, the last repeated)"
             )
     try:
-        array = tf.make_ndarray(tensor)
+        array: np.ndarray = tf.make_ndarray(tensor)
     except Exception as exc:  # anything the checks above did not foresee
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise InvalidArgument(f"input '{name}': not a valid TensorProto: {first_line}") from None
@@ -82,6 +83,7 @@ def tensor_array(
 
 def _dtype_name(dtype: int) -> str:
     try:
-        return types_pb2.DataType.Name(dtype)
+        name: str = types_pb2.DataType.Name(dtype)
+        return name
     except ValueError:
         return f"<unknown dtype {dtype}>"
