@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -339,6 +340,7 @@ def run_rounds(
         try:
             for number in range(rounds):
                 for kind in KINDS:
+                    stop: Callable[..., object]
                     if kind.startswith("server"):
                         server_env = {"MODEL_DIR": str(model.model_dir), **env}
                         if kind == "server x2":

@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import grpc
 from opentelemetry import trace
@@ -60,13 +61,13 @@ class _Context:
 def _dispatcher(interceptors: list[grpc.ServerInterceptor]) -> Dispatcher:
     registry = HandlerRegistry()
     response = predict_pb2.ListModelsResponse()
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: response)
+    handler: grpc.RpcMethodHandler = grpc.unary_unary_rpc_method_handler(lambda request, context: response)
     registry.add_registered_method_handlers("serving.v1.PredictService", {"ListModels": handler})
     return Dispatcher(registry, interceptors)
 
 
 def per_call_us(dispatcher: Dispatcher, calls: int) -> float:
-    request, context = predict_pb2.ListModelsRequest(), _Context()
+    request, context = predict_pb2.ListModelsRequest(), cast(grpc.ServicerContext, _Context())
     started = time.perf_counter()
     for _ in range(calls):
         dispatcher.handler(METHOD, METADATA).unary_unary(request, context)

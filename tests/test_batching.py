@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def make_batcher() -> Iterator[MakeBatcher]:
     """`make_batcher(model, **config)`; every batcher is released and closed afterwards."""
     made: list[tuple[Batcher, FakeModel]] = []
 
-    def make(model: FakeModel, **config: object) -> Batcher:
+    def make(model: FakeModel, **config: Any) -> Batcher:
         batcher = Batcher(model, BatchingConfig(**config), name=NAME)
         made.append((batcher, model))
         return batcher
@@ -360,7 +361,7 @@ def test_different_shapes_are_not_merged(make_batcher: MakeBatcher) -> None:
         assert_own_rows(result_of(future), x)
     assert model.batch_rows == [1, 3, 2, 1]
     merged = [call.inputs["x"] for call in model.calls[1:]]
-    assert [(m.shape, m.dtype) for m in merged] == [
+    assert [(m.shape, m.dtype) for m in merged] == [  # type: ignore[comparison-overlap]  # a dtype equals its type
         ((3, 3), np.float64),
         ((2, 4), np.float64),
         ((1, 3), np.float32),

@@ -33,7 +33,9 @@ class Counting(grpc.ServerInterceptor):
 
 def registry() -> HandlerRegistry:
     found = HandlerRegistry()
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: f"answer to {request}")
+    handler: grpc.RpcMethodHandler = grpc.unary_unary_rpc_method_handler(
+        lambda request, context: f"answer to {request}"
+    )
     found.add_registered_method_handlers("serving.v1.PredictService", {"ListModels": handler})
     return found
 
@@ -60,7 +62,7 @@ def test_unknown_methods_are_not_kept() -> None:
 
 def test_registry_names_generic_services_and_keeps_in_process_methods_off_the_server() -> None:
     registry = HandlerRegistry()
-    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    echo: grpc.RpcMethodHandler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     registry.add_registered_method_handlers("pkg.Registered", {"Call": echo})
     registry.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("pkg.Generic", {"Call": echo}),))
     registry.add_in_process("/pkg.Local/Call", echo)

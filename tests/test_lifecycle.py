@@ -116,7 +116,7 @@ def test_full_queue_message(make_app):
 def test_reflection_lists_every_service(server):
     with grpc.insecure_channel(server.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = stub.ServerReflectionInfo(
+        replies = stub.ServerReflectionInfo(  # type: ignore[operator]  # types-grpcio-reflection types it as binascii.Incomplete
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
         )
         names = {s.name for reply in replies for s in reply.list_services_response.service}

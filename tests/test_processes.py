@@ -6,6 +6,7 @@ import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -67,7 +68,7 @@ def test_sigterm_under_load_with_two_processes_fails_no_in_flight_call(
 
 
 def test_settings_that_cannot_be_shared_are_refused_by_name() -> None:
-    base = {"_env_file": None, "server_processes": 2, "redis_address": "127.0.0.1:1"}
+    base: dict[str, Any] = {"_env_file": None, "server_processes": 2, "redis_address": "127.0.0.1:1"}
     with pytest.raises(SystemExit, match="GRPC_SERVER_ADDRESS: SERVER_PROCESSES=2 needs a fixed port"):
         check(Settings(**base, grpc_server_address="127.0.0.1:0"))
     with pytest.raises(SystemExit, match="HTTP_SERVER_ADDRESS"):

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from client.bench import random_inputs, run_bench
+from client.bench import Mode, random_inputs, run_bench
 from client.bench_result import BenchResult, latency_summary
 from client.bench_senders import UnarySender
 from client.cli import main
@@ -122,7 +122,7 @@ def test_bad_settings_are_rejected(settings: dict[str, object]) -> None:
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])
-def test_run_bench_by_count(fake_server: FakeServer, mode: str) -> None:
+def test_run_bench_by_count(fake_server: FakeServer, mode: Mode) -> None:
     result = run_bench(fake_server.target, mode=mode, concurrency=4, channels=2, count=40, rows=3, warmup=0.2)
     assert (result.requests, result.ok, result.errors) == (40, 40, {})
     assert (result.rows, result.channels, result.mode) == (3, 2, mode)
@@ -133,7 +133,7 @@ def test_run_bench_by_count(fake_server: FakeServer, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])
-def test_run_bench_counts_errors_and_stops_on_time(fake_server: FakeServer, mode: str) -> None:
+def test_run_bench_counts_errors_and_stops_on_time(fake_server: FakeServer, mode: Mode) -> None:
     started = time.monotonic()
     result = run_bench(
         fake_server.target,
@@ -256,7 +256,7 @@ def test_broken_streams_are_counted_and_reopened() -> None:
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])
-def test_unanswered_requests_time_out(mode: str) -> None:
+def test_unanswered_requests_time_out(mode: Mode) -> None:
     with serving(PeerPredict(), FlakyStream()) as target:
         result = run_bench(
             target,
@@ -273,7 +273,7 @@ def test_unanswered_requests_time_out(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])
-def test_run_bench_over_tls(tmp_path: Path, mode: str) -> None:
+def test_run_bench_over_tls(tmp_path: Path, mode: Mode) -> None:
     ca = CertificateAuthority(tmp_path)
     issued = ca.issue("localhost", server=True)
     credentials = grpc.ssl_server_credentials([(issued.key_pem, issued.cert_pem)])

@@ -50,8 +50,8 @@ def test_predict_result_from_response() -> None:
     assert result.outputs["scores"].dtype == np.float32
     np.testing.assert_array_equal(result.outputs["ids"], [4, 5])
     assert result.classifications[0] == [
-        ClassScore("b", 1, pytest.approx(0.9)),
-        ClassScore("a", 0, pytest.approx(0.1)),
+        ClassScore("b", 1, pytest.approx(0.9)),  # type: ignore[arg-type]  # approx() equals the float
+        ClassScore("a", 0, pytest.approx(0.1)),  # type: ignore[arg-type]
     ]
     assert result.classifications[1][0].label == "a"
     assert result.response is response

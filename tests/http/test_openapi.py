@@ -29,7 +29,7 @@ MAX_EXAMPLES = 20
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-@schemathesis.serializer("application/x-ndjson")
+@schemathesis.serializer("application/x-ndjson")  # type: ignore[arg-type]  # a JSON value, sent as one line
 def _ndjson(context: schemathesis.SerializationContext, value: Any) -> dict[str, Any]:
     """A streamed request body: one generated message as one NDJSON line."""
     if isinstance(value, bytes):

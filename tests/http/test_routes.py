@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +22,8 @@ from serving.v1 import predict_pb2, stream_pb2, task_pb2, upload_pb2
 
 API_FILES = (predict_pb2, stream_pb2, task_pb2, upload_pb2)
 API_SERVICES = [s.full_name for f in API_FILES for s in f.DESCRIPTOR.services_by_name.values()]
+
+HTTP: Any = annotations_pb2.http  # its .pyi says FieldDescriptor, not the extension's own type
 
 
 def test_templates_capture_decoded_variables_and_verbs() -> None:
@@ -92,9 +95,9 @@ def _echo_file() -> descriptor_pb2.FileDescriptorProto:
     )
     service = proto.service.add(name="EchoService")
     echo = service.method.add(name="Echo", input_type=".test.v1.EchoRequest", output_type=".test.v1.EchoRequest")
-    echo.options.Extensions[annotations_pb2.http].CopyFrom(http_pb2.HttpRule(get="/v1/echo/{text}"))
+    echo.options.Extensions[HTTP].CopyFrom(http_pb2.HttpRule(get="/v1/echo/{text}"))
     shout = service.method.add(name="Shout", input_type=".test.v1.EchoRequest", output_type=".test.v1.EchoRequest")
-    shout.options.Extensions[annotations_pb2.http].CopyFrom(http_pb2.HttpRule(post="/v1/echo/{text}:shout", body="*"))
+    shout.options.Extensions[HTTP].CopyFrom(http_pb2.HttpRule(post="/v1/echo/{text}:shout", body="*"))
     return proto
 
 

@@ -7,6 +7,7 @@ import io
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -54,7 +55,7 @@ def s3_app(moto: MotoServer) -> Iterator[App]:
     app.stop(grace=1)
 
 
-def request(digits: list[int], **fields: object) -> predict_pb2.PredictRequest:
+def request(digits: list[int], **fields: Any) -> predict_pb2.PredictRequest:
     tensor = from_numpy(np.array(digits, np.int32))
     return predict_pb2.PredictRequest(
         model="digits_decoder", inputs={"digit": tensor_pb2.Input(tensor=tensor)}, **fields

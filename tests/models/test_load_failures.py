@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -81,7 +82,7 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(
     assert reply.status_code == 503 and reply.json()["message"].startswith("model 'broken' failed to load")
 
 
-def assert_start_fails(model_dir: Path, match: str, **settings: object) -> None:
+def assert_start_fails(model_dir: Path, match: str, **settings: Any) -> None:
     app = App(
         Settings(
             _env_file=None,

@@ -101,11 +101,12 @@ def test_every_rpc_admits_the_right_key(keyed_app):
 
 def test_health_is_open_and_reflection_is_open_by_default(keyed_app):
     with grpc.insecure_channel(keyed_app.address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=10)
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=10)  # type: ignore[attr-defined]  # the stubs' HealthStub declares no methods
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         replies = list(
-            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
         )
         assert "serving.v1.PredictService" in {s.name for s in replies[0].list_services_response.service}
 
@@ -116,7 +117,7 @@ def test_reflection_needs_a_key_when_not_exempt(telemetry_app):
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             list(
-                stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+                stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
             )
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
@@ -170,7 +171,7 @@ def test_rate_limit_answers_resource_exhausted_with_a_retry_hint(telemetry_app):
         call("other-key")  # buckets are per key
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert info.value.details().startswith("rate limit of 0.5 requests/s for API key 'ci' exceeded; retry after ")
-    assert dict(info.value.trailing_metadata())["retry-after"] == "2"
+    assert dict(info.value.trailing_metadata())["retry-after"] == "2"  # type: ignore[arg-type, index]  # (key, value) pairs
 
 
 def test_token_bucket_refills_at_the_rate():

@@ -8,6 +8,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -119,11 +120,11 @@ def test_limits_and_checksums_store_nothing(moto: MotoServer, bucket: str, make_
     ]:
         _expect(
             code,
-            lambda size=size, sha256=sha256: store.put(store.new_key("x"), chunks_of(data), size=size, sha256=sha256),
+            lambda: store.put(store.new_key("x"), chunks_of(data), size=size, sha256=sha256),  # noqa: B023 (called at once)
         )
         _expect(
             code,
-            lambda size=size, sha256=sha256: store.put(store.new_key("x"), [b"small"], size=size and 6, sha256=sha256),
+            lambda: store.put(store.new_key("x"), [b"small"], size=size and 6, sha256=sha256),  # noqa: B023 (called at once)
         )
     assert in_progress_uploads(moto, bucket) == [] and object_keys(moto, bucket) == []
 
@@ -139,14 +140,17 @@ def test_storage_errors_name_the_bucket_not_the_credentials(make_store: MakeStor
         " retry later"
     )
     denied = ClientError(
-        {
-            "Error": {
-                "Code": "InvalidAccessKeyId",
-                "Message": "key AKIASECRET unknown",
-                "AWSAccessKeyId": "AKIASECRET",
+        cast(
+            Any,
+            {  # the parts of a reply that storage_error reads
+                "Error": {
+                    "Code": "InvalidAccessKeyId",
+                    "Message": "key AKIASECRET unknown",
+                    "AWSAccessKeyId": "AKIASECRET",
+                },
+                "ResponseMetadata": {"HTTPStatusCode": 403},
             },
-            "ResponseMetadata": {"HTTPStatusCode": 403},
-        },
+        ),
         "PutObject",
     )
     error = storage_error(denied, "b1", "storing the object")
@@ -155,7 +159,7 @@ def test_storage_errors_name_the_bucket_not_the_credentials(make_store: MakeStor
         "object storage: access to bucket 'b1' denied (InvalidAccessKeyId) while storing the object; "
         "check the credentials and the bucket policy"
     )
-    throttled = ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "UploadPart")
+    throttled = ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "UploadPart")  # type: ignore[typeddict-item]
     assert storage_error(throttled, "b1", "uploading part 2").code == grpc.StatusCode.UNAVAILABLE
 
 

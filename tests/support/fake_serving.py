@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -81,7 +82,7 @@ class FakePredict(predict_pb2_grpc.PredictServiceServicer):
     def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        metadata = dict(context.invocation_metadata())
+        metadata: dict[str, Any] = dict(context.invocation_metadata())
         self.requests.append(request)
         self.metadata.append(metadata)
         if request.model == "bad":

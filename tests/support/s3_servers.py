@@ -44,7 +44,7 @@ REGION = "us-east-1"
 
 def app_settings(**overrides: object) -> Settings:
     """Server settings for tests: free loopback ports (gRPC, HTTP shim), no access log."""
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "model_dir": MODEL_DIR,
         "grpc_server_address": "127.0.0.1:0",
         "http_server_address": "127.0.0.1:0",
@@ -56,7 +56,7 @@ def app_settings(**overrides: object) -> Settings:
 
 def s3_settings(endpoint_url: str, bucket: str, **overrides: object) -> Settings:
     """Server settings for `bucket` at `endpoint_url`, with 5 MiB parts."""
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "aws_bucket": bucket,
         "aws_region": REGION,
         "s3_endpoint_url": endpoint_url,

@@ -32,7 +32,7 @@ def redis_alone(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def timed(call, request) -> tuple[grpc.StatusCode, str, float]:  # type: ignore[no-untyped-def]
+def timed(call, request) -> tuple[grpc.StatusCode, str, float]:
     started = time.monotonic()
     try:
         call(request, timeout=30)

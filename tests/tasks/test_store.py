@@ -19,7 +19,9 @@ from tests.tasks.conftest import TTL_S, open_store
 BASE_S = float(int(time.time()) - 600)  # listing covers tasks created within the record lifetime
 
 
-def make(task_id: str, model: str = "digits", state: int = status.QUEUED, at: float = BASE_S) -> task_pb2.Task:
+def make(
+    task_id: str, model: str = "digits", state: task_pb2.TaskStatus = status.QUEUED, at: float = BASE_S
+) -> task_pb2.Task:
     return task_pb2.Task(id=task_id, model=model, status=state, create_time=records.timestamp_at(at))
 
 

@@ -156,7 +156,13 @@ def test_writers_do_not_wait_for_the_file(tmp_path):
     log._file.acquire()  # what a write stuck on the disk holds
     try:
         done = threading.Event()
-        writer = threading.Thread(target=lambda: ([log.write({"n": i}) for i in range(500)], done.set()))
+
+        def write_all() -> None:
+            for i in range(500):
+                log.write({"n": i})
+            done.set()
+
+        writer = threading.Thread(target=write_all)
         writer.start()
         assert done.wait(10), "write() waited for the file"
         writer.join(10)

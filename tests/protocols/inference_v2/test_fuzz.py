@@ -190,7 +190,7 @@ def session() -> Iterator[requests.Session]:
 
 
 def test_rest_infer_answers_every_generated_body_with_a_client_error_or_success(app, session) -> None:
-    url = f"http://{app.http_address}/v2/models/digits/infer"  # type: ignore[attr-defined]
+    url = f"http://{app.http_address}/v2/models/digits/infer"
 
     @FUZZ
     @given(rest_bodies())
@@ -206,7 +206,7 @@ def test_rest_infer_answers_every_generated_body_with_a_client_error_or_success(
 
 
 def test_grpc_model_infer_answers_every_generated_message_with_a_client_error_or_success(app) -> None:
-    with grpc.insecure_channel(app.address) as channel:  # type: ignore[attr-defined]
+    with grpc.insecure_channel(app.address) as channel:
         stub = open_inference_pb2_grpc.GRPCInferenceServiceStub(channel)
 
         @FUZZ

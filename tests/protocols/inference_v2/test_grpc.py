@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -89,7 +90,7 @@ def v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         app.stop(grace=1)
 
 
-def infer_request(model: str, rows: np.ndarray, *, raw: bool = True, **fields: object) -> pb.ModelInferRequest:
+def infer_request(model: str, rows: np.ndarray, *, raw: bool = True, **fields: Any) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model, **fields)
     tensor = request.inputs.add(name="image", datatype="FP32", shape=rows.shape)
     if raw:
@@ -311,7 +312,7 @@ def test_version_labels_name_versions_in_every_api(make_app, tmp_path: Path) -> 
 
 def test_reflection_lists_the_service(v2: Served) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(v2.channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
     names = [s.name for reply in replies for s in reply.list_services_response.service]
     assert "inference.GRPCInferenceService" in names
 
@@ -535,7 +536,7 @@ def test_rest_infer_binary_tensor_data(v2: Served) -> None:
 
 
 def test_rest_classification_and_integer_inputs(v2: Served) -> None:
-    body = {"inputs": [{"name": "digit", "shape": [2], "datatype": "INT32", "data": [3, 7]}]}
+    body: dict[str, Any] = {"inputs": [{"name": "digit", "shape": [2], "datatype": "INT32", "data": [3, 7]}]}
     answer = v2.post("/v2/models/digits_decoder/infer", body).json()
     want = v2.own_api("digits_decoder", {"digit": np.array([3, 7], np.int32)})["image"]
     np.testing.assert_array_equal(np.asarray(answer["outputs"][0]["data"], np.float32).reshape(want.shape), want)

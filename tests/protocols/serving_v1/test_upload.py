@@ -10,6 +10,7 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -34,7 +35,7 @@ from tests.support.servers import wait_for
 StartApp = Callable[..., App]
 
 
-def metadata(**fields: object) -> upload_pb2.UploadRequest:
+def metadata(**fields: Any) -> upload_pb2.UploadRequest:
     return upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(**fields))
 
 

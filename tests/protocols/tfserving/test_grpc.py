@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -67,7 +68,7 @@ def tfs_request(model: str, inputs: dict[str, object], **spec: object) -> predic
     request.model_spec.name = model
     for key, value in spec.items():
         if key == "version":
-            request.model_spec.version.value = value  # type: ignore[assignment]
+            request.model_spec.version.value = value
         else:
             setattr(request.model_spec, key, value)
     for name, value in inputs.items():
@@ -343,7 +344,9 @@ def test_output_filter_metadata_field_and_unserved_methods(channel: grpc.Channel
 def test_the_rest_listeners_in_process_method_is_not_served_over_grpc(channel: grpc.Channel) -> None:
     from google.protobuf import wrappers_pb2
 
-    call = channel.unary_unary("/serving.v1.TFServingRest/Predict", request_serializer=lambda m: m.SerializeToString())
+    call: Any = channel.unary_unary(
+        "/serving.v1.TFServingRest/Predict", request_serializer=lambda m: m.SerializeToString()
+    )
     with pytest.raises(grpc.RpcError) as info:
         call(wrappers_pb2.BytesValue(value=b"{}"), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -352,7 +355,7 @@ def test_the_rest_listeners_in_process_method_is_not_served_over_grpc(channel: g
 def test_reflection_lists_the_tensorflow_serving_services(channel: grpc.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     replies = list(
-        stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
     )
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"} <= names
@@ -361,7 +364,8 @@ def test_reflection_lists_the_tensorflow_serving_services(channel: grpc.Channel)
         ("tensorflow.serving.ModelService", "tensorflow_serving/apis/model_service.proto"),
     ):
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
-        reply = list(stub.ServerReflectionInfo(iter([request]), timeout=10))[0]  # noqa: RUF015 (reads the stream to its end)
+        replies = stub.ServerReflectionInfo(iter([request]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
+        reply = list(replies)[0]  # noqa: RUF015 (reads the stream to its end)
         assert reply.WhichOneof("message_response") == "file_descriptor_response", reply
         files = [
             descriptor_pb2.FileDescriptorProto.FromString(b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -391,7 +392,7 @@ def test_row_answers_need_outputs_with_one_batch_dimension() -> None:
     from server.errors import InvalidArgument
     from server.protocols.tfserving.rest import predict_json
 
-    model = SimpleNamespace(outputs={"scores": None, "ids": None})
+    model: Any = SimpleNamespace(outputs={"scores": None, "ids": None})  # what predict_json reads of a model
     both = {"scores": np.array([[0.5, 0.25]], np.float32), "ids": np.array([b"a", b"\xff"], dtype=object)}
     assert predict_json(model, {"scores": both["scores"], "ids": both["ids"][:1]}, columnar=False) == {
         "predictions": [{"scores": [0.5, 0.25], "ids": "a"}]
