@@ -8,7 +8,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(wildcard protos/serving/v1/*.proto protos/inference/*.proto)
 # `make test` fails when coverage of server, client and wire in the pytest process (see
 # [tool.coverage.run] in pyproject.toml) drops below this: the level measured when it was set, rounded down.
-COV_FAIL_UNDER := 0
+COV_FAIL_UNDER := 92
 
 .PHONY: setup run test lint typecheck generate check-generated check-deploy model bench clean
 
