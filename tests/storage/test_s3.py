@@ -159,7 +159,9 @@ def test_storage_errors_name_the_bucket_not_the_credentials(make_store: MakeStor
         "object storage: access to bucket 'b1' denied (InvalidAccessKeyId) while storing the object; "
         "check the credentials and the bucket policy"
     )
-    throttled = ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "UploadPart")  # type: ignore[typeddict-item]
+    throttled = ClientError(
+        cast(Any, {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}), "UploadPart"
+    )
     assert storage_error(throttled, "b1", "uploading part 2").code == grpc.StatusCode.UNAVAILABLE
 
 
