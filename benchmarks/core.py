@@ -26,9 +26,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -68,9 +68,27 @@ def model_throughput(
 def client_bench(target: str, concurrency: int, duration: float, warmup: float = 1.0) -> dict:
     """`python -m client bench` of the digits model, 1 row per request; its JSON result."""
     out = subprocess.run(
-        [sys.executable, "-m", "client", "--target", target, "bench", "--model", "digits",
-         "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup), "--json"],
-        capture_output=True, text=True, timeout=duration + 60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "--target",
+            target,
+            "bench",
+            "--model",
+            "digits",
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(duration),
+            "--warmup",
+            str(warmup),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
     )
     return json.loads(out.stdout)
 
@@ -105,7 +123,8 @@ def server_runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict
                         run["rows_per_batch"] = (after["batch_size_sum"] - before["batch_size_sum"]) / max(batches, 1)
                         run["model_ms_per_batch"] = (
                             (after["model_execution_seconds_sum"] - before["model_execution_seconds_sum"])
-                            * 1000 / max(batches, 1)
+                            * 1000
+                            / max(batches, 1)
                         )
                         results.setdefault((name, concurrency), []).append(run)
         finally:
@@ -120,7 +139,7 @@ def median(runs: list[dict], key: str) -> float:
 
 def report(model_rows, runs, rounds: int, duration: float) -> str:
     lines = [
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
         f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
         f"CPU only. Server runs: {rounds} interleaved rounds of {duration:.0f} s per cell, medians shown.",
         "",
@@ -146,14 +165,17 @@ def report(model_rows, runs, rounds: int, duration: float) -> str:
                 f"{median(r, 'p50_ms'):.2f} | {median(r, 'p99_ms'):.2f} | {errors} | "
                 f"{median(r, 'rows_per_batch'):.2f} | {median(r, 'model_ms_per_batch'):.2f} |"
             )
-    ratio = {c: median(runs[("batching", c)], "requests_per_s") / median(runs[("no batching", c)], "requests_per_s")
-             for c in CONCURRENCY}
+    ratio = {
+        c: median(runs[("batching", c)], "requests_per_s") / median(runs[("no batching", c)], "requests_per_s")
+        for c in CONCURRENCY
+    }
     batch1 = model_rows[0][1]
     p50 = median(runs[("batching", 1)], "p50_ms")
     lines += [
         "",
         "Ratios (same run): batching / no batching requests/s = "
-        + ", ".join(f"{ratio[c]:.2f}x at concurrency {c}" for c in CONCURRENCY) + ".",
+        + ", ".join(f"{ratio[c]:.2f}x at concurrency {c}" for c in CONCURRENCY)
+        + ".",
         f"Concurrency 1 p50 through the server {p50:.2f} ms vs in-process batch-1 call {batch1:.2f} ms: "
         f"{p50 - batch1:+.2f} ms.",
     ]

@@ -13,7 +13,8 @@ output through the shim, and with TF Serving's `{"instances": ...}` body; and
 a `grpc.aio` loop in this process calling TF Serving's
 `PredictionService/Predict` (TensorProto input); the Open Inference
 Protocol's `ModelInfer` the same way (raw input contents), and its REST infer
-through the shim (flat JSON `data`). Medians over the rounds are reported. Only loopback is targeted; every run stops by itself.
+through the shim (flat JSON `data`). Medians over the rounds are reported. Only loopback is
+targeted; every run stops by itself.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import aiohttp
 import numpy as np
 
-from client.bench_result import latency_summary
 from benchmarks.core import client_bench
+from client.bench_result import latency_summary
 from tests.support.servers import ServerProcess, free_port
 
 CONCURRENCY = [8, 64]
@@ -92,15 +93,22 @@ async def tfserving_grpc_bench(target: str, concurrency: int, duration: float, w
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "digits"
-    request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)))
+    request.inputs["image"].CopyFrom(
+        tf.make_tensor_proto(np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32))
+    )
     return await grpc_aio_bench(
-        target, lambda channel: prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict, request,
-        concurrency, duration, warmup,
+        target,
+        lambda channel: prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict,
+        request,
+        concurrency,
+        duration,
+        warmup,
     )
 
 
-async def grpc_aio_bench(target: str, method: Callable, request: object, concurrency: int, duration: float,
-                         warmup: float) -> dict:
+async def grpc_aio_bench(
+    target: str, method: Callable, request: object, concurrency: int, duration: float, warmup: float
+) -> dict:
     """Closed-loop calls of `method(channel)` with `request` on one grpc.aio channel."""
     import grpc
 
@@ -125,12 +133,18 @@ async def v2_grpc_bench(target: str, concurrency: int, duration: float, warmup: 
     request = open_inference_pb2.ModelInferRequest(model_name="digits", raw_input_contents=[x.tobytes()])
     request.inputs.add(name="image", datatype="FP32", shape=x.shape)
     return await grpc_aio_bench(
-        target, lambda channel: open_inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request,
-        concurrency, duration, warmup,
+        target,
+        lambda channel: open_inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer,
+        request,
+        concurrency,
+        duration,
+        warmup,
     )
 
 
-async def http_bench(url: str, concurrency: int, duration: float, warmup: float = 1.0, body: bytes | None = None) -> dict:
+async def http_bench(
+    url: str, concurrency: int, duration: float, warmup: float = 1.0, body: bytes | None = None
+) -> dict:
     """Closed-loop JSON Predict at `concurrency`; requests/s and latency over the measured window."""
     body = predict_body() if body is None else body
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
@@ -142,7 +156,7 @@ async def http_bench(url: str, concurrency: int, duration: float, warmup: float 
                 async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as reply:
                     await reply.read()
                     return "OK" if reply.status == 200 else str(reply.status)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 return type(exc).__name__
 
         return await closed_loop(send, concurrency, duration, warmup)
@@ -153,7 +167,8 @@ def runs(rounds: int, duration: float) -> dict[tuple[str, int], list[dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         tfserving_port = free_port()
         env = {
-            "UPLOAD_DIR": str(Path(tmp) / "uploads"), "ACCESS_LOG_PATH": str(Path(tmp) / "access.log"),
+            "UPLOAD_DIR": str(Path(tmp) / "uploads"),
+            "ACCESS_LOG_PATH": str(Path(tmp) / "access.log"),
             "TFSERVING_REST_ADDRESS": f"127.0.0.1:{tfserving_port}",
         }
         server = ServerProcess(Path(tmp) / "server.log", env=env)
@@ -192,7 +207,7 @@ def report(results: dict[tuple[str, int], list[dict]], rounds: int, duration: fl
         return statistics.median(r[field] for r in results[key])
 
     lines = [
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: {os.cpu_count()} cores, "
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: {os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, CPU only. "
         f"One server (default settings), {rounds} interleaved rounds of {duration:.0f} s per cell, medians shown; "
         "load generators on the same machine.",

@@ -42,11 +42,12 @@ def serve(kind: str, address: str) -> None:
     from grpc_health.v1 import health, health_pb2_grpc
 
     from server.batching import Batcher, BatchingConfig
-    from wire import codec
     from serving.v1 import model_pb2, predict_pb2, predict_pb2_grpc, tensor_pb2
+    from wire import codec
 
     metadata = model_pb2.ModelMetadata(
-        name="digits", version=1,
+        name="digits",
+        version=1,
         inputs=[tensor_pb2.TensorSpec(name="image", dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[-1, 8, 8, 1])],
     )
     fixed = predict_pb2.PredictResponse(request_id="x" * 32, model=model_pb2.ModelRef(name="digits", version=1))
@@ -58,7 +59,7 @@ def serve(kind: str, address: str) -> None:
     batcher = Batcher(fake_model, BatchingConfig(), "digits")
 
     class Servicer(predict_pb2_grpc.PredictServiceServicer):
-        def Predict(self, request, context):  # noqa: N802 (gRPC method name)
+        def Predict(self, request, context):  # gRPC's method name
             if kind == "echo":
                 return fixed
             rows = batcher.run({"image": codec.to_numpy(request.inputs["image"].tensor, "image")})
@@ -66,7 +67,7 @@ def serve(kind: str, address: str) -> None:
             response.outputs["probabilities"].CopyFrom(codec.from_numpy(rows["probabilities"], raw=True))
             return response
 
-        def GetModel(self, request, context):  # noqa: N802
+        def GetModel(self, request, context):
             return predict_pb2.GetModelResponse(model=metadata)
 
     server = grpc.server(ThreadPoolExecutor(128, thread_name_prefix="rpc"))
@@ -98,17 +99,18 @@ def main() -> None:
                 target = f"127.0.0.1:{free_port()}"
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "benchmarks.overhead", "serve", kind, target],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
                 servers[kind] = (proc, target, None)
             for name, env in (("server", {}), ("server, MAX_BATCH_SIZE=1", {"MAX_BATCH_SIZE": "1"})):
                 server = ServerProcess(Path(tmp) / f"{len(servers)}.log", env=env)
                 servers[name] = (server.process, server.target, server)
-            for name, (proc, target, server) in servers.items():
+            for name, (_proc, target, server) in servers.items():
                 if server is not None:
                     server.wait_serving()
                 else:
-                    wait_for(lambda: health_status(target) == "SERVING", 60, f"the {name} server")
+                    wait_for(lambda target=target: health_status(target) == "SERVING", 60, f"the {name} server")
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
             for _ in range(args.rounds):
                 for name, (proc, target, _server) in servers.items():

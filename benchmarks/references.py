@@ -26,9 +26,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-import server  # noqa: F401  (TensorFlow's environment, as the server sets it)
-from wire import codec
+import server as _tf_environment  # noqa: F401  (TensorFlow's environment, as the server sets it)
 from serving.v1 import model_pb2, predict_pb2
+from wire import codec
 
 PREDICT = "/serving.v1.PredictService/Predict"
 
@@ -39,7 +39,7 @@ class PlainModel:
     def __init__(self, model_dir: Path, name: str) -> None:
         import tensorflow as tf
 
-        versions = sorted((int(p.name) for p in (model_dir / name).iterdir() if p.name.isdigit()))
+        versions = sorted(int(p.name) for p in (model_dir / name).iterdir() if p.name.isdigit())
         self.version = versions[-1]
         self.tf = tf
         self.signature = tf.saved_model.load(str(model_dir / name / str(self.version))).signatures["serving_default"]
@@ -69,9 +69,16 @@ def serve_plain(port: int, model: PlainModel, threads: int) -> None:
         return model.answer(request)
 
     server = grpc.server(ThreadPoolExecutor(max_workers=threads))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("serving.v1.PredictService", {
-        "Predict": _handler(predict),
-    }),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "serving.v1.PredictService",
+                {
+                    "Predict": _handler(predict),
+                },
+            ),
+        )
+    )
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     stop = threading.Event()
@@ -88,11 +95,18 @@ async def serve_echo(port: int, response: predict_pb2.PredictResponse) -> None:
         return fixed  # parsed request in, the real-sized answer out
 
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("serving.v1.PredictService", {
-        "Predict": grpc.unary_unary_rpc_method_handler(
-            predict, request_deserializer=predict_pb2.PredictRequest.FromString, response_serializer=None
-        ),
-    }),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "serving.v1.PredictService",
+                {
+                    "Predict": grpc.unary_unary_rpc_method_handler(
+                        predict, request_deserializer=predict_pb2.PredictRequest.FromString, response_serializer=None
+                    ),
+                },
+            ),
+        )
+    )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -116,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--shape", type=lambda s: [int(d) for d in s.split(",")], required=True,
-                        help="one row's shape, e.g. 8,8,1")
+    parser.add_argument(
+        "--shape", type=lambda s: [int(d) for d in s.split(",")], required=True, help="one row's shape, e.g. 8,8,1"
+    )
     parser.add_argument("--threads", type=int, default=16, help="RPC threads of the plain server")
     args = parser.parse_args(argv)
     model = PlainModel(args.model_dir, args.model)

@@ -45,14 +45,15 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from tests.support.servers import MODEL_DIR, ROOT, ServerProcess, free_port
 from tests.support.redis_servers import RedisServer
+from tests.support.servers import MODEL_DIR, ROOT, ServerProcess, free_port
 
 KINDS = ("server", "server x2", "echo", "plain")
 
@@ -72,15 +73,34 @@ class BenchModel:
     v2: bool = False  # also V2 gRPC and V2 REST JSON at the highest concurrency
 
 
-DIGITS = BenchModel("digits", MODEL_DIR, "image", (8, 8, 1), "probabilities", 10, (1, 8, 64),
-                    (1, 2, 4, 8, 16, 32, 64, 128, 256, 512), v2=True)
+DIGITS = BenchModel(
+    "digits",
+    MODEL_DIR,
+    "image",
+    (8, 8, 1),
+    "probabilities",
+    10,
+    (1, 8, 64),
+    (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    v2=True,
+)
 
 
 def mobilenet() -> BenchModel:
     from benchmarks.models import mobilenet_v2
 
-    return BenchModel("mobilenet_v2", mobilenet_v2(), "keras_tensor", (224, 224, 3), "output_0", 1000,
-                      (1, 16, 32), (1, 2, 4, 8, 16, 32))
+    return BenchModel(
+        "mobilenet_v2",
+        mobilenet_v2(),
+        "keras_tensor",
+        (224, 224, 3),
+        "output_0",
+        1000,
+        (1, 16, 32),
+        (1, 2, 4, 8, 16, 32),
+    )
+
+
 DOCS = ROOT / "docs"
 
 
@@ -102,8 +122,8 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def predict_body(model: BenchModel = DIGITS) -> bytes:
-    from wire import codec
     from serving.v1 import predict_pb2
+    from wire import codec
 
     request = predict_pb2.PredictRequest(model=model.name, top_k=-1)
     x = np.random.default_rng(0).random([1, *model.shape], dtype=np.float32)
@@ -123,8 +143,18 @@ def v2_grpc_body(model: BenchModel) -> bytes:
 
 def v2_json_body(model: BenchModel) -> bytes:
     x = np.random.default_rng(0).random([1, *model.shape], dtype=np.float32)
-    return json.dumps({"inputs": [{"name": model.input, "shape": [1, *model.shape], "datatype": "FP32",
-                                   "data": x.ravel().round(6).tolist()}]}).encode()
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": model.input,
+                    "shape": [1, *model.shape],
+                    "datatype": "FP32",
+                    "data": x.ravel().round(6).tolist(),
+                }
+            ]
+        }
+    ).encode()
 
 
 def model_limit(model: BenchModel, repeats: int) -> list[tuple[int, float, float]]:
@@ -154,13 +184,24 @@ def model_limit(model: BenchModel, repeats: int) -> list[tuple[int, float, float
     return rows
 
 
-def h2load(url: str, body: Path, concurrency: int, duration: float, headers: list[str], h1: bool,
-           log: Path) -> tuple[float, int, list[float]]:
+def h2load(
+    url: str, body: Path, concurrency: int, duration: float, headers: list[str], h1: bool, log: Path
+) -> tuple[float, int, list[float]]:
     """(requests/s, failed, per-request ms) of one timed h2load run."""
     connections = 1 if concurrency == 1 else min(concurrency, 4)
     command = [
-        "h2load", "-D", f"{max(1, round(duration))}", "--warm-up-time", "1", "-c", str(connections), "-d", str(body),
-        "--log-file", str(log), *(arg for h in headers for arg in ("-H", h)),
+        "h2load",
+        "-D",
+        f"{max(1, round(duration))}",
+        "--warm-up-time",
+        "1",
+        "-c",
+        str(connections),
+        "-d",
+        str(body),
+        "--log-file",
+        str(log),
+        *(arg for h in headers for arg in ("-H", h)),
     ]
     command += ["--h1", "-c", str(concurrency)] if h1 else ["-m", str(max(1, concurrency // connections))]
     out = subprocess.run([*command, url], capture_output=True, text=True, timeout=duration + 60)
@@ -203,9 +244,25 @@ class Reference:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.references", kind, "--port", str(self.port),
-             "--model-dir", str(model.model_dir), "--model", model.name, "--shape", ",".join(map(str, model.shape))],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, **env),
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.references",
+                kind,
+                "--port",
+                str(self.port),
+                "--model-dir",
+                str(model.model_dir),
+                "--model",
+                model.name,
+                "--shape",
+                ",".join(map(str, model.shape)),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=dict(os.environ, **env),
         )
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "ready":
@@ -227,8 +284,11 @@ def check_predict(target: str, model: BenchModel) -> None:
     from serving.v1 import predict_pb2
 
     with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
-        call = channel.unary_unary("/serving.v1.PredictService/Predict",
-                                   request_serializer=lambda b: b, response_deserializer=predict_pb2.PredictResponse.FromString)
+        call = channel.unary_unary(
+            "/serving.v1.PredictService/Predict",
+            request_serializer=lambda b: b,
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+        )
         response = call(predict_body(model), timeout=60)
     shape = list(response.outputs[model.output].shape)
     if shape != [1, model.outputs]:
@@ -238,8 +298,18 @@ def check_predict(target: str, model: BenchModel) -> None:
 GRPC_HEADERS = ["content-type: application/grpc", "te: trailers"]
 
 
-def measure(name: str, pid: int, url: str, body: Path, concurrency: int, duration: float, h1: bool,
-            tmp: Path, http_url: str | None, model: str = "digits") -> Load:
+def measure(
+    name: str,
+    pid: int,
+    url: str,
+    body: Path,
+    concurrency: int,
+    duration: float,
+    h1: bool,
+    tmp: Path,
+    http_url: str | None,
+    model: str = "digits",
+) -> Load:
     headers = ["content-type: application/json"] if h1 else GRPC_HEADERS
     before_cpu = cpu_seconds(pid)
     before_batches = batch_counters(http_url, model) if http_url else None
@@ -255,7 +325,9 @@ def measure(name: str, pid: int, url: str, body: Path, concurrency: int, duratio
     return Load(rate, times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))], failed, cores, rows)
 
 
-def run_rounds(model: BenchModel, rounds: int, duration: float, env: dict[str, str]) -> dict[tuple[str, int], list[Load]]:
+def run_rounds(
+    model: BenchModel, rounds: int, duration: float, env: dict[str, str]
+) -> dict[tuple[str, int], list[Load]]:
     results: dict[tuple[str, int], list[Load]] = {}
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
@@ -268,6 +340,7 @@ def run_rounds(model: BenchModel, rounds: int, duration: float, env: dict[str, s
         try:
             for number in range(rounds):
                 for kind in KINDS:
+                    stop: Callable[..., object]
                     if kind.startswith("server"):
                         server_env = {"MODEL_DIR": str(model.model_dir), **env}
                         if kind == "server x2":
@@ -282,16 +355,29 @@ def run_rounds(model: BenchModel, rounds: int, duration: float, env: dict[str, s
                         check_predict(target, model)
                         for concurrency in model.concurrency:
                             url = f"http://{target}/serving.v1.PredictService/Predict"
-                            load = measure(kind, pid, url, bodies["predict"], concurrency, duration, False, tmp,
-                                           http_url, model.name)
+                            load = measure(
+                                kind,
+                                pid,
+                                url,
+                                bodies["predict"],
+                                concurrency,
+                                duration,
+                                False,
+                                tmp,
+                                http_url,
+                                model.name,
+                            )
                             results.setdefault((kind, concurrency), []).append(load)
                         if kind == "server" and model.v2 and http_url:
                             url = f"http://{target}/inference.GRPCInferenceService/ModelInfer"
-                            load = measure("v2grpc", pid, url, bodies["v2"], top, duration, False, tmp, http_url, model.name)
+                            load = measure(
+                                "v2grpc", pid, url, bodies["v2"], top, duration, False, tmp, http_url, model.name
+                            )
                             results.setdefault(("server V2 gRPC", top), []).append(load)
                             url = f"{http_url}/v2/models/{model.name}/infer"
-                            load = measure("v2rest", pid, url, bodies["v2json"], top, duration, True, tmp, http_url,
-                                           model.name)
+                            load = measure(
+                                "v2rest", pid, url, bodies["v2json"], top, duration, True, tmp, http_url, model.name
+                            )
                             results.setdefault(("server V2 REST", top), []).append(load)
                     finally:
                         stop()
@@ -347,7 +433,8 @@ def report(model: BenchModel, limit: list[tuple[int, float, float]], results: di
     lines += [
         "",
         "In-process model call (`LoadedModel.run_batch`, the server's TensorFlow settings), median: "
-        + ", ".join(f"batch {b}: {ms:.3f} ms ({rps:,.0f} samples/s)" for b, ms, rps in limit) + ".",
+        + ", ".join(f"batch {b}: {ms:.3f} ms ({rps:,.0f} samples/s)" for b, ms, rps in limit)
+        + ".",
         "",
         "Targets (same run):",
     ]
@@ -374,7 +461,8 @@ def report(model: BenchModel, limit: list[tuple[int, float, float]], results: di
             )
         budget = 1.1 * limit[0][1] + p50[("echo", 1)]
         lines += [
-            f"- concurrency 1: p50 {p50[('server', 1)]:.2f} ms against 1.1 x batch-1 call + echo p50 = {budget:.2f} ms.",
+            f"- concurrency 1: p50 {p50[('server', 1)]:.2f} ms against 1.1 x batch-1 call + echo p50"
+            f" = {budget:.2f} ms.",
             f"- SERVER_PROCESSES=2 / one process: {gains}.",
         ]
     return "\n".join(lines)
@@ -384,7 +472,12 @@ def limit_in_subprocess(model: BenchModel, repeats: int, env: dict[str, str]) ->
     """`model_limit` in a fresh process, so TensorFlow reads `env` (e.g. TF_ENABLE_ONEDNN_OPTS) as the servers do."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.serving", "--limit-only", model.name, "--repeats", str(repeats)],
-        cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True, timeout=600, check=True,
+        cwd=ROOT,
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     return [tuple(row) for row in json.loads(out.stdout.strip().splitlines()[-1])]
 
@@ -395,8 +488,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--models", default="digits,mobilenet_v2", help="comma-separated: digits, mobilenet_v2")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="for every server, reference and the in-process limit, e.g. TF_ENABLE_ONEDNN_OPTS=1")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="for every server, reference and the in-process limit, e.g. TF_ENABLE_ONEDNN_OPTS=1",
+    )
     parser.add_argument("--plots", type=Path, default=DOCS, help="folder for bench-<model>.png")
     parser.add_argument("--limit-only", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -408,7 +506,7 @@ def main() -> None:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
     env = dict(item.split("=", 1) for item in args.env)
     print(
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: {os.cpu_count()} cores, "
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: {os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, CPU only. "
         f"h2load, {args.rounds} interleaved rounds of {args.duration:.0f} s per cell, medians shown. "
         f"Command: `make bench`{' with ' + ' '.join(args.env) if args.env else ''}.\n"

@@ -46,7 +46,10 @@ def in_process(env: dict[str, str]) -> dict[int, float]:
     args = [env.get("TF_INTRA_OP_THREADS", "0"), env.get("TF_INTER_OP_THREADS", "0")]
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.settings", "in-process", *args],
-        capture_output=True, text=True, timeout=600, check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     return {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 

@@ -22,15 +22,15 @@ import platform
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import grpc
 
 from serving.v1 import predict_pb2, predict_pb2_grpc, task_pb2, task_pb2_grpc
-from tests.support.servers import ServerProcess, wait_for
 from tests.support.redis_servers import RedisServer
+from tests.support.servers import ServerProcess, wait_for
 from tests.support.task_helpers import digits_request
 
 
@@ -78,8 +78,12 @@ def async_rates(channel: grpc.Channel, concurrency: int, tasks: int) -> tuple[fl
     run_threads(concurrency, work)
     submit_s = time.time() - started
     unfinished = task_pb2.TaskFilter(statuses=[task_pb2.TASK_STATUS_QUEUED, task_pb2.TASK_STATUS_RUNNING])
-    wait_for(lambda: not store.ListTasks(task_pb2.ListTasksRequest(filter=unfinished, page_size=1), timeout=30).tasks,
-             600, "every task to finish", interval=0.2)
+    wait_for(
+        lambda: not store.ListTasks(task_pb2.ListTasksRequest(filter=unfinished, page_size=1), timeout=30).tasks,
+        600,
+        "every task to finish",
+        interval=0.2,
+    )
     finished = task_pb2.TaskFilter(statuses=[task_pb2.TASK_STATUS_SUCCEEDED])
     last, token, count = 0.0, "", 0
     while True:
@@ -107,8 +111,14 @@ def main() -> None:
         try:
             for backend, address in (("memory", ""), ("redis", redis_server.address)):
                 for workers in [int(w) for w in args.workers.split(",")]:
-                    env = {"REDIS_ADDRESS": address, "TASK_WORKERS": str(workers), "HTTP_SERVER_ADDRESS": "",
-                           "METRICS_ADDRESS": "", "UPLOAD_DIR": str(Path(folder) / "uploads"), "LOG_LEVEL": "WARNING"}
+                    env = {
+                        "REDIS_ADDRESS": address,
+                        "TASK_WORKERS": str(workers),
+                        "HTTP_SERVER_ADDRESS": "",
+                        "METRICS_ADDRESS": "",
+                        "UPLOAD_DIR": str(Path(folder) / "uploads"),
+                        "LOG_LEVEL": "WARNING",
+                    }
                     server = ServerProcess(Path(folder) / f"server-{backend}-{workers}.log", env=env)
                     try:
                         server.wait_serving()
@@ -120,8 +130,10 @@ def main() -> None:
                     rows.append((backend, workers, sync, submitted, completed))
         finally:
             redis_server.stop()
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
-          f"concurrency {args.concurrency}, {args.tasks} tasks of one row, digits model\n")
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
+        f"concurrency {args.concurrency}, {args.tasks} tasks of one row, digits model\n"
+    )
     print("| task store | TASK_WORKERS | sync Predict/s | PredictAsync submissions/s | completed tasks/s |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for backend, workers, sync, submitted, completed in rows:

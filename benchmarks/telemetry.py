@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import grpc
 from opentelemetry import trace
@@ -60,13 +61,13 @@ class _Context:
 def _dispatcher(interceptors: list[grpc.ServerInterceptor]) -> Dispatcher:
     registry = HandlerRegistry()
     response = predict_pb2.ListModelsResponse()
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: response)
+    handler: grpc.RpcMethodHandler = grpc.unary_unary_rpc_method_handler(lambda request, context: response)
     registry.add_registered_method_handlers("serving.v1.PredictService", {"ListModels": handler})
     return Dispatcher(registry, interceptors)
 
 
 def per_call_us(dispatcher: Dispatcher, calls: int) -> float:
-    request, context = predict_pb2.ListModelsRequest(), _Context()
+    request, context = predict_pb2.ListModelsRequest(), cast(grpc.ServicerContext, _Context())
     started = time.perf_counter()
     for _ in range(calls):
         dispatcher.handler(METHOD, METADATA).unary_unary(request, context)
@@ -77,7 +78,9 @@ def observer_us(telemetry: Telemetry, requests: int, repeats: int) -> float:
     with telemetry.tracing.tracer.start_as_current_span("caller"):
         token = telemetry.batch_observer.request_queued()
     now = time.monotonic()
-    observation = BatchObservation("digits", requests, 0, now, now + 0.001, tuple((token, now) for _ in range(requests)))
+    observation = BatchObservation(
+        "digits", requests, 0, now, now + 0.001, tuple((token, now) for _ in range(requests))
+    )
     started = time.perf_counter()
     for _ in range(repeats):
         telemetry.batch_observer.batch_done(observation)
@@ -87,7 +90,9 @@ def observer_us(telemetry: Telemetry, requests: int, repeats: int) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(
-            _env_file=None, api_keys="bench:bench-key", access_log_path=str(Path(folder) / "access.log"),
+            _env_file=None,
+            api_keys="bench:bench-key",
+            access_log_path=str(Path(folder) / "access.log"),
             tracing_enabled=True,
         )
         telemetry = Telemetry(settings)
@@ -99,7 +104,7 @@ def main() -> None:
             "+ tracing (the full chain)": _dispatcher([tracing, calls, auth, ErrorInterceptor()]),
         }
         results: dict[str, list[float]] = {name: [] for name in chains}
-        for name, dispatcher in chains.items():
+        for dispatcher in chains.values():
             per_call_us(dispatcher, 2000)  # warm up
         for _ in range(7):
             for name, dispatcher in chains.items():
@@ -107,7 +112,10 @@ def main() -> None:
         batches = {n: observer_us(telemetry, n, 300) for n in (1, 8, 64)}
         telemetry.close()
     base = statistics.median(results["errors only"])
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}\n"
+    )
     print("| interceptor chain | µs per call (median of 7 x 5000) | added |")
     print("| --- | --- | --- |")
     for name, values in results.items():

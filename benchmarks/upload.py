@@ -21,12 +21,12 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from client import Client
-from tests.support.servers import ServerProcess
 from tests.support.s3_servers import AWS_ENV, MiB, MotoServer, new_bucket
+from tests.support.servers import ServerProcess
 
 CHUNK = MiB  # the client's default chunk
 
@@ -37,7 +37,7 @@ def server_upload(client: Client, data: bytes) -> float:
     def chunks() -> Iterator[bytes]:
         view = memoryview(data)
         for start in range(0, len(data), CHUNK):
-            yield bytes(view[start:start + CHUNK])
+            yield bytes(view[start : start + CHUNK])
 
     started = time.perf_counter()
     reply = client.upload(chunks(), file_name="bench.bin", size=len(data))
@@ -70,10 +70,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         moto = MotoServer(Path(scratch) / "moto.log")
         bucket = new_bucket(moto)
-        server = ServerProcess(Path(scratch) / "server.log", env={
-            "AWS_BUCKET": bucket, "AWS_REGION": "us-east-1", "S3_ENDPOINT_URL": moto.endpoint_url,
-            "ACCESS_LOG_PATH": "",
-        })
+        server = ServerProcess(
+            Path(scratch) / "server.log",
+            env={
+                "AWS_BUCKET": bucket,
+                "AWS_REGION": "us-east-1",
+                "S3_ENDPOINT_URL": moto.endpoint_url,
+                "ACCESS_LOG_PATH": "",
+            },
+        )
         try:
             server.wait_serving()
             pid = server.process.pid
@@ -95,18 +100,26 @@ def main() -> None:
 def report(mib: int, through: list[float], direct: list[float], growth_mib: float) -> None:
     server_rate = mib / statistics.median(through)
     direct_rate = mib / statistics.median(direct)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"### Upload throughput ({when})\n")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{mib} MiB of random bytes to moto's S3 server on loopback, {len(through)} alternating rounds, medians.\n")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{mib} MiB of random bytes to moto's S3 server on loopback, {len(through)} alternating rounds, medians.\n"
+    )
     print("| path | MiB/s (median) | seconds per round |")
     print("| --- | --- | --- |")
-    print(f"| gRPC UploadService -> server -> S3 multipart (8 MiB parts) | {server_rate:.1f} | "
-          f"{', '.join(f'{t:.2f}' for t in through)} |")
-    print(f"| boto3 `upload_fileobj` straight to S3 (8 MiB parts, 10 threads) | {direct_rate:.1f} | "
-          f"{', '.join(f'{t:.2f}' for t in direct)} |")
-    print(f"\nRatio server / direct: **{server_rate / direct_rate:.2f}x** (target >= 0.8x). "
-          f"Server peak RSS growth over all its uploads: {growth_mib:.1f} MiB.")
+    print(
+        f"| gRPC UploadService -> server -> S3 multipart (8 MiB parts) | {server_rate:.1f} | "
+        f"{', '.join(f'{t:.2f}' for t in through)} |"
+    )
+    print(
+        f"| boto3 `upload_fileobj` straight to S3 (8 MiB parts, 10 threads) | {direct_rate:.1f} | "
+        f"{', '.join(f'{t:.2f}' for t in direct)} |"
+    )
+    print(
+        f"\nRatio server / direct: **{server_rate / direct_rate:.2f}x** (target >= 0.8x). "
+        f"Server peak RSS growth over all its uploads: {growth_mib:.1f} MiB."
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,7 @@ Mode = Literal["unary", "stream"]
 Phase = Literal["warmup", "measure", "stop"]
 
 
-def random_inputs(
-    metadata: model_pb2.ModelMetadata, rows: int, seed: int = 0
-) -> dict[str, np.ndarray]:
+def random_inputs(metadata: model_pb2.ModelMetadata, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random data for every input of a model; each -1 dimension becomes `rows`."""
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -145,7 +143,11 @@ def run_bench(
         duration = DEFAULT_DURATION
     if inputs is None:
         with Client(
-            target, api_key=api_key, timeout=timeout, metadata=metadata, tls=tls,
+            target,
+            api_key=api_key,
+            timeout=timeout,
+            metadata=metadata,
+            tls=tls,
             root_certificates=root_certificates,
         ) as client:
             inputs = random_inputs(client.get_model(model, version), rows)
@@ -163,9 +165,7 @@ def run_bench(
             for _ in range(channels)
         ]
         try:
-            senders = [
-                new_sender(opened[i % channels], request, md, timeout) for i in range(concurrency)
-            ]
+            senders = [new_sender(opened[i % channels], request, md, timeout) for i in range(concurrency)]
             schedule = _Schedule(warmup, duration, count)
             return schedule, await _run_workers(senders, schedule)
         finally:
@@ -191,12 +191,12 @@ def run_bench(
     )
 
 
-async def _run_workers(senders: list[Sender], schedule: _Schedule) -> list[_Tally]:
+async def _run_workers(senders: Sequence[Sender], schedule: _Schedule) -> list[_Tally]:
     """Run one task per sender until the schedule stops them (or they are cancelled)."""
     tallies = [_Tally() for _ in senders]
     try:
         async with asyncio.TaskGroup() as group:
-            for send, tally in zip(senders, tallies):
+            for send, tally in zip(senders, tallies, strict=True):
                 group.create_task(_work(send, schedule, tally))
     except ExceptionGroup as failed:  # a worker failed outside gRPC: raise its error, not the group
         raise failed.exceptions[0] from None
@@ -223,4 +223,3 @@ def _check(
         raise ValueError("duration and timeout must be positive")
     if warmup < 0:
         raise ValueError("warmup must not be negative")
-

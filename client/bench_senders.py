@@ -6,7 +6,7 @@ They use `grpc.aio` channels and run in the bench's event loop.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Protocol, cast
 
 import grpc
 
@@ -37,7 +37,7 @@ class UnarySender:
         metadata: Metadata,
         timeout: float,
     ) -> None:
-        self._predict = predict_pb2_grpc.PredictServiceStub(channel).Predict  # type: ignore[arg-type]
+        self._predict = predict_pb2_grpc.PredictServiceStub(channel).Predict
         self._request = request
         self._metadata = metadata
         self._timeout = timeout
@@ -70,7 +70,7 @@ class StreamSender:
         metadata: Metadata,
         timeout: float,
     ) -> None:
-        self._stub = stream_pb2_grpc.StreamPredictServiceStub(channel)  # type: ignore[arg-type]
+        self._stub = stream_pb2_grpc.StreamPredictServiceStub(channel)
         self._message = stream_pb2.StreamPredictRequest(request=request)
         self._metadata = metadata
         self._timeout = timeout
@@ -92,8 +92,9 @@ class StreamSender:
             code = error.code()
         else:
             if reply is not grpc.aio.EOF:
-                if reply.WhichOneof("result") == "error":
-                    return status_code(reply.error.code)
+                message = cast(stream_pb2.StreamPredictResponse, reply)
+                if message.WhichOneof("result") == "error":
+                    return status_code(message.error.code)
                 return grpc.StatusCode.OK
             code = grpc.StatusCode.UNKNOWN
         self._cancel()

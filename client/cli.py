@@ -38,9 +38,7 @@ def input_file(value: str) -> tuple[str, Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; global options may come before or after the command."""
-    parser = argparse.ArgumentParser(
-        prog="python -m client", description="Client of the model serving backend."
-    )
+    parser = argparse.ArgumentParser(prog="python -m client", description="Client of the model serving backend.")
     _add_global_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -54,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = _command(commands, "predict", "run a model on images or arrays", _predict)
     predict.add_argument("--model", required=True)
     predict.add_argument("--version", type=version_arg, default=0, help=VERSION_HELP)
-    predict.add_argument(
-        "--image", type=Path, action="append", default=[], help="image file, one row each"
-    )
+    predict.add_argument("--image", type=Path, action="append", default=[], help="image file, one row each")
     predict.add_argument("--image-input", help="input taking the images (default: metadata)")
     predict.add_argument(
         "--input",
@@ -101,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except (ClientError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -117,9 +114,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         return value if defaults else argparse.SUPPRESS
 
     target = os.environ.get("SERVING_TARGET", DEFAULT_TARGET)
-    parser.add_argument(
-        "--target", default=default(target), help=f"server address (env SERVING_TARGET: {target})"
-    )
+    parser.add_argument("--target", default=default(target), help=f"server address (env SERVING_TARGET: {target})")
     parser.add_argument(
         "--api-key",
         default=default(os.environ.get("SERVING_API_KEY")),
@@ -135,7 +130,10 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         help="trusted root certificates (implies --tls)",
     )
     parser.add_argument(
-        "--client-cert", type=Path, default=default(None), metavar="PEM",
+        "--client-cert",
+        type=Path,
+        default=default(None),
+        metavar="PEM",
         help="client certificate chain, for servers requiring client certificates (with --client-key)",
     )
     parser.add_argument("--client-key", type=Path, default=default(None), metavar="PEM", help="client private key")
@@ -150,7 +148,7 @@ def version_arg(text: str) -> Version:
 
 
 def _command(
-    commands: argparse._SubParsersAction,
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     description: str,
     handler: Callable[[argparse.Namespace], int],
@@ -212,9 +210,7 @@ def _predict(args: argparse.Namespace) -> int:
     }
     with _client(args) as client:
         if args.image:
-            result = client.predict_image(
-                args.model, args.image, input=args.image_input, **options
-            )
+            result = client.predict_image(args.model, args.image, input=args.image_input, **options)
             row_names = [path.name for path in args.image]
         else:
             arrays = {name: np.load(path, allow_pickle=False) for name, path in args.input}
@@ -243,8 +239,12 @@ def _upload(args: argparse.Namespace) -> int:
             sha256 = hashlib.file_digest(file, "sha256").hexdigest()
     with _client(args) as client:
         response = client.upload(
-            args.file, file_name=args.name, content_type=args.content_type,
-            key_prefix=args.key_prefix, task_id=args.task_id, sha256=sha256,
+            args.file,
+            file_name=args.name,
+            content_type=args.content_type,
+            key_prefix=args.key_prefix,
+            task_id=args.task_id,
+            sha256=sha256,
         )
     print(MessageToJson(response))
     return 0
@@ -272,20 +272,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def json_arrays(
-    data: Mapping[str, object], metadata: model_pb2.ModelMetadata
-) -> dict[str, np.ndarray]:
+def json_arrays(data: Mapping[str, object], metadata: model_pb2.ModelMetadata) -> dict[str, np.ndarray]:
     """Arrays from nested lists by input name, in the dtypes the model's inputs declare."""
     specs = {spec.name: spec for spec in metadata.inputs}
     unknown = sorted(set(data) - set(specs))
     if unknown:
-        raise ValueError(
-            f"model '{metadata.name}' has no input {unknown[0]!r}; inputs: {', '.join(specs)}"
-        )
-    return {
-        name: np.asarray(values, dtype=NUMPY_DTYPES[specs[name].dtype])
-        for name, values in data.items()
-    }
+        raise ValueError(f"model '{metadata.name}' has no input {unknown[0]!r}; inputs: {', '.join(specs)}")
+    return {name: np.asarray(values, dtype=NUMPY_DTYPES[specs[name].dtype]) for name, values in data.items()}
 
 
 def _read_json(value: str) -> Mapping[str, object]:

@@ -6,9 +6,7 @@ from typing import Final
 
 import grpc
 
-_CODES_BY_VALUE: Final[dict[int, grpc.StatusCode]] = {
-    code.value[0]: code for code in grpc.StatusCode
-}
+_CODES_BY_VALUE: Final[dict[int, grpc.StatusCode]] = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class ClientError(Exception):

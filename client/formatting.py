@@ -16,9 +16,9 @@ MODEL_COLUMNS = ("NAME", "VERSION", "INPUTS", "OUTPUTS", "LABELS", "STATE")
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns separated by two spaces."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
     lines = [
-        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip()
         for line in (header, *rows)
     ]
     return "\n".join(lines)
@@ -60,9 +60,7 @@ def prediction_text(result: PredictResult, row_names: Sequence[str]) -> str:
         if i < len(result.classifications) and result.classifications[i]:
             classes = result.classifications[i]
             lines.append(f"{name}: {classes[0].label} (confidence {classes[0].score:.4f})")
-            lines.extend(
-                f"  {rank}. {c.label:<12} {c.score:.4f}" for rank, c in enumerate(classes, 1)
-            )
+            lines.extend(f"  {rank}. {c.label:<12} {c.score:.4f}" for rank, c in enumerate(classes, 1))
         else:
             lines.append(f"{name}:")
             lines.extend(

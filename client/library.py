@@ -172,15 +172,15 @@ class Client(Connection):
             metadata=dict(task_metadata or {}),
             task_id=task_id or "",
         )
-        response = self._call(self._predict.PredictAsync, request, timeout, request_id)
+        response: predict_pb2.PredictAsyncResponse = self._call(
+            self._predict.PredictAsync, request, timeout, request_id
+        )
         return response.task
 
-    def get_model(
-        self, model: str, version: Version = 0, *, timeout: float | None = None
-    ) -> model_pb2.ModelMetadata:
+    def get_model(self, model: str, version: Version = 0, *, timeout: float | None = None) -> model_pb2.ModelMetadata:
         """Metadata of one model version (0: the newest loaded one; a string: a version label)."""
         request = predict_pb2.GetModelRequest(model=model, **version_fields(version))
-        metadata = self._call(self._predict.GetModel, request, timeout).model
+        metadata: model_pb2.ModelMetadata = self._call(self._predict.GetModel, request, timeout).model
         self._models[(model, version)] = metadata
         return metadata
 
@@ -197,7 +197,7 @@ class Client(Connection):
         """
         request = health_pb2.HealthCheckRequest(service=service)
         try:
-            response = self._call(self._health.Check, request, timeout)
+            response = self._call(self._health.Check, request, timeout)  # type: ignore[attr-defined]  # the stubs' HealthStub has no methods
         except ClientError as error:
             if error.code == grpc.StatusCode.NOT_FOUND:
                 return "SERVICE_UNKNOWN"
@@ -235,7 +235,10 @@ class Client(Connection):
             chunk_size=chunk_size,
         )
         try:
-            return self._upload.Upload(requests, timeout=self._deadline(timeout), metadata=self._call_metadata())
+            response: upload_pb2.UploadResponse = self._upload.Upload(
+                requests, timeout=self._deadline(timeout), metadata=self._call_metadata()
+            )
+            return response
         except grpc.RpcError as error:
             raise ClientError.from_rpc_error(error) from None
 
@@ -244,9 +247,7 @@ class Client(Connection):
         cached = self._models.get((model, version))
         return cached if cached is not None else self.get_model(model, version)
 
-    def _send_predict(
-        self, request: predict_pb2.PredictRequest, timeout: float | None
-    ) -> PredictResult:
+    def _send_predict(self, request: predict_pb2.PredictRequest, timeout: float | None) -> PredictResult:
         """Call `Predict` (its request id also goes in `x-request-id`) and decode the answer."""
         response = self._call(self._predict.Predict, request, timeout, request.request_id)
         return PredictResult.from_response(response)

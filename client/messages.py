@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,16 +19,14 @@ Version = int | str
 """A model version number (0: the newest served), or a version label such as "canary"."""
 
 
-def version_fields(version: Version) -> dict[str, int | str]:
+def version_fields(version: Version) -> dict[str, Any]:
     """`version` or `version_label` of a request message."""
     return {"version_label": version} if isinstance(version, str) else {"version": version}
 
 
 def tensor_inputs(arrays: Mapping[str, np.ndarray]) -> dict[str, tensor_pb2.Input]:
     """Encode arrays as raw little-endian tensors, by input name."""
-    return {
-        name: tensor_pb2.Input(tensor=from_numpy(array, raw=True)) for name, array in arrays.items()
-    }
+    return {name: tensor_pb2.Input(tensor=from_numpy(array, raw=True)) for name, array in arrays.items()}
 
 
 def image_input(images: ImageSource | Sequence[ImageSource]) -> tensor_pb2.Input:
@@ -94,7 +93,4 @@ def image_input_name(metadata: model_pb2.ModelMetadata) -> str:
     if len(metadata.inputs) == 1:
         return metadata.inputs[0].name
     names = ", ".join(spec.name for spec in metadata.inputs)
-    raise ValueError(
-        f"model '{metadata.name}' has several inputs ({names}) and none takes images; "
-        "name the input"
-    )
+    raise ValueError(f"model '{metadata.name}' has several inputs ({names}) and none takes images; name the input")

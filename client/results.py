@@ -43,13 +43,9 @@ class PredictResult:
             request_id=response.request_id,
             model=response.model.name,
             version=response.model.version,
-            outputs={
-                name: to_numpy(tensor, f"output '{name}'")
-                for name, tensor in sorted(response.outputs.items())
-            },
+            outputs={name: to_numpy(tensor, f"output '{name}'") for name, tensor in sorted(response.outputs.items())},
             classifications=[
-                [ClassScore(c.label, c.index, c.score) for c in row.classes]
-                for row in response.classifications
+                [ClassScore(c.label, c.index, c.score) for c in row.classes] for row in response.classifications
             ],
             task_id=response.task_id,
             response=response,

@@ -21,19 +21,20 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_digits import build_model, load_data  # noqa: E402
+from train_digits import build_model, load_data
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saved-model", type=Path, default=Path("models/digits/1"))
-    parser.add_argument("--out", type=Path, default=Path("models/digits_keras/1"),
-                        help="version directory (replaced if it exists)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("models/digits_keras/1"), help="version directory (replaced if it exists)"
+    )
     return parser.parse_args()
 
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 NUM_CLASSES = 10
 SAMPLES_DIR = Path(__file__).resolve().parent / "digits" / "samples"
@@ -36,12 +36,12 @@ SAMPLES_DIR = Path(__file__).resolve().parent / "digits" / "samples"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("models/digits/1"),
-                        help="SavedModel version directory (replaced if it exists)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("models/digits/1"), help="SavedModel version directory (replaced if it exists)"
+    )
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-samples", action="store_true",
-                        help="do not write sample PNGs")
+    parser.add_argument("--no-samples", action="store_true", help="do not write sample PNGs")
     return parser.parse_args()
 
 
@@ -50,22 +50,23 @@ def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., np.newaxis]
     y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, random_state=seed, stratify=y)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
     return x_train, x_test, y_train, y_test
 
 
 def build_model() -> keras.Model:
-    return keras.Sequential([
-        keras.Input(shape=(8, 8, 1), name="image"),
-        keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
-        keras.layers.Conv2D(32, 3, activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dropout(0.25),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(NUM_CLASSES, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input(shape=(8, 8, 1), name="image"),
+            keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.25),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+        ]
+    )
 
 
 def export_saved_model(model: keras.Model, out: Path) -> None:
@@ -105,7 +106,7 @@ def write_samples(x_test: np.ndarray, y_test: np.ndarray, predicted: np.ndarray)
         pixels = np.rint(x_test[index, :, :, 0] * 255.0).astype(np.uint8)
         image = Image.fromarray(pixels)  # uint8 2-D -> mode "L"
         image.save(SAMPLES_DIR / f"digit_{label}.png")
-        image.resize((64, 64), Image.NEAREST).save(SAMPLES_DIR / f"digit_{label}_64.png")
+        image.resize((64, 64), Image.Resampling.NEAREST).save(SAMPLES_DIR / f"digit_{label}_64.png")
 
 
 def main() -> None:
@@ -116,8 +117,7 @@ def main() -> None:
 
     x_train, x_test, y_train, y_test = load_data(args.seed)
     model = build_model()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=2)
     predicted = model.predict(x_test, verbose=0).argmax(axis=1)
     accuracy = float(np.mean(predicted == y_test))
@@ -126,13 +126,16 @@ def main() -> None:
     served_accuracy = verify_saved_model(args.out, x_test, y_test)
     if abs(served_accuracy - accuracy) > 1e-9:
         raise SystemExit(f"SavedModel accuracy {served_accuracy} != Keras {accuracy}")
-    write_metadata(args.out, {
-        "test_accuracy": round(accuracy, 4),
-        "train_samples": len(x_train),
-        "test_samples": len(x_test),
-        "epochs": args.epochs,
-        "seed": args.seed,
-    })
+    write_metadata(
+        args.out,
+        {
+            "test_accuracy": round(accuracy, 4),
+            "train_samples": len(x_train),
+            "test_samples": len(x_test),
+            "epochs": args.epochs,
+            "seed": args.seed,
+        },
+    )
     if not args.no_samples:
         write_samples(x_test, y_test, predicted)
     print(f"test accuracy: {accuracy:.4f}")

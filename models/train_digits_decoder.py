@@ -22,10 +22,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.datasets import load_digits
 
 NUM_CLASSES = 10
 SIZE = 32
@@ -33,8 +33,12 @@ SIZE = 32
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("models/digits_decoder/1"),
-                        help="SavedModel version directory (replaced if it exists)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models/digits_decoder/1"),
+        help="SavedModel version directory (replaced if it exists)",
+    )
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
@@ -53,11 +57,13 @@ def class_means(y: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def build_model() -> keras.Model:
     """class index -> 8x8 image (the squared error is smallest at the class mean)."""
-    return keras.Sequential([
-        keras.Input(shape=(), dtype="int32", name="digit"),
-        keras.layers.Embedding(NUM_CLASSES, 64),
-        keras.layers.Reshape((8, 8, 1)),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input(shape=(), dtype="int32", name="digit"),
+            keras.layers.Embedding(NUM_CLASSES, 64),
+            keras.layers.Reshape((8, 8, 1)),
+        ]
+    )
 
 
 def export_saved_model(model: keras.Model, out: Path) -> None:
@@ -96,12 +102,18 @@ def main() -> None:
     error = float(np.abs(drawn - expected).max())
     if error > 0.02:
         raise SystemExit(f"the model is {error:.4f} away from the class means; train longer")
-    (args.out / "metrics.json").write_text(json.dumps({
-        "max_abs_error_vs_class_mean": round(error, 5),
-        "samples": len(y),
-        "epochs": args.epochs,
-        "seed": args.seed,
-    }, indent=2) + "\n")
+    (args.out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "max_abs_error_vs_class_mean": round(error, 5),
+                "samples": len(y),
+                "epochs": args.epochs,
+                "seed": args.seed,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"max |image - class mean|: {error:.5f}")
 
 

@@ -22,8 +22,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Coroutine, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,26 +35,26 @@ from inference import open_inference_pb2_grpc
 from server.batching import BatchingConfig
 from server.config import Settings, load_settings, parse_args
 from server.dispatch import Dispatcher, GrpcHandlers, HandlerRegistry, InterceptorChain
-from server.protocols.inference_v2.rest import REST_INFER_RPC, rest_infer_handler
-from server.http.gateway import HttpGateway
-from server.protocols.tfserving.rest import REST_PREDICT_RPC, TFServingRest, rest_predict_handler
 from server.health import HealthServicer
+from server.http.gateway import HttpGateway
 from server.interceptors import ErrorInterceptor
 from server.models.device import choose_device
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
 from server.processes import run_children
+from server.protocols.inference_v2.rest import REST_INFER_RPC, rest_infer_handler
 from server.protocols.inference_v2.servicer import InferenceV2Servicer
 from server.protocols.serving_v1.predict import PredictServicer
 from server.protocols.serving_v1.stream import StreamPredictServicer
 from server.protocols.serving_v1.tasks import TaskServicer
-from server.protocols.tfserving.servicer import TFServingModelServicer, TFServingPredictionServicer
 from server.protocols.serving_v1.upload import UploadServicer
-from server.storage.factory import open_object_store
 from server.protocols.serving_v1.uploads import Uploads
+from server.protocols.tfserving.rest import REST_PREDICT_RPC, TFServingRest, rest_predict_handler
+from server.protocols.tfserving.servicer import TFServingModelServicer, TFServingPredictionServicer
+from server.security.tls import grpc_server_credentials, load_tls, server_ssl_context
+from server.storage.factory import open_object_store
 from server.tasks.system import open_tasks
 from server.telemetry.telemetry import Telemetry
-from server.security.tls import grpc_server_credentials, load_tls, server_ssl_context
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2_grpc, upload_pb2_grpc
 
 MIN_RETIRE_SECONDS = 1.0  # a replaced model version stays loaded at least this long for calls holding it
@@ -101,8 +102,14 @@ class App:
         )
         self.object_store = open_object_store(settings)
         self.predictor = Predictor(self.repository, settings.default_top_k, self.object_store)
-        self.tasks = open_tasks(settings, self.predictor, self.object_store, self.worker_mode, self.telemetry.tracing,
-                                self.telemetry.metrics)
+        self.tasks = open_tasks(
+            settings,
+            self.predictor,
+            self.object_store,
+            self.worker_mode,
+            self.telemetry.tracing,
+            self.telemetry.metrics,
+        )
         self.telemetry.metrics.watch_task_queue_length(self.tasks.queue.length)
         self.health = HealthServicer()
         self.telemetry.watch_models(self.repository.models)
@@ -113,7 +120,7 @@ class App:
         self.grpc_only = HandlerRegistry()  # what only gRPC serves: the in-process dispatcher never reaches it
         if settings.reflection:
             names = (*self.registry.services, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self.grpc_only)
+            reflection.enable_server_reflection(names, self.grpc_only.as_server())
         self.executor = ThreadPoolExecutor(max_workers=settings.grpc_max_workers, thread_name_prefix="rpc")
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="event-loop", daemon=True)
@@ -218,7 +225,7 @@ class App:
         """The API's servicers, collected once for the gRPC server and in-process dispatch."""
         registry = HandlerRegistry()
         if self.worker_mode:
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, registry.as_server())
             return registry
         predict_pb2_grpc.add_PredictServiceServicer_to_server(
             PredictServicer(self.predictor, self.repository, self.tasks.predictions), registry
@@ -236,15 +243,17 @@ class App:
                 InferenceV2Servicer(self.predictor, self.repository, self.ready), registry
             )
             registry.add_in_process(REST_INFER_RPC, rest_infer_handler(self.predictor))
-        task_pb2_grpc.add_TaskServiceServicer_to_server(
-            TaskServicer(self.tasks.manager, self.tasks.exports), registry
-        )
+        task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(self.tasks.manager, self.tasks.exports), registry)
         tracing = self.telemetry.tracing
         # Files sent with a task_id join its `files`; an `upload` span when tracing is on.
-        uploads = Uploads(self.object_store, self.tasks.store, tracing.tracer if tracing.enabled else None,
-                          self.telemetry.metrics.uploaded)
+        uploads = Uploads(
+            self.object_store,
+            self.tasks.store,
+            tracing.tracer if tracing.enabled else None,
+            self.telemetry.metrics.uploaded,
+        )
         upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), registry)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry.as_server())
         return registry
 
     @property
@@ -303,8 +312,11 @@ class App:
             self.repository.load_all()
         for name in READY_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in self.repository.models())
-                 or f"no models loaded yet (MODEL_CONTROL_MODE={self.repository.control})")
+        log.info(
+            "ready: %s",
+            ", ".join(f"{m.name} v{m.version}" for m in self.repository.models())
+            or f"no models loaded yet (MODEL_CONTROL_MODE={self.repository.control})",
+        )
         self.repository.start_polling()
         self.tasks.start_workers()
 
@@ -394,7 +406,9 @@ def stop_and_exit(app: App) -> int:
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    stuck = [
+        t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon and t.is_alive()
+    ]
     if stuck:
         _exit_now(f"threads still running after the shutdown ({', '.join(sorted(set(stuck)))}); exiting", 0)
     return 0

@@ -45,9 +45,10 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -56,7 +57,7 @@ from server.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceE
 log = logging.getLogger(__name__)
 
 Arrays = Mapping[str, np.ndarray]
-BatchFunction = Callable[[Arrays], dict[str, np.ndarray]]
+BatchFunction = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # the merged batch in, its rows out
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,11 @@ class Batcher:
         Returns a future resolving to this request's output rows. `deadline` is a
         `time.monotonic()` value after which the request is not run.
         """
-        pending = self._pending(inputs, deadline)
+        future: Future = Future()
+        pending = self._pending(inputs, deadline, future)
         with self._cond:
             self._enqueue(pending)
-        return pending.future
+        return future
 
     async def infer(self, inputs: Arrays, deadline: float | None = None) -> dict[str, np.ndarray]:
         """Queue validated inputs from the event loop and await their rows.
@@ -160,7 +162,8 @@ class Batcher:
         awaiting task drops the request the same way.
         """
         loop = asyncio.get_running_loop()
-        pending = self._pending(inputs, deadline, loop.create_future())
+        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        pending = self._pending(inputs, deadline, future)
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded(f"deadline passed before model '{self.name}' could run")
         with self._cond:
@@ -170,7 +173,7 @@ class Batcher:
                 self._schedule_dispatch(loop)
         timer = None if deadline is None else loop.call_at(deadline, self._expire, pending)
         try:
-            return await pending.future
+            return await future
         finally:
             if timer is not None:
                 timer.cancel()
@@ -216,7 +219,8 @@ class Batcher:
         When the model is idle and nothing is queued the batch runs at once in
         the calling thread, saving two thread switches (and GIL hand-offs).
         """
-        pending = self._pending(inputs, deadline)
+        future: Future[dict[str, np.ndarray]] = Future()
+        pending = self._pending(inputs, deadline, future)
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded(f"deadline passed before model '{self.name}' could run")
         with self._cond:
@@ -227,18 +231,20 @@ class Batcher:
                 self._enqueue(pending)
         if inline:
             try:
-                pending.future.set_running_or_notify_cancel()
+                future.set_running_or_notify_cancel()
                 self._execute([pending])
             finally:
                 self._free()
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return pending.future.result(timeout=timeout)
+            return future.result(timeout=timeout)
         except TimeoutError:
-            pending.future.cancel()
+            future.cancel()
             raise DeadlineExceeded(f"deadline exceeded waiting for model '{self.name}'") from None
 
-    def _pending(self, inputs: Arrays, deadline: float | None, future: Future | asyncio.Future | None = None) -> _Pending:
+    def _pending(
+        self, inputs: Arrays, deadline: float | None, future: Future | asyncio.Future | None = None
+    ) -> _Pending:
         rows = _rows_of(inputs)
         if rows > self.config.max_batch_size:
             raise InvalidArgument(
@@ -306,8 +312,9 @@ class Batcher:
 
     def _waiting_elsewhere(self, loops: set[asyncio.AbstractEventLoop]) -> bool:
         """Whether a queued request waits on a loop other than `loops` (caller holds the lock)."""
-        return any(isinstance(item.future, asyncio.Future) and item.future.get_loop() not in loops
-                   for item in self._queue)
+        return any(
+            isinstance(item.future, asyncio.Future) and item.future.get_loop() not in loops for item in self._queue
+        )
 
     def _take_batch(self) -> list[_Pending] | None:
         """Wait for work, a free model and a go, then take one batch; None when closed and empty."""
@@ -465,7 +472,7 @@ def _start(future: Future | asyncio.Future) -> bool:
 
 
 def _deliver(
-    outcomes: list[tuple[_Pending, object]],
+    outcomes: Sequence[tuple[_Pending, object]],
     then: Callable[[asyncio.AbstractEventLoop], None] | None = None,
 ) -> set[asyncio.AbstractEventLoop]:
     """Hand each request its rows or its error: threads' futures at once, each other event loop's

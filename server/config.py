@@ -10,8 +10,9 @@ elsewhere.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,14 +34,19 @@ class Settings(BaseSettings):
     )
     grace_period_seconds: float = Field(10.0, ge=0, description="drain time on SIGTERM")
     server_processes: int = Field(
-        1, ge=1, le=256,
+        1,
+        ge=1,
+        le=256,
         description="server processes sharing the ports (SO_REUSEPORT), each with its own event loop and models",
     )
     server_process_index: int = Field(-1, ge=-1, description="set by the parent of SERVER_PROCESSES > 1; -1: alone")
     reflection: bool = Field(True, description="serve gRPC server reflection")
-    tfserving_grpc: bool = Field(True, description="also serve TensorFlow Serving's gRPC PredictionService and ModelService")
+    tfserving_grpc: bool = Field(
+        True, description="also serve TensorFlow Serving's gRPC PredictionService and ModelService"
+    )
     inference_v2: bool = Field(
-        True, description="also serve the Open Inference Protocol (KServe V2, Triton): gRPC, and REST under /v2 on the shim"
+        True,
+        description="also serve the Open Inference Protocol (KServe V2, Triton): gRPC, and REST under /v2 on the shim",
     )
 
     # Models
@@ -53,7 +59,8 @@ class Settings(BaseSettings):
         "repository load/unload). Unset: poll when MODEL_POLL_SECONDS > 0, else none",
     )
     startup_models: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="with MODEL_CONTROL_MODE=explicit: models to load at start, comma-separated; * loads all"
+        default_factory=list,
+        description="with MODEL_CONTROL_MODE=explicit: models to load at start, comma-separated; * loads all",
     )
     model_load_strict: bool = Field(
         False, description="a model that fails to load at start-up stops the start (else the others serve)"
@@ -77,7 +84,9 @@ class Settings(BaseSettings):
     http_server_address: str = Field("0.0.0.0:8080", description="HTTP/JSON shim listen address; empty: no shim")
     http_max_workers: int = Field(128, ge=1, description="threads running HTTP shim calls")
     max_http_body_bytes: int = Field(0, ge=0, description="largest HTTP body or NDJSON line; 0: MAX_MESSAGE_BYTES")
-    tfserving_rest_address: str = Field("", description="TensorFlow Serving's REST API here (e.g. 0.0.0.0:8501); empty: off")
+    tfserving_rest_address: str = Field(
+        "", description="TensorFlow Serving's REST API here (e.g. 0.0.0.0:8501); empty: off"
+    )
     redis_address: str = Field(
         "", description="host:port, redis://[:password@]host:port[/db] or rediss://; empty: tasks in memory"
     )
@@ -155,8 +164,9 @@ class Settings(BaseSettings):
     def _parse_duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
 
-    @field_validator("api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "redis_tls_ca_file",
-                     mode="before")
+    @field_validator(
+        "api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "redis_tls_ca_file", mode="before"
+    )
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -199,8 +209,7 @@ class Settings(BaseSettings):
                 raise ValueError("allowed_batch_sizes must be increasing positive integers")
             if sizes[-1] != self.max_batch_size:
                 raise ValueError(
-                    f"the largest allowed_batch_sizes ({sizes[-1]}) must equal "
-                    f"max_batch_size ({self.max_batch_size})"
+                    f"the largest allowed_batch_sizes ({sizes[-1]}) must equal max_batch_size ({self.max_batch_size})"
                 )
         return self
 
@@ -222,8 +231,13 @@ def parse_duration(text: str) -> float:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags of `python -m server [worker]`."""
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n")[0])
-    parser.add_argument("mode", nargs="?", default="serve", choices=["serve", "worker"],
-                        help="serve: the API; worker: only queue workers (plus gRPC health)")
+    parser.add_argument(
+        "mode",
+        nargs="?",
+        default="serve",
+        choices=["serve", "worker"],
+        help="serve: the API; worker: only queue workers (plus gRPC health)",
+    )
     parser.add_argument("--config", type=Path, help="KEY=VALUE settings file (like .env)")
     parser.add_argument("--port", type=int, help="gRPC port (host from GRPC_SERVER_ADDRESS)")
     parser.add_argument("--model-dir", type=Path, help="model repository (MODEL_DIR)")

@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, cast
 
 import grpc
 
 from server.errors import InvalidArgument
-from server.telemetry.calls import current_call, is_async
+from server.metadata import Metadata
+from server.telemetry.calls import behavior_of, current_call, is_async, replace_handler
 from server.threaded import threaded_handler
 
 
-class CallDetails(NamedTuple):
-    """`grpc.HandlerCallDetails` for an in-process call."""
-
+class _CallDetails(NamedTuple):
     method: str
-    invocation_metadata: tuple[tuple[str, str], ...]
+    invocation_metadata: Metadata
+
+
+class CallDetails(_CallDetails, grpc.HandlerCallDetails):
+    """`grpc.HandlerCallDetails` for an in-process call (a named tuple, as grpc's own)."""
 
 
 class HandlerRegistry:
@@ -40,6 +44,11 @@ class HandlerRegistry:
         self.generic: list[grpc.GenericRpcHandler] = []
         self.methods: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
         self.in_process: dict[str, grpc.RpcMethodHandler] = {}  # full method name -> handler; never on gRPC
+
+    def as_server(self) -> grpc.Server:
+        """The registry where an `add_*_to_server` function wants a server: they call only the two
+        `add_*_handlers` methods below."""
+        return cast(grpc.Server, self)
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self.generic.extend(handlers)
@@ -122,8 +131,11 @@ class Dispatcher:
         self.registry = registry
         self.chain = InterceptorChain(interceptors)
 
-    def handler(self, method: str, metadata: Sequence[tuple[str, str]] = ()) -> grpc.RpcMethodHandler | None:
-        return self.chain.intercept_service(self.registry.find, CallDetails(method, tuple(metadata)))
+    def handler(self, method: str, metadata: Metadata = ()) -> grpc.RpcMethodHandler | None:
+        handler: grpc.RpcMethodHandler | None = self.chain.intercept_service(
+            self.registry.find, CallDetails(method, tuple(metadata))
+        )
+        return handler
 
 
 class GrpcHandlers(grpc.GenericRpcHandler):
@@ -189,7 +201,7 @@ def parsing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
         wrapped = parsed_plain
     kind = "unary_stream" if handler.response_streaming else "unary_unary"
-    return handler._replace(request_deserializer=None, **{kind: wrapped})
+    return replace_handler(handler, request_deserializer=None, **{kind: wrapped})
 
 
 def _parsed(parse: Callable[[bytes], Any], raw: bytes) -> Any:
@@ -204,4 +216,4 @@ def _parsed(parse: Callable[[bytes], Any], raw: bytes) -> Any:
 
 
 def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
-    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    return behavior_of(handler)

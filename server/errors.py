@@ -39,7 +39,7 @@ QUOTED_LIMIT: Final = 64
 MESSAGE_LIMIT: Final = 1024
 # A quoted value: an opening quote after no word character, a closing one before none (so the quotes
 # of two values, or an apostrophe, do not pair up).
-_LONG_QUOTED = re.compile(r"(?<![\w'])'([^'\n]{%d,})'(?![\w'])" % (QUOTED_LIMIT + 1))
+_LONG_QUOTED = re.compile(r"(?<![\w'])'([^'\n]{%d,})'(?![\w'])" % (QUOTED_LIMIT + 1))  # noqa: UP031 (the regex's braces)
 
 
 def cut(message: str) -> str:
@@ -48,7 +48,7 @@ def cut(message: str) -> str:
     if len(message) <= QUOTED_LIMIT:
         return message
     message = _LONG_QUOTED.sub(
-        lambda m: f"'{m.group(1)[:QUOTED_LIMIT - 3]}...' ({len(m.group(1)):,} characters)", message
+        lambda m: f"'{m.group(1)[: QUOTED_LIMIT - 3]}...' ({len(m.group(1)):,} characters)", message
     )
     if len(message) > MESSAGE_LIMIT:
         suffix = f"... ({len(message):,} characters)"
@@ -175,8 +175,11 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNIMPLEMENTED, str(exc) or "not implemented"
     if isinstance(exc, grpc.RpcError):  # reading the request stream failed: the caller went away
         code = exc.code() if callable(getattr(exc, "code", None)) else None
-        if not isinstance(code, grpc.StatusCode) or code in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN,
-                                                             grpc.StatusCode.INTERNAL):
+        if not isinstance(code, grpc.StatusCode) or code in (
+            grpc.StatusCode.OK,
+            grpc.StatusCode.UNKNOWN,
+            grpc.StatusCode.INTERNAL,
+        ):
             code = grpc.StatusCode.CANCELLED
         details = exc.details() if callable(getattr(exc, "details", None)) else None
         return code, cut(str(details or "the call was cancelled"))

@@ -11,7 +11,9 @@ from server.errors import cut
 class HealthServicer(health.HealthServicer):
     """The library's servicer; an unknown service name is NOT_FOUND saying which (the library sets no message)."""
 
-    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
+    def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
         response = super().Check(request, context)
         code = getattr(context, "code", lambda: None)()
         if code == grpc.StatusCode.NOT_FOUND:

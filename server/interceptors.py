@@ -9,7 +9,8 @@ function (run in a worker thread) a plain wrapper.
 from __future__ import annotations
 
 import inspect
-from typing import Any, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 

@@ -16,11 +16,12 @@ C libraries this is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
-from typing import Callable
+from collections.abc import Callable
 
 M_ARENA_MAX = -8  # glibc's mallopt() parameter
 MALLOC_ARENAS = 2
@@ -30,10 +31,8 @@ def limit_malloc_arenas() -> None:
     """At most MALLOC_ARENAS arenas, unless MALLOC_ARENA_MAX is set (glibc read it at start-up)."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)  # the process's own symbols: libc's, on Linux
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 @functools.cache

@@ -9,25 +9,27 @@ file outputs one stored file per row, unless the request asks for them inline).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Callable, Sequence
 
 import numpy as np
 
 from server.errors import DeadlineExceeded, InvalidArgument
 from server.models import images
-from wire import codec
 from server.models.file_outputs import FileOutput
 from server.models.model import LoadedModel
 from server.models.repository import ModelRepository
 from server.storage.store import ObjectStore
 from serving.v1 import model_pb2, predict_pb2
+from wire import codec
 
 
 class PendingPrediction:
     """A queued request; the response is built in the thread that asks for it."""
 
-    def __init__(self, predictor: Predictor, model: LoadedModel, request: predict_pb2.PredictRequest, rows: Future) -> None:
+    def __init__(
+        self, predictor: Predictor, model: LoadedModel, request: predict_pb2.PredictRequest, rows: Future
+    ) -> None:
         self.request = request
         self._predictor = predictor
         self._model = model
@@ -58,7 +60,9 @@ class Predictor:
         self.default_top_k = default_top_k
         self.store = store  # where file outputs go; None returns them as tensors
 
-    async def infer(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
+    async def infer(
+        self, request: predict_pb2.PredictRequest, deadline: float | None = None
+    ) -> predict_pb2.PredictResponse:
         """`predict` on the event loop: the loop is free while the model runs."""
         if any(value.WhichOneof("kind") == "images" for value in request.inputs.values()):
             # Decoding and resizing images is real work: not on the loop.
@@ -68,12 +72,12 @@ class Predictor:
         rows = await model.batcher.infer(arrays, deadline)
         if self.store is not None and _stores_files(model, request):
             # Files are written to the object store: not on the loop.
-            return await asyncio.get_running_loop().run_in_executor(
-                None, self.build_response, model, request, rows
-            )
+            return await asyncio.get_running_loop().run_in_executor(None, self.build_response, model, request, rows)
         return self.build_response(model, request, rows)
 
-    def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
+    def predict(
+        self, request: predict_pb2.PredictRequest, deadline: float | None = None
+    ) -> predict_pb2.PredictResponse:
         """Validate, batch, run and answer one request (from a thread: blocks until done or the deadline)."""
         model, arrays = self.prepare(request)
         return self.build_response(model, request, model.batcher.run(arrays, deadline))
@@ -215,8 +219,13 @@ def _store_files(store: ObjectStore, prefix: str, output: FileOutput, rows: np.n
         stored = store.put_bytes(key, output.encode(row), content_type=output.content_type)
         refs.append(
             predict_pb2.FileRef(
-                uri=stored.uri, url=stored.url, presigned_url=stored.presigned_url,
-                content_type=stored.content_type, size=stored.size, sha256=stored.sha256, key=stored.key,
+                uri=stored.uri,
+                url=stored.url,
+                presigned_url=stored.presigned_url,
+                content_type=stored.content_type,
+                size=stored.size,
+                sha256=stored.sha256,
+                key=stored.key,
             )
         )
     return refs
@@ -231,11 +240,7 @@ def _top_k(scores: np.ndarray, labels: list[str], k: int) -> list[predict_pb2.Cl
     best = best_classes(scores, k)
     return [
         predict_pb2.Classification(
-            classes=[
-                predict_pb2.ClassScore(label=labels[i], index=int(i), score=float(row[i]))
-                for i in indices
-            ]
+            classes=[predict_pb2.ClassScore(label=labels[i], index=int(i), score=float(row[i])) for i in indices]
         )
-        for row, indices in zip(scores, best)
+        for row, indices in zip(scores, best, strict=True)
     ]
-

@@ -31,8 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from prometheus_client import multiprocess
 
@@ -100,13 +100,19 @@ def run_children(settings: Settings, argv: Sequence[str]) -> int:
     for index in range(count):
         env = dict(os.environ, SERVER_PROCESSES="1", **{PROCESS_ENV: str(index), MULTIPROC_ENV: metrics_dir})
         env["ACCESS_LOG_PATH"] = child_access_log(settings.access_log_path, index)
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "server", *_without_processes(argv)], env=env, start_new_session=True
-        ))
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "server", *_without_processes(argv)], env=env, start_new_session=True
+            )
+        )
         if stopping:
             children[-1].send_signal(signal.SIGTERM)
-    log.info("started %d server processes (pids %s); metrics in %s", count,
-             ", ".join(str(c.pid) for c in children), metrics_dir)
+    log.info(
+        "started %d server processes (pids %s); metrics in %s",
+        count,
+        ", ".join(str(c.pid) for c in children),
+        metrics_dir,
+    )
     while True:
         codes = [child.poll() for child in children]
         if all(code is not None for code in codes):

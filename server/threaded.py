@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from server.errors import InvalidArgument
 from server.http.context import RecordedContext, RpcAborted, run_callbacks
+from server.telemetry.calls import behavior_of, replace_handler
 
 Behavior = Callable[..., Any]
 
@@ -150,12 +152,12 @@ async def _next_or_end(requests: AsyncIterator[Any]) -> Any:
 def threaded_handler(handler: grpc.RpcMethodHandler, executor: Executor) -> grpc.RpcMethodHandler:
     """`handler` with its plain behavior run in `executor` (see the module docstring)."""
     request_streaming, response_streaming = handler.request_streaming, handler.response_streaming
-    behavior = handler.stream_stream or handler.unary_stream or handler.stream_unary or handler.unary_unary
+    behavior = behavior_of(handler)
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         loop = asyncio.get_running_loop()
         threaded = ThreadedContext(context, loop)
-        context.add_done_callback(lambda _call: threaded.end())
+        context.add_done_callback(lambda _call: threaded.end())  # type: ignore[arg-type]  # any callable, at run time
         requests = _Requests(request, threaded) if request_streaming else request
 
         def run() -> Any:
@@ -185,4 +187,4 @@ def threaded_handler(handler: grpc.RpcMethodHandler, executor: Executor) -> grpc
         return result
 
     kind = ("stream_" if request_streaming else "unary_") + ("stream" if response_streaming else "unary")
-    return handler._replace(**{kind: call})
+    return replace_handler(handler, **{kind: call})

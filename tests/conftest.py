@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from unittest import mock
 
 import grpc
 import numpy as np
 import pytest
 
-import server  # noqa: F401  (sets TensorFlow's environment, as the server does, before any test imports it)
+import server as _tf_environment  # noqa: F401  (sets TensorFlow's environment, as the server does, before any test imports it)
 from tests.support.servers import MODEL_DIR, ServerProcess
 
 # Fixtures shared across folders (lazy: a fixture starts nothing until a test asks for it).

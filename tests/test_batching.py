@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def make_batcher() -> Iterator[MakeBatcher]:
     """`make_batcher(model, **config)`; every batcher is released and closed afterwards."""
     made: list[tuple[Batcher, FakeModel]] = []
 
-    def make(model: FakeModel, **config: object) -> Batcher:
+    def make(model: FakeModel, **config: Any) -> Batcher:
         batcher = Batcher(model, BatchingConfig(**config), name=NAME)
         made.append((batcher, model))
         return batcher
@@ -142,7 +143,7 @@ def test_max_batch_size_caps_a_batch(make_batcher: MakeBatcher) -> None:
     model.release()
 
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     assert model.batch_rows == [1, 4, 2]
     assert batcher.stats.batch_sizes == collections.Counter({1: 1, 4: 1, 2: 1})
@@ -200,7 +201,7 @@ def test_allowed_batch_sizes_pad_a_merged_batch(make_batcher: MakeBatcher) -> No
     model.release()
 
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     assert model.batch_rows == [2, 8]
     assert batcher.stats.padded_rows == 1 + 3
@@ -246,7 +247,7 @@ def test_full_queue_rejects_at_once(make_batcher: MakeBatcher) -> None:
 
     model.release()
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     assert 300.0 not in model.seen_values()
     assert model.batch_rows == [1, 2]
@@ -356,11 +357,11 @@ def test_different_shapes_are_not_merged(make_batcher: MakeBatcher) -> None:
     model.release()
 
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     assert model.batch_rows == [1, 3, 2, 1]
     merged = [call.inputs["x"] for call in model.calls[1:]]
-    assert [(m.shape, m.dtype) for m in merged] == [
+    assert [(m.shape, m.dtype) for m in merged] == [  # type: ignore[comparison-overlap]  # a dtype equals its type
         ((3, 3), np.float64),
         ((2, 4), np.float64),
         ((1, 3), np.float32),
@@ -462,7 +463,7 @@ def test_close_with_drain_runs_what_is_queued(make_batcher: MakeBatcher) -> None
 
     model.release()
     assert_own_rows(result_of(first), first_x)
-    for future, x in zip(futures, inputs):
+    for future, x in zip(futures, inputs, strict=True):
         assert_own_rows(result_of(future), x)
     batcher.close(timeout=WAIT_S)
     assert model.batch_rows == [1, 3]
@@ -516,7 +517,7 @@ def test_random_concurrent_requests_get_their_own_rows(make_batcher: MakeBatcher
                 n = rng.randint(1, 4)
                 sent_rows[seed] += n
                 # Integers as floats: sums are exact whatever the batch layout.
-                return nprng.integers(-10**6, 10**6, size=(n, 3)).astype(np.float64)
+                return nprng.integers(-(10**6), 10**6, size=(n, 3)).astype(np.float64)
 
             x = make_input()
             future = batcher.submit({"x": x})

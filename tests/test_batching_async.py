@@ -31,7 +31,7 @@ MakeBatcher = Callable[..., Batcher]
 def make_batcher() -> Iterator[MakeBatcher]:
     made: list[tuple[Batcher, FakeModel]] = []
 
-    def make(model: FakeModel, **config: object) -> Batcher:
+    def make(model: FakeModel, **config: Any) -> Batcher:
         batcher = Batcher(model, BatchingConfig(**config), name="fake")
         made.append((batcher, model))
         return batcher
@@ -77,12 +77,16 @@ def test_infer_returns_the_callers_rows(make_batcher: MakeBatcher) -> None:
     assert model.batch_rows == [3]
 
 
-@pytest.mark.parametrize("sizes,config,batches", [
-    ([1, 2, 3, 1, 4], {}, [1, 11]),
-    # No lost wake-up between the model thread and the loop, batch after batch, with nothing else
-    # arriving; a queue holding as many rows as the batch that just ran is taken by the model thread at once.
-    ([1] * 6, {"max_batch_size": 2}, [1, 2, 2, 2]),
-], ids=["one batch", "batch after batch"])
+@pytest.mark.parametrize(
+    "sizes,config,batches",
+    [
+        ([1, 2, 3, 1, 4], {}, [1, 11]),
+        # No lost wake-up between the model thread and the loop, batch after batch, with nothing else
+        # arriving; a queue holding as many rows as the batch that just ran is taken by the model thread at once.
+        ([1] * 6, {"max_batch_size": 2}, [1, 2, 2, 2]),
+    ],
+    ids=["one batch", "batch after batch"],
+)
 def test_requests_queued_while_the_model_runs_become_the_next_batches(
     make_batcher: MakeBatcher, sizes: list[int], config: dict, batches: list[int]
 ) -> None:
@@ -96,7 +100,7 @@ def test_requests_queued_while_the_model_runs_become_the_next_batches(
         await until(lambda: batcher.queue_depth == len(xs), "every request to be queued")
         model.release()
         assert_own_rows(await first, first_x)
-        for x, result in zip(xs, await asyncio.gather(*tasks)):
+        for x, result in zip(xs, await asyncio.gather(*tasks), strict=True):
             assert_own_rows(result, x)
 
     run(scenario())
@@ -228,9 +232,9 @@ def test_a_failing_request_fails_alone(make_batcher: MakeBatcher) -> None:
         model.release()
         assert_own_rows(await first, first_x)
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        assert_own_rows(outcomes[0], good[0])
+        assert_own_rows(outcomes[0], good[0])  # type: ignore[arg-type]  # rows here; outcomes[1] is the error
         assert isinstance(outcomes[1], Internal) and "fail marker" in str(outcomes[1])
-        assert_own_rows(outcomes[2], good[1])
+        assert_own_rows(outcomes[2], good[1])  # type: ignore[arg-type]
 
     run(scenario())
     assert model.batch_rows == [1, 4, 1, 1, 2]  # the merged batch failed; each request then ran alone
@@ -262,7 +266,7 @@ def test_requests_ready_in_one_loop_turn_go_to_the_model_as_one_batch(make_batch
 
     async def scenario() -> None:
         results = await asyncio.gather(*(batcher.infer({"x": x}) for x in xs))  # five requests in one turn
-        for x, result in zip(xs, results):
+        for x, result in zip(xs, results, strict=True):
             assert_own_rows(result, x)
 
     run(scenario())

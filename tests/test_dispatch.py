@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -32,7 +33,9 @@ class Counting(grpc.ServerInterceptor):
 
 def registry() -> HandlerRegistry:
     found = HandlerRegistry()
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: f"answer to {request}")
+    handler: grpc.RpcMethodHandler = grpc.unary_unary_rpc_method_handler(
+        lambda request, context: f"answer to {request}"
+    )
     found.add_registered_method_handlers("serving.v1.PredictService", {"ListModels": handler})
     return found
 
@@ -41,7 +44,7 @@ def test_the_chain_is_composed_once_per_method_and_runs_in_order_on_every_call()
     seen: list[str] = []
     outer, inner = Counting("outer", seen), Counting("inner", seen)
     dispatcher = Dispatcher(registry(), [outer, inner])
-    answers = [dispatcher.handler(METHOD, [("k", "v")]).unary_unary(i, None) for i in range(3)]
+    answers = [dispatcher.handler(METHOD, (("k", "v"),)).unary_unary(i, None) for i in range(3)]
     assert answers == ["answer to 0", "answer to 1", "answer to 2"]
     assert seen == ["outer", "inner"] * 3
     assert (outer.composed, inner.composed) == (1, 1)
@@ -59,7 +62,7 @@ def test_unknown_methods_are_not_kept() -> None:
 
 def test_registry_names_generic_services_and_keeps_in_process_methods_off_the_server() -> None:
     registry = HandlerRegistry()
-    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    echo: grpc.RpcMethodHandler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     registry.add_registered_method_handlers("pkg.Registered", {"Call": echo})
     registry.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("pkg.Generic", {"Call": echo}),))
     registry.add_in_process("/pkg.Local/Call", echo)

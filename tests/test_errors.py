@@ -9,10 +9,10 @@ import grpc
 import numpy as np
 import pytest
 
-from wire.codec import from_numpy
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import wait_for
+from wire.codec import from_numpy
 
 pytestmark = pytest.mark.integration
 
@@ -40,63 +40,80 @@ PNG = b"\x89PNG\r\n\x1a\n"
 CASES = {
     "unknown model": (
         predict_pb2.PredictRequest(model="nope", inputs={"image": tensor_input(GOOD)}),
-        grpc.StatusCode.NOT_FOUND, "model 'nope' not found; available models: 'digits'",
+        grpc.StatusCode.NOT_FOUND,
+        "model 'nope' not found; available models: 'digits'",
     ),
     "unknown version": (
         predict_pb2.PredictRequest(model="digits", version=9, inputs={"image": tensor_input(GOOD)}),
-        grpc.StatusCode.NOT_FOUND, "version 9 of model 'digits' is not served; served version: 1",
+        grpc.StatusCode.NOT_FOUND,
+        "version 9 of model 'digits' is not served; served version: 1",
     ),
     "no inputs": (
         predict_pb2.PredictRequest(model="digits"),
-        INVALID, "inputs: none given; model 'digits' takes 'image' (FLOAT32 [-1, 8, 8, 1])",
+        INVALID,
+        "inputs: none given; model 'digits' takes 'image' (FLOAT32 [-1, 8, 8, 1])",
     ),
     "missing input": (
         predict_pb2.PredictRequest(model="digits", inputs={"pixels": tensor_input(GOOD)}),
-        INVALID, "inputs: unknown input 'pixels'; model 'digits' takes 'image'",
+        INVALID,
+        "inputs: unknown input 'pixels'; model 'digits' takes 'image'",
     ),
     "wrong dtype": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(GOOD.astype(np.float64))}),
-        INVALID, "input 'image': dtype FLOAT64 does not match the model's FLOAT32 [-1, 8, 8, 1]",
+        INVALID,
+        "input 'image': dtype FLOAT64 does not match the model's FLOAT32 [-1, 8, 8, 1]",
     ),
     "wrong shape": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(np.zeros((2, 8, 8), np.float32))}),
-        INVALID, "input 'image': shape [2, 8, 8] does not match the model's FLOAT32 [-1, 8, 8, 1]",
+        INVALID,
+        "input 'image': shape [2, 8, 8] does not match the model's FLOAT32 [-1, 8, 8, 1]",
     ),
     "byte length not matching shape": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(GOOD, shape=[3, 8, 8, 1])}),
-        INVALID, "input 'image': raw holds 512 bytes but shape [3, 8, 8, 1] of FLOAT32 needs 768",
+        INVALID,
+        "input 'image': raw holds 512 bytes but shape [3, 8, 8, 1] of FLOAT32 needs 768",
     ),
     "no dtype": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(GOOD, dtype=0)}),
-        INVALID, "input 'image': dtype is required (for example DATA_TYPE_FLOAT32)",
+        INVALID,
+        "input 'image': dtype is required (for example DATA_TYPE_FLOAT32)",
     ),
     "zero rows": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(np.zeros((0, 8, 8, 1), np.float32))}),
-        INVALID, "input 'image': batch dimension is 0; send at least one row",
+        INVALID,
+        "input 'image': batch dimension is 0; send at least one row",
     ),
     "corrupt image": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": image_input(PNG + b"broken")}),
-        INVALID, "input 'image': image 0 is not a decodable JPEG, PNG, GIF or BMP image",
+        INVALID,
+        "input 'image': image 0 is not a decodable JPEG, PNG, GIF or BMP image",
     ),
     "not an image": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": image_input(b"hello")}),
-        INVALID, "input 'image': image 0 is not a decodable JPEG, PNG, GIF or BMP image (unknown format)",
+        INVALID,
+        "input 'image': image 0 is not a decodable JPEG, PNG, GIF or BMP image (unknown format)",
     ),
     "empty image list": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": image_input()}),
-        INVALID, "input 'image': images is empty; send at least one encoded image",
+        INVALID,
+        "input 'image': images is empty; send at least one encoded image",
     ),
     "input with neither tensor nor images": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input()}),
-        INVALID, "input 'image': set either tensor or images",
+        INVALID,
+        "input 'image': set either tensor or images",
     ),
     "unknown output": (
         predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(GOOD)}, output_filter=["logits"]),
-        INVALID, "output_filter: unknown output 'logits'; model 'digits' returns 'probabilities'",
+        INVALID,
+        "output_filter: unknown output 'logits'; model 'digits' returns 'probabilities'",
     ),
     "too many rows": (
-        predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(np.zeros((513, 8, 8, 1), np.float32))}),
-        INVALID, "inputs: 513 rows exceed max_batch_size 512 of model 'digits'; split the request",
+        predict_pb2.PredictRequest(
+            model="digits", inputs={"image": tensor_input(np.zeros((513, 8, 8, 1), np.float32))}
+        ),
+        INVALID,
+        "inputs: 513 rows exceed max_batch_size 512 of model 'digits'; split the request",
     ),
 }
 
@@ -124,16 +141,25 @@ def test_stream_bad_message_gets_an_error_and_the_stream_goes_on(channel, digits
 
     good = digits_rows(1, seed=4)
     messages = [
-        stream_pb2.StreamPredictRequest(request=predict_pb2.PredictRequest(
-            model="digits", request_id="a", inputs={"image": tensor_input(good)})),
-        stream_pb2.StreamPredictRequest(request=predict_pb2.PredictRequest(
-            model="digits", request_id="bad", inputs={"image": tensor_input(good.astype(np.float64))})),
-        stream_pb2.StreamPredictRequest(request=predict_pb2.PredictRequest(
-            model="nope", request_id="missing", inputs={"image": tensor_input(good)})),
-        stream_pb2.StreamPredictRequest(request=predict_pb2.PredictRequest(
-            model="digits", request_id="b", inputs={"image": tensor_input(good)})),
+        stream_pb2.StreamPredictRequest(
+            request=predict_pb2.PredictRequest(model="digits", request_id="a", inputs={"image": tensor_input(good)})
+        ),
+        stream_pb2.StreamPredictRequest(
+            request=predict_pb2.PredictRequest(
+                model="digits", request_id="bad", inputs={"image": tensor_input(good.astype(np.float64))}
+            )
+        ),
+        stream_pb2.StreamPredictRequest(
+            request=predict_pb2.PredictRequest(model="nope", request_id="missing", inputs={"image": tensor_input(good)})
+        ),
+        stream_pb2.StreamPredictRequest(
+            request=predict_pb2.PredictRequest(model="digits", request_id="b", inputs={"image": tensor_input(good)})
+        ),
     ]
-    replies = {r.request_id: r for r in stream_pb2_grpc.StreamPredictServiceStub(channel).StreamPredict(iter(messages), timeout=20)}
+    replies = {
+        r.request_id: r
+        for r in stream_pb2_grpc.StreamPredictServiceStub(channel).StreamPredict(iter(messages), timeout=20)
+    }
     assert sorted(replies) == ["a", "b", "bad", "missing"]
     assert replies["bad"].WhichOneof("result") == "error"
     assert replies["bad"].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -143,8 +169,9 @@ def test_stream_bad_message_gets_an_error_and_the_stream_goes_on(channel, digits
         assert replies[ok].WhichOneof("result") == "response"
 
 
-@pytest.mark.parametrize("method", ["/serving.v1.StreamPredictService/StreamPredict",
-                                    "/inference.GRPCInferenceService/ModelStreamInfer"])
+@pytest.mark.parametrize(
+    "method", ["/serving.v1.StreamPredictService/StreamPredict", "/inference.GRPCInferenceService/ModelStreamInfer"]
+)
 def test_a_stream_message_that_is_not_protobuf_fails_the_stream_as_invalid(channel, method):
     """Bytes that do not parse as the request message end the stream with INVALID_ARGUMENT (not OK with
     nothing answered, nor a traceback in the log); the server keeps serving."""
@@ -154,22 +181,26 @@ def test_a_stream_message_that_is_not_protobuf_fails_the_stream_as_invalid(chann
     assert raised.value.code() == INVALID
     assert raised.value.details().startswith("request stream: a message is not valid protobuf"), raised.value.details()
     reply = predict_pb2_grpc.PredictServiceStub(channel).Predict(
-        predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(GOOD)}), timeout=20)
+        predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_input(GOOD)}), timeout=20
+    )
     assert list(reply.outputs["probabilities"].shape) == [2, 10]
 
 
 GARBAGE = b"\x0a\xff\xff\xff"  # a length-delimited field longer than the message
 
 
-@pytest.mark.parametrize("method", [
-    "/serving.v1.PredictService/Predict",
-    "/serving.v1.PredictService/GetModel",
-    "/serving.v1.TaskService/GetTask",
-    "/serving.v1.TaskService/WatchTask",
-    "/tensorflow.serving.PredictionService/Predict",
-    "/inference.GRPCInferenceService/ModelInfer",
-    "/grpc.health.v1.Health/Check",
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/serving.v1.PredictService/Predict",
+        "/serving.v1.PredictService/GetModel",
+        "/serving.v1.TaskService/GetTask",
+        "/serving.v1.TaskService/WatchTask",
+        "/tensorflow.serving.PredictionService/Predict",
+        "/inference.GRPCInferenceService/ModelInfer",
+        "/grpc.health.v1.Health/Check",
+    ],
+)
 def test_unary_bytes_that_are_no_message_are_invalid_and_logged(server, channel, method):
     """grpc's own parsing would answer INTERNAL before any interceptor runs, unlogged and uncounted."""
     call = channel.unary_stream if method.endswith("WatchTask") else channel.unary_unary
@@ -179,11 +210,14 @@ def test_unary_bytes_that_are_no_message_are_invalid_and_logged(server, channel,
         if method.endswith("WatchTask"):
             list(reply)
     assert raised.value.code() == INVALID, raised.value.details()
-    assert raised.value.details().startswith("request: the bytes are not a valid message of this method ("), \
+    assert raised.value.details().startswith("request: the bytes are not a valid message of this method ("), (
         raised.value.details()
+    )
 
     def logged() -> dict | None:
-        lines = [json.loads(line) for line in Path(server.log_path.with_name("server-access.log")).read_text().splitlines()]
+        lines = [
+            json.loads(line) for line in Path(server.log_path.with_name("server-access.log")).read_text().splitlines()
+        ]
         return next((line for line in lines if line["request_id"] == f"garbage-{method}"), None)
 
     line = wait_for(logged, 10, "the access log line")

@@ -16,8 +16,9 @@ server still answers health SERVING, exits 0 on SIGTERM, and has logged no trace
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -33,11 +34,33 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXAMPLES_PER_METHOD = 100  # 35 methods: 3,500 calls in all
 SERVER_ERRORS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 CALL_TIMEOUT_S = 10.0
-FUZZ = settings(max_examples=EXAMPLES_PER_METHOD, deadline=None, derandomize=True,
-                suppress_health_check=list(HealthCheck))
-KNOWN_STRINGS = ["digits", "digits_decoder", "image", "probabilities", "digit", "1", "2", "stable", "t1",
-                 "serving_default", "predict", "", "x" * 300, "http://127.0.0.1:9/hook", "http://[::1",
-                 "s3://b/k", "file:///etc/passwd", "../../x", "FP32", "INT32", "BYTES", "models"]
+FUZZ = settings(
+    max_examples=EXAMPLES_PER_METHOD, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
+KNOWN_STRINGS = [
+    "digits",
+    "digits_decoder",
+    "image",
+    "probabilities",
+    "digit",
+    "1",
+    "2",
+    "stable",
+    "t1",
+    "serving_default",
+    "predict",
+    "",
+    "x" * 300,
+    "http://127.0.0.1:9/hook",
+    "http://[::1",
+    "s3://b/k",
+    "file:///etc/passwd",
+    "../../x",
+    "FP32",
+    "INT32",
+    "BYTES",
+    "models",
+]
 
 
 def _services() -> list[tuple[str, MethodDescriptor]]:
@@ -49,8 +72,17 @@ def _services() -> list[tuple[str, MethodDescriptor]]:
     from serving.v1 import predict_pb2, stream_pb2, task_pb2, upload_pb2
 
     methods = []
-    for module in (predict_pb2, stream_pb2, task_pb2, upload_pb2, prediction_service_pb2, model_service_pb2,
-                   open_inference_pb2, health_pb2, reflection_pb2):
+    for module in (
+        predict_pb2,
+        stream_pb2,
+        task_pb2,
+        upload_pb2,
+        prediction_service_pb2,
+        model_service_pb2,
+        open_inference_pb2,
+        health_pb2,
+        reflection_pb2,
+    ):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 methods.append((f"/{service.full_name}/{method.name}", method))
@@ -88,10 +120,13 @@ def messages(draw: st.DrawFn, descriptor: Descriptor, depth: int = 0) -> Any:
     """A message of `descriptor` with some fields set to edge values, nested messages to depth 3."""
     message = message_factory.GetMessageClass(descriptor)()
     for field in descriptor.fields:
-        if not draw(st.integers(0, 2)) == 0:  # a third of the fields are set
+        if draw(st.integers(0, 2)) != 0:  # a third of the fields are set
             continue
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            key_field, value_field = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            key_field, value_field = (
+                field.message_type.fields_by_name["key"],
+                field.message_type.fields_by_name["value"],
+            )
             for _ in range(draw(st.integers(1, 2))):
                 key = draw(_scalars(key_field))
                 if value_field.message_type is not None:
@@ -127,10 +162,17 @@ def payloads(method: MethodDescriptor) -> st.SearchStrategy[bytes]:
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("fuzz")
-    proc = ServerProcess(folder / "server.log", env={
-        "TASK_WORKERS": "0", "WEBHOOK_ALLOW_PRIVATE": "true", "UPLOAD_DIR": str(folder / "uploads"),
-        "REDIS_ADDRESS": "", "TFSERVING_GRPC": "true", "INFERENCE_V2": "true",
-    })
+    proc = ServerProcess(
+        folder / "server.log",
+        env={
+            "TASK_WORKERS": "0",
+            "WEBHOOK_ALLOW_PRIVATE": "true",
+            "UPLOAD_DIR": str(folder / "uploads"),
+            "REDIS_ADDRESS": "",
+            "TFSERVING_GRPC": "true",
+            "INFERENCE_V2": "true",
+        },
+    )
     try:
         proc.wait_serving(120)
         yield proc
@@ -172,10 +214,14 @@ def call_once(channel: grpc.Channel, name: str, method: MethodDescriptor, reques
 
 
 @pytest.mark.parametrize("name,method", METHODS, ids=[name for name, _ in METHODS])
-def test_generated_requests_never_get_a_server_error(fuzzed_server: ServerProcess, name: str,
-                                                     method: MethodDescriptor) -> None:
-    many = st.lists(payloads(method), min_size=1, max_size=3) if method.client_streaming else \
-        payloads(method).map(lambda p: [p])
+def test_generated_requests_never_get_a_server_error(
+    fuzzed_server: ServerProcess, name: str, method: MethodDescriptor
+) -> None:
+    many = (
+        st.lists(payloads(method), min_size=1, max_size=3)
+        if method.client_streaming
+        else payloads(method).map(lambda p: [p])
+    )
 
     with grpc.insecure_channel(fuzzed_server.target) as channel:
 
@@ -195,4 +241,4 @@ def test_after_the_fuzz_the_server_exits_on_sigterm(fuzzed_server: ServerProcess
     fuzzed_server.signal(signal.SIGTERM)
     assert fuzzed_server.process.wait(60) == 0, Path(fuzzed_server.log_path).read_text()[-3000:]
     log = fuzzed_server.log()
-    assert "Traceback" not in log and "unexpected error" not in log, log[log.find("Traceback") - 500:][:4000]
+    assert "Traceback" not in log and "unexpected error" not in log, log[log.find("Traceback") - 500 :][:4000]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from wire.codec import from_numpy, to_numpy
 from serving.v1 import predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import ServerProcess, health_status, wait_for
+from wire.codec import from_numpy, to_numpy
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +57,8 @@ def test_health_is_not_serving_until_models_are_loaded(make_app):
     assert health_status(app.address) == "NOT_SERVING"
     assert health_status(app.address, "serving.v1.PredictService") == "NOT_SERVING"
     assert health_status(app.address, "liveness") == "SERVING"
-    with grpc.insecure_channel(app.address) as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            predict_pb2_grpc.PredictServiceStub(channel).Predict(request(digits_rows(1)), timeout=10)
+    with grpc.insecure_channel(app.address) as channel, pytest.raises(grpc.RpcError) as info:
+        predict_pb2_grpc.PredictServiceStub(channel).Predict(request(digits_rows(1)), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "still loading" in info.value.details()
     app.load_models()
@@ -119,11 +118,17 @@ def test_full_queue_message(make_app):
 def test_reflection_lists_every_service(server):
     with grpc.insecure_channel(server.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        replies = stub.ServerReflectionInfo(  # type: ignore[operator]  # types-grpcio-reflection types it as binascii.Incomplete
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
         names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {
-        "serving.v1.PredictService", "serving.v1.StreamPredictService", "serving.v1.TaskService",
-        "serving.v1.UploadService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+        "serving.v1.PredictService",
+        "serving.v1.StreamPredictService",
+        "serving.v1.TaskService",
+        "serving.v1.UploadService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
     } <= names
 
 
@@ -214,8 +219,9 @@ def test_a_thread_that_never_ends_does_not_keep_the_process_after_shutdown(tmp_p
     from tests.support.servers import MODEL_DIR, ROOT
 
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", STUCK_AFTER_STOP, str(MODEL_DIR)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", STUCK_AFTER_STOP, str(MODEL_DIR)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "threads still running after the shutdown (stuck-call); exiting" in done.stderr
     assert "stopped" in done.stderr

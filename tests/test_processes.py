@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import grpc
 import pytest
 
 from server.config import Settings
 from server.processes import _without_processes, check, child_access_log
-from serving.v1 import predict_pb2, predict_pb2_grpc
+from serving.v1 import predict_pb2_grpc
 from tests.conftest import digits_rows
-from tests.support.servers import ServerProcess, wait_for
 from tests.support.redis_servers import RedisServer
+from tests.support.servers import ServerProcess, wait_for
 from tests.test_lifecycle import request, sigterm_under_load
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -50,27 +51,33 @@ def test_two_processes_serve_one_port_and_one_metrics_view(tmp_path: Path, redis
         for _ in range(4):  # whichever process answers the scrape counts the calls of both
             text = urllib.request.urlopen(proc.http_url + "/metrics", timeout=10).read().decode()
             found = re.search(
-                r'^serving_requests_total\{code="OK",method="/serving.v1.PredictService/Predict",transport="grpc"\} (\S+)$',
-                text, re.M,
+                r'^serving_requests_total\{code="OK",method="/serving.v1.PredictService/Predict",'
+                r'transport="grpc"\} (\S+)$',
+                text,
+                re.M,
             )
             assert found is not None and float(found.group(1)) == calls
     finally:
         assert proc.stop() == 0
 
 
-def test_sigterm_under_load_with_two_processes_fails_no_in_flight_call(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_sigterm_under_load_with_two_processes_fails_no_in_flight_call(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
     sigterm_under_load(tmp_path, {"SERVER_PROCESSES": "2", "REDIS_ADDRESS": redis_server.address})
 
 
 def test_settings_that_cannot_be_shared_are_refused_by_name() -> None:
-    base = {"_env_file": None, "server_processes": 2, "redis_address": "127.0.0.1:1"}
+    base: dict[str, Any] = {"_env_file": None, "server_processes": 2, "redis_address": "127.0.0.1:1"}
     with pytest.raises(SystemExit, match="GRPC_SERVER_ADDRESS: SERVER_PROCESSES=2 needs a fixed port"):
         check(Settings(**base, grpc_server_address="127.0.0.1:0"))
     with pytest.raises(SystemExit, match="HTTP_SERVER_ADDRESS"):
         check(Settings(**base, http_server_address="127.0.0.1:0"))
     with pytest.raises(SystemExit, match="needs REDIS_ADDRESS"):
         check(Settings(_env_file=None, server_processes=2))
-    with pytest.raises(SystemExit, match="MODEL_CONTROL_MODE=explicit: SERVER_PROCESSES=2 would load a model in the one"):
+    with pytest.raises(
+        SystemExit, match="MODEL_CONTROL_MODE=explicit: SERVER_PROCESSES=2 would load a model in the one"
+    ):
         check(Settings(**base, model_control_mode="explicit"))
     check(Settings(**base))  # fixed ports and Redis: accepted
 

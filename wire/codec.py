@@ -9,7 +9,7 @@ without TensorFlow.
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final, cast
 
 import numpy as np
 
@@ -64,14 +64,14 @@ def dtype_name(dtype: int) -> str:
         return f"<unknown dtype {dtype}>"
 
 
-_DATA_TYPES: Final[dict[tuple[str, int], int]] = {
-    (dtype.kind, dtype.itemsize): code
+_DATA_TYPES: Final[dict[tuple[str, int], tensor_pb2.DataType]] = {
+    (dtype.kind, dtype.itemsize): cast(tensor_pb2.DataType, code)  # NUMPY_DTYPES' keys are DataType values
     for code, dtype in NUMPY_DTYPES.items()
     if code != tensor_pb2.DATA_TYPE_STRING
 }
 
 
-def data_type_of(array: np.ndarray) -> int:
+def data_type_of(array: np.ndarray) -> tensor_pb2.DataType:
     """The `DataType` of a numpy array (strings and bytes map to STRING)."""
     kind = array.dtype.kind
     if kind in "OSU":
@@ -109,14 +109,10 @@ def to_numpy(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
     field = TYPED_FIELDS[tensor.dtype]
     wrong = [f for f in typed_set if f != field]
     if wrong:
-        raise TensorCodecError(
-            f"{name}: {dtype_name(tensor.dtype)} values go in {field} (or raw), not {wrong[0]}"
-        )
+        raise TensorCodecError(f"{name}: {dtype_name(tensor.dtype)} values go in {field} (or raw), not {wrong[0]}")
     values = getattr(tensor, field)
     if len(values) != count:
-        raise TensorCodecError(
-            f"{name}: {field} holds {len(values)} values but shape {list(shape)} needs {count}"
-        )
+        raise TensorCodecError(f"{name}: {field} holds {len(values)} values but shape {list(shape)} needs {count}")
     if tensor.dtype == tensor_pb2.DATA_TYPE_STRING:
         array = np.empty(count, dtype=object)
         array[:] = list(values)
@@ -133,9 +129,7 @@ def from_numpy(array: np.ndarray, *, raw: bool = True) -> tensor_pb2.Tensor:
     code = data_type_of(array)
     tensor = tensor_pb2.Tensor(dtype=code, shape=array.shape)
     if code == tensor_pb2.DATA_TYPE_STRING:
-        tensor.string_val.extend(
-            v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)
-        )
+        tensor.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1))
     elif raw:
         tensor.raw = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[code]).tobytes()
     else:
@@ -154,15 +148,22 @@ def narrowed(values: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
             return None
     with np.errstate(over="ignore", invalid="ignore"):
         converted = values.astype(dtype)
-    if values.size and dtype.kind == "f" and values.dtype.kind in "iuf":
-        if not np.all(np.isfinite(converted) | ~np.isfinite(values)):  # each value on its own
-            return None
+    if (
+        values.size
+        and dtype.kind == "f"
+        and values.dtype.kind in "iuf"
+        and not np.all(np.isfinite(converted) | ~np.isfinite(values))  # each value on its own
+    ):
+        return None
     return converted
 
 
 def float_list(array: np.ndarray) -> list:
     """A float array as nested lists, float16/float32 values written as the shortest decimal that reads
     back as the same value (0.99999994, not 0.9999999403953552)."""
+    values: list[Any]
     if array.dtype.kind == "f" and array.dtype.itemsize < 8:
-        return array.astype(str).astype(np.float64).tolist()
-    return array.tolist()
+        values = array.astype(str).astype(np.float64).tolist()
+    else:
+        values = array.tolist()
+    return values

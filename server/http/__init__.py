@@ -1,1 +1,4 @@
-"""Protocol-neutral HTTP plumbing: the shim's routes from `google.api.http` annotations, bodies, NDJSON streams, the aiohttp listener."""
+"""Protocol-neutral HTTP plumbing.
+
+The shim's routes from `google.api.http` annotations, bodies, NDJSON streams, the aiohttp listener.
+"""

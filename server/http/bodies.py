@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import ClientPayloadError, web
@@ -45,7 +46,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _lines(content: StreamReader, limit: int):
+async def _lines(content: StreamReader, limit: int) -> AsyncIterator[bytes]:
     """Non-empty lines of an NDJSON body, each at most `limit` bytes."""
     buffer = bytearray()
     searched = 0

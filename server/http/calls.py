@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -27,7 +28,7 @@ from server.errors import Cancelled, ServingError, Unimplemented, status_of
 from server.http.context import HttpServicerContext, RpcAborted
 from server.http.responses import dumps
 from server.http.transcode import message_json, result_line
-from server.telemetry.calls import is_async
+from server.telemetry.calls import Behavior, is_async
 
 T = TypeVar("T")
 
@@ -45,7 +46,7 @@ class CallFailed(ServingError):
         return cls(error.code, error.message, getattr(error, "http_status", None))
 
 
-class RequestStreamBroken(ServingError, grpc.RpcError):
+class RequestStreamBroken(ServingError, grpc.RpcError):  # type: ignore[misc]  # grpc.RpcError has no code() at run time
     """The request stream ended badly: a malformed line, a line over the limit, the client gone.
 
     Raised from the servicer's request iterator; it is a `grpc.RpcError`, as
@@ -131,7 +132,7 @@ class FromLoop(Generic[T]):
         if self._ended is None:
             item = self._items.get()
             if not isinstance(item, End):
-                try:
+                try:  # noqa: SIM105 (per streamed item: cheaper than entering contextlib.suppress)
                     self._loop.call_soon_threadsafe(self._space.release)
                 except RuntimeError:
                     pass  # the loop is closed; nothing waits for room any more
@@ -202,7 +203,9 @@ class RpcCall:
             return CallFailed.of(exc)
         return CallFailed(*status_of(exc))
 
-    def failure_or_deadline(self, exc: BaseException | None, requests: RequestStream | None = None) -> CallFailed | None:
+    def failure_or_deadline(
+        self, exc: BaseException | None, requests: RequestStream | None = None
+    ) -> CallFailed | None:
         """`failure`, and DEADLINE_EXCEEDED for a stream that ended cleanly once its deadline had passed: a
         servicer that stops when the call turns inactive (WatchTask) ends because of the deadline, and
         a gRPC client would see DEADLINE_EXCEEDED then too."""
@@ -221,9 +224,9 @@ class RpcCall:
             handler = self.handler()
             if isinstance(request, RequestStream):
                 requests = request
-                response = handler.stream_unary(iter(request), self.context)
+                response = cast(Behavior, handler.stream_unary)(iter(request), self.context)
             else:
-                response = handler.unary_unary(request, self.context)
+                response = cast(Behavior, handler.unary_unary)(request, self.context)
         except Exception as error:
             exc = error
         finally:
@@ -246,13 +249,15 @@ class RpcCall:
             return None
         return handler
 
-    async def invoke_async(self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]) -> Message:
+    async def invoke_async(
+        self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]
+    ) -> Message:
         """`invoke` for a coroutine behavior (`handler` from `loop_handler`), on the event loop."""
         exc: Exception | None = None
         response: Message | None = None
         try:
             request = build()
-            response = await handler.unary_unary(request, self.context)
+            response = await cast(Behavior, handler.unary_unary)(request, self.context)
         except Exception as error:
             exc = error
         finally:
@@ -263,7 +268,9 @@ class RpcCall:
         assert response is not None
         return response
 
-    async def run_unary_async(self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]) -> bytes:
+    async def run_unary_async(
+        self, handler: grpc.RpcMethodHandler, build: Callable[[], Message | RequestStream]
+    ) -> bytes:
         """`run_unary` for a coroutine behavior, on the event loop."""
         return dumps(message_json(await self.invoke_async(handler, build), self.response_body))
 
@@ -277,9 +284,9 @@ class RpcCall:
             handler = self.handler()
             if isinstance(request, RequestStream):
                 requests = request
-                responses = handler.stream_stream(iter(request), self.context)
+                responses = cast(Behavior, handler.stream_stream)(iter(request), self.context)
             else:
-                responses = handler.unary_stream(request, self.context)
+                responses = cast(Behavior, handler.unary_stream)(request, self.context)
             for message in responses:
                 sink.put(result_line(message, self.response_body))
         except Exception as error:

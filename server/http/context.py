@@ -17,11 +17,13 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import grpc
 
 from server.errors import InvalidArgument
+from server.metadata import Metadata
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,6 @@ FORWARDED_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate
 METADATA_PREFIX = "grpc-metadata-"
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])\Z")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 class RpcAborted(Exception):
@@ -50,7 +50,7 @@ def metadata_from_headers(headers: Mapping[str, str]) -> Metadata:
         if key in FORWARDED_HEADERS:
             metadata.append((key, value))
         elif key.startswith(METADATA_PREFIX) and len(key) > len(METADATA_PREFIX):
-            key = key[len(METADATA_PREFIX):]
+            key = key[len(METADATA_PREFIX) :]
             if key.endswith("-bin"):
                 try:
                     metadata.append((key, base64.b64decode(value, validate=True)))
@@ -107,13 +107,13 @@ class RecordedContext:
         self._callbacks: list[Callable[[], None]] = []
         self.trailing_metadata_sent: Metadata = ()
 
-    def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Metadata = ()) -> None:
+    def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Metadata = ()) -> NoReturn:
         if trailing_metadata:
             self.set_trailing_metadata(trailing_metadata)
         self._code, self._details = code, details
         raise RpcAborted(code, details)
 
-    def abort_with_status(self, status: Any) -> None:
+    def abort_with_status(self, status: Any) -> NoReturn:
         self.set_trailing_metadata(tuple(status.trailing_metadata or ()))
         self.abort(status.code, status.details)
 
@@ -192,10 +192,10 @@ class HttpServicerContext(RecordedContext, grpc.ServicerContext):
     def peer_identity_key(self) -> None:
         return None
 
-    def auth_context(self) -> dict[str, list[bytes]]:
+    def auth_context(self) -> dict[str, list[bytes]]:  # type: ignore[override]  # grpc's is this shape; its stubs say bytes
         return {}
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None: no deadline, as grpc's own contexts
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     # -- metadata sent back ------------------------------------------------------------
@@ -210,7 +210,10 @@ class HttpServicerContext(RecordedContext, grpc.ServicerContext):
         also becomes the HTTP `Retry-After` header.
         """
         headers = {}
-        for prefix, pairs in (("Grpc-Metadata-", self.initial_metadata), ("Grpc-Trailer-", self.trailing_metadata_sent)):
+        for prefix, pairs in (
+            ("Grpc-Metadata-", self.initial_metadata),
+            ("Grpc-Trailer-", self.trailing_metadata_sent),
+        ):
             for key, value in pairs:
                 text = base64.b64encode(value).decode() if isinstance(value, bytes) else value
                 headers[prefix + key] = text
@@ -231,7 +234,7 @@ class HttpServicerContext(RecordedContext, grpc.ServicerContext):
             return False
         return self._active
 
-    def cancel(self) -> None:
+    def cancel(self) -> None:  # type: ignore[override]  # grpc's servicer contexts return None too
         self.end_early(grpc.StatusCode.CANCELLED, "the call was cancelled")
 
     def end_early(self, code: grpc.StatusCode, details: str) -> None:

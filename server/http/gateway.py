@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable
+from typing import cast
 
 from aiohttp import web
 from google.protobuf import descriptor_pool
@@ -37,12 +38,12 @@ from server.dispatch import Dispatcher
 from server.errors import NotFound, ServingError, Unauthenticated, status_of
 from server.http.calls import CallFailed, RpcCall
 from server.http.context import metadata_from_headers
-from server.protocols.inference_v2.rest import InferenceV2Rest
 from server.http.listener import LoopServer
 from server.http.openapi import openapi_document
 from server.http.responses import MethodNotAllowed, dumps, error_response, json_response
 from server.http.routes import Router, build_routes
 from server.http.rpc import Admits, RpcHandler, context_for
+from server.protocols.inference_v2.rest import InferenceV2Rest
 
 log = logging.getLogger("server.http")
 
@@ -112,8 +113,12 @@ class HttpGateway(LoopServer):
             route, variables = self.router.match(request.method, request.rel_url.raw_path)
             return await self.rpc.handle(request, route, variables)
         except ServingError as exc:
-            return error_response(exc.code, exc.message, http_status=getattr(exc, "http_status", None),
-                                  headers=getattr(exc, "http_headers", None))
+            return error_response(
+                exc.code,
+                exc.message,
+                http_status=getattr(exc, "http_status", None),
+                headers=getattr(exc, "http_headers", None),
+            )
         except Exception as exc:
             code, message = status_of(exc)
             return error_response(code, message)
@@ -129,7 +134,9 @@ class HttpGateway(LoopServer):
         build = partial(health_pb2.HealthCheckRequest, service="")
         try:
             reply = await asyncio.get_running_loop().run_in_executor(self.executor, call.invoke, build)
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(
+                cast(health_pb2.HealthCheckResponse, reply).status
+            )
         except CallFailed as failed:
             status = "SERVICE_UNKNOWN" if failed.code.name == "NOT_FOUND" else failed.code.name
         return json_response({"status": status}, 200 if status == "SERVING" else 503)
@@ -143,7 +150,7 @@ class HttpGateway(LoopServer):
         assert self.files_root is not None
         if not self.rpc.admits(FILES_PATH, metadata_from_headers(request.headers)):
             raise Unauthenticated(FILES_KEY)
-        key = request.path[len("/files/"):]
+        key = request.path[len("/files/") :]
         root = self.files_root.resolve()
         try:
             target = (root / key).resolve()

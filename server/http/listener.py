@@ -79,7 +79,9 @@ class LoopServer:
     async def _open(self) -> None:
         # handler_cancellation: a client that goes away cancels its call (the
         # context turns inactive and its callbacks run), as over gRPC.
-        self._runner = web.AppRunner(self.application(), access_log=None, handle_signals=False, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            self.application(), access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_port=self.reuse_port or None

@@ -17,8 +17,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from aiohttp import BodyPartReader, ClientPayloadError, MultipartReader, web
 from aiohttp.hdrs import CONTENT_TYPE
@@ -154,7 +154,7 @@ async def _upload_messages(request: web.Request, source: FromLoop[upload_pb2.Upl
         raise InvalidArgument("multipart form: no file part; send the file with -F file=@name")
     metadata = upload_pb2.UploadMetadata()
     merge_json(strings_to_json(metadata.DESCRIPTOR, fields, "form field"), metadata, "form")
-    metadata.file_name = metadata.file_name or part.filename
+    metadata.file_name = metadata.file_name or part.filename or ""
     metadata.content_type = metadata.content_type or part.headers.get(CONTENT_TYPE, "application/octet-stream")
     await source.put(upload_pb2.UploadRequest(metadata=metadata))
     buffer = bytearray()

@@ -11,7 +11,8 @@ floats as numbers or "NaN"/"Infinity"/"-Infinity", bytes as base64).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.rpc import status_pb2
@@ -19,6 +20,7 @@ from google.rpc import status_pb2
 from server.http import multipart
 from server.http.responses import JSON, NDJSON
 from server.http.routes import Route
+from server.http.transcode import AnyFieldDescriptor, MessageDescriptor
 
 OPENAPI_VERSION = "3.0.3"
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -29,8 +31,11 @@ _T = FieldDescriptor
 SCALARS: dict[int, dict[str, Any]] = {
     _T.TYPE_DOUBLE: {"oneOf": [{"type": "number", "format": "double"}, _SPECIAL_FLOATS]},
     _T.TYPE_FLOAT: {"oneOf": [{"type": "number", "format": "float"}, _SPECIAL_FLOATS]},
-    _T.TYPE_INT64: _INT64, _T.TYPE_SINT64: _INT64, _T.TYPE_SFIXED64: _INT64,
-    _T.TYPE_UINT64: _UINT64, _T.TYPE_FIXED64: _UINT64,
+    _T.TYPE_INT64: _INT64,
+    _T.TYPE_SINT64: _INT64,
+    _T.TYPE_SFIXED64: _INT64,
+    _T.TYPE_UINT64: _UINT64,
+    _T.TYPE_FIXED64: _UINT64,
     _T.TYPE_INT32: {"type": "integer", "format": "int32"},
     _T.TYPE_SINT32: {"type": "integer", "format": "int32"},
     _T.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
@@ -49,11 +54,14 @@ WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.ListValue": {"type": "array", "items": {}},
     "google.protobuf.Empty": {"type": "object"},
     "google.protobuf.Any": {
-        "type": "object", "properties": {"@type": {"type": "string"}}, "additionalProperties": True,
+        "type": "object",
+        "properties": {"@type": {"type": "string"}},
+        "additionalProperties": True,
     },
 }
 WRAPPERS = frozenset(
-    f"google.protobuf.{n}Value" for n in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+    f"google.protobuf.{n}Value"
+    for n in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
 )
 HEALTH_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
 
@@ -68,7 +76,7 @@ class Schemas:
     def ref(name: str) -> dict[str, str]:
         return {"$ref": f"#/components/schemas/{name}"}
 
-    def message(self, descriptor: Descriptor) -> dict[str, Any]:
+    def message(self, descriptor: MessageDescriptor) -> dict[str, Any]:
         name = descriptor.full_name
         if name in WELL_KNOWN:
             return dict(WELL_KNOWN[name])
@@ -87,14 +95,14 @@ class Schemas:
         self.components.setdefault(name, {"type": "string", "enum": [v.name for v in descriptor.values]})
         return self.ref(name)
 
-    def singular(self, field: FieldDescriptor) -> dict[str, Any]:
+    def singular(self, field: AnyFieldDescriptor) -> dict[str, Any]:
         if field.message_type is not None:
             return self.message(field.message_type)
         if field.enum_type is not None:
-            return self.enum(field.enum_type)
+            return self.enum(cast(EnumDescriptor, field.enum_type))  # protobuf's Python class or upb's
         return dict(SCALARS[field.type])
 
-    def field(self, field: FieldDescriptor) -> dict[str, Any]:
+    def field(self, field: AnyFieldDescriptor) -> dict[str, Any]:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value = field.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.singular(value)}
@@ -107,13 +115,17 @@ def _field_at(descriptor: Descriptor, path: str) -> FieldDescriptor:
     field = None
     for part in path.split("."):
         field = descriptor.fields_by_name[part]
-        descriptor = field.message_type
+        descriptor = cast(Descriptor, field.message_type)  # None only past the last part
     assert field is not None
     return field
 
 
 def _query_parameters(
-    schemas: Schemas, descriptor: Descriptor, skip: set[str], prefix: str = "", json_prefix: str = "",
+    schemas: Schemas,
+    descriptor: Descriptor,
+    skip: set[str],
+    prefix: str = "",
+    json_prefix: str = "",
     seen: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Query parameters (`a.b`, JSON names) for the fields not bound by the path or the body."""
@@ -151,9 +163,14 @@ def _request_body(schemas: Schemas, route: Route) -> dict[str, Any] | None:
 
 def _responses(schemas: Schemas, route: Route) -> dict[str, Any]:
     output = route.method.output_type
-    schema = schemas.field(output.fields_by_name[route.response_body]) if route.response_body else schemas.message(output)
+    schema = (
+        schemas.field(output.fields_by_name[route.response_body]) if route.response_body else schemas.message(output)
+    )
     if route.server_streaming:
-        line = {"type": "object", "properties": {"result": schema, "error": schemas.message(status_pb2.Status.DESCRIPTOR)}}
+        line = {
+            "type": "object",
+            "properties": {"result": schema, "error": schemas.message(status_pb2.Status.DESCRIPTOR)},
+        }
         ok = {"description": "one JSON object per line", "content": {NDJSON: {"schema": line}}}
     else:
         ok = {"description": "OK", "content": {JSON: {"schema": schema}}}
@@ -191,7 +208,10 @@ def operation(schemas: Schemas, route: Route) -> dict[str, Any]:
     descriptor = route.method.input_type
     parameters = [
         {
-            "name": name, "in": "path", "required": True, "description": f"sets `{var}`",
+            "name": name,
+            "in": "path",
+            "required": True,
+            "description": f"sets `{var}`",
             "schema": _path_schema(schemas, _field_at(descriptor, var)),
         }
         for var, name in path_names(route).items()
@@ -241,7 +261,10 @@ def openapi_document(routes: Iterable[Route], title: str = "tf-grpc-serving HTTP
     for path, ready in (("/healthz", False), ("/readyz", True)):
         responses = {"200": {"description": "serving", "content": {JSON: {"schema": HEALTH_SCHEMA}}}}
         if ready:
-            responses["503"] = {"description": "not serving yet, or draining", "content": {JSON: {"schema": HEALTH_SCHEMA}}}
+            responses["503"] = {
+                "description": "not serving yet, or draining",
+                "content": {JSON: {"schema": HEALTH_SCHEMA}},
+            }
         paths[path] = {"get": {"operationId": path.strip("/"), "tags": ["probes"], "responses": responses}}
     return {
         "openapi": OPENAPI_VERSION,

@@ -11,7 +11,8 @@ RESOURCE_EXHAUSTED, the code gRPC answers for a message over its limit).
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -87,7 +88,10 @@ async def with_error_body(answer: Awaitable[web.Response]) -> web.Response:
 def error_body(
     code: grpc.StatusCode, message: str, http_status: int | None = None, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """The `{"error": message}` shape of TF Serving's and the Open Inference Protocol's REST APIs, with the HTTP status of the gRPC code (or the one given)."""
+    """The `{"error": message}` shape of TF Serving's and the Open Inference Protocol's REST APIs.
+
+    With the HTTP status of the gRPC code (or the one given).
+    """
     response = json_response({"error": message}, http_status or http_status_of(code), headers)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         response.headers["WWW-Authenticate"] = "Bearer"

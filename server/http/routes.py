@@ -9,8 +9,9 @@ path that matches only under other HTTP methods is a 405, anything else a 404.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pool, message_factory
@@ -20,6 +21,7 @@ from google.protobuf.message import Message
 from server.errors import NotFound
 from server.http.responses import MethodNotAllowed
 from server.http.templates import PathTemplate, compile_template
+
 
 @dataclass(frozen=True)
 class Route:
@@ -57,9 +59,10 @@ class Route:
 def http_rules(method: MethodDescriptor) -> list[http_pb2.HttpRule]:
     """The method's `google.api.http` rule and its additional bindings (empty when unannotated)."""
     options = method.GetOptions()
-    if not options.HasExtension(annotations_pb2.http):
+    http: Any = annotations_pb2.http  # its .pyi says FieldDescriptor, not the extension's own type
+    if not options.HasExtension(http):
         return []
-    rule = options.Extensions[annotations_pb2.http]
+    rule: http_pb2.HttpRule = options.Extensions[http]
     return [rule, *rule.additional_bindings]
 
 
@@ -78,9 +81,7 @@ def routes_of(service: ServiceDescriptor) -> list[Route]:
     for method in service.methods:
         for index, rule in enumerate(http_rules(method)):
             http_method, path = _verb_and_path(rule)
-            routes.append(
-                Route(http_method, compile_template(path), method, rule.body, rule.response_body, index)
-            )
+            routes.append(Route(http_method, compile_template(path), method, rule.body, rule.response_body, index))
     return routes
 
 

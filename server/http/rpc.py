@@ -12,9 +12,10 @@ with the plain error shape and status instead.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from functools import partial
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar, cast
 
 import grpc
 from aiohttp import web
@@ -25,11 +26,12 @@ from server.errors import InvalidArgument
 from server.http import multipart
 from server.http.bodies import feed_lines, read_body
 from server.http.calls import CallFailed, End, FromLoop, RequestStream, RpcCall, ToLoop
-from server.http.context import HttpServicerContext, Metadata, metadata_from_headers, peer_of, timeout_from_headers
+from server.http.context import HttpServicerContext, metadata_from_headers, peer_of, timeout_from_headers
 from server.http.responses import JSON, NDJSON, error_response
 from server.http.routes import Route
 from server.http.transcode import build_request, error_line, parse_stream_line
-from serving.v1 import model_pb2, predict_pb2
+from server.metadata import Metadata
+from serving.v1 import model_pb2, predict_pb2, upload_pb2
 
 GET_MODEL_RPC = "/serving.v1.PredictService/GetModel"
 Build = Callable[[], "Message | RequestStream"]
@@ -47,7 +49,9 @@ def context_for(request: web.Request, route: str) -> HttpServicerContext:
 
 
 def failure_response(failed: CallFailed, context: HttpServicerContext) -> web.Response:
-    return error_response(failed.code, failed.message, http_status=failed.http_status, headers=context.response_headers())
+    return error_response(
+        failed.code, failed.message, http_status=failed.http_status, headers=context.response_headers()
+    )
 
 
 class RpcHandler:
@@ -76,11 +80,13 @@ class RpcHandler:
                 form = await multipart.read_form(request, self.max_body_bytes)
                 build = partial(multipart.predict_request, form, variables, self._model_metadata(context))
             elif route.rpc == multipart.UPLOAD_RPC:
-                uploads: FromLoop[Message] = FromLoop(loop)
+                uploads: FromLoop[upload_pb2.UploadRequest] = FromLoop(loop)
                 feeder = multipart.feed_upload(request, uploads)
                 build = partial(RequestStream, uploads, _as_is)
             else:
-                raise InvalidArgument(f"{route.rpc}: multipart forms are accepted only by Predict and Upload; send JSON")
+                raise InvalidArgument(
+                    f"{route.rpc}: multipart forms are accepted only by Predict and Upload; send JSON"
+                )
         elif route.client_streaming:
             lines: FromLoop[bytes] = FromLoop(loop)
             feeder = feed_lines(request.content, lines, self.max_body_bytes)
@@ -106,7 +112,8 @@ class RpcHandler:
                 context.invocation_metadata(), context.peer(), context.time_remaining(), context.route
             )
             call = RpcCall(self.dispatcher, GET_MODEL_RPC, lookup_context)
-            return call.invoke(partial(predict_pb2.GetModelRequest, model=model, version=version)).model
+            reply = call.invoke(partial(predict_pb2.GetModelRequest, model=model, version=version))
+            return cast(predict_pb2.GetModelResponse, reply).model
 
         return lookup
 
@@ -171,7 +178,11 @@ async def in_pool(executor: Executor, call: RpcCall, run: Callable[[Build], T], 
     awaited: Awaitable[T]
     handler = call.loop_handler()
     if handler is not None:
-        coroutine = call.run_unary_async(handler, build) if run == call.run_unary else call.invoke_async(handler, build)
+        # `run` is call.run_unary (T: bytes) or call.invoke (T: Message); its coroutine twin gives the same.
+        coroutine = cast(
+            Awaitable[T],
+            call.run_unary_async(handler, build) if run == call.run_unary else call.invoke_async(handler, build),
+        )
         # A deadline cancels the coroutine (the Batcher drops what has not run); so does a client gone.
         awaited = coroutine if remaining is None else asyncio.wait_for(coroutine, remaining)
     else:

@@ -83,7 +83,7 @@ def _split_verb(template: str) -> tuple[str, str]:
         elif char == "{":
             depth -= 1
         elif char == ":" and depth == 0:
-            return template[:i], template[i + 1:]
+            return template[:i], template[i + 1 :]
     return template, ""
 
 

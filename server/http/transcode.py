@@ -12,7 +12,8 @@ strings and bytes as base64 (`json_format.MessageToDict`).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -22,13 +23,30 @@ from server.errors import InvalidArgument
 from server.http.responses import dumps, status_json
 from server.http.routes import Route
 
+if TYPE_CHECKING:
+    from google._upb._message import Descriptor as UpbDescriptor
+    from google._upb._message import FieldDescriptor as UpbFieldDescriptor
+
+# A message's DESCRIPTOR, and its fields: protobuf's Python classes or upb's, which the stubs keep apart.
+MessageDescriptor: TypeAlias = "Descriptor | UpbDescriptor"
+AnyFieldDescriptor: TypeAlias = "FieldDescriptor | UpbFieldDescriptor"
+
 # Well-known message types whose JSON form is one string (so a query value can carry it).
-STRING_MESSAGES = frozenset({
-    "google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask",
-    "google.protobuf.StringValue", "google.protobuf.BytesValue", "google.protobuf.Int64Value",
-    "google.protobuf.UInt64Value", "google.protobuf.Int32Value", "google.protobuf.UInt32Value",
-    "google.protobuf.DoubleValue", "google.protobuf.FloatValue",
-})
+STRING_MESSAGES = frozenset(
+    {
+        "google.protobuf.Timestamp",
+        "google.protobuf.Duration",
+        "google.protobuf.FieldMask",
+        "google.protobuf.StringValue",
+        "google.protobuf.BytesValue",
+        "google.protobuf.Int64Value",
+        "google.protobuf.UInt64Value",
+        "google.protobuf.Int32Value",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+    }
+)
 # "TENSOR_ENCODING_UNSPECIFIED: RAW over gRPC, TYPED over the HTTP shim" (predict.proto).
 TENSOR_ENCODING = "serving.v1.TensorEncoding"
 TYPED_ENCODING = "TENSOR_ENCODING_TYPED"
@@ -47,25 +65,27 @@ def parse_json(data: bytes, what: str = "request body") -> Any:
 def merge_json(value: Any, message: Message, what: str) -> None:
     """Merge a JSON object into `message` (unknown fields rejected)."""
     if not isinstance(value, dict):
-        raise InvalidArgument(f"{what}: expected a JSON object for {message.DESCRIPTOR.full_name}, got {type(value).__name__}")
+        raise InvalidArgument(
+            f"{what}: expected a JSON object for {message.DESCRIPTOR.full_name}, got {type(value).__name__}"
+        )
     try:
         json_format.ParseDict(value, message, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
         raise InvalidArgument(f"{what}: {str(exc).splitlines()[0]}") from None
 
 
-def _field(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
+def _field(descriptor: MessageDescriptor, name: str) -> AnyFieldDescriptor | None:
     field = descriptor.fields_by_name.get(name)
     if field is not None:
         return field
     return next((f for f in descriptor.fields if f.json_name == name), None)
 
 
-def _is_map(field: FieldDescriptor) -> bool:
+def _is_map(field: AnyFieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
-def _leaf_value(field: FieldDescriptor, text: str, what: str, key: str) -> Any:
+def _leaf_value(field: AnyFieldDescriptor, text: str, what: str, key: str) -> Any:
     """A JSON value json_format accepts for `field`, from a query or path string."""
     if field.type == FieldDescriptor.TYPE_BOOL or (
         field.message_type is not None and field.message_type.full_name == "google.protobuf.BoolValue"
@@ -75,11 +95,13 @@ def _leaf_value(field: FieldDescriptor, text: str, what: str, key: str) -> Any:
             return lowered in _TRUE
         raise InvalidArgument(f"{what}: expected true or false, got {text!r}")
     if field.message_type is not None and field.message_type.full_name not in STRING_MESSAGES:
-        raise InvalidArgument(f"{what}: is a message ({field.message_type.full_name}); set its fields as '{key}.<field>'")
+        raise InvalidArgument(
+            f"{what}: is a message ({field.message_type.full_name}); set its fields as '{key}.<field>'"
+        )
     return text
 
 
-def strings_to_json(descriptor: Descriptor, items: Iterable[tuple[str, str]], kind: str) -> dict[str, Any]:
+def strings_to_json(descriptor: MessageDescriptor, items: Iterable[tuple[str, str]], kind: str) -> dict[str, Any]:
     """A nested JSON object for `a.b=value` pairs (query parameters, form fields, path variables)."""
     tree: dict[str, Any] = {}
     for key, text in items:
@@ -121,9 +143,7 @@ def apply_http_defaults(message: Message) -> None:
             apply_http_defaults(getattr(message, field.name))
 
 
-def build_request(
-    route: Route, body: bytes, query: Iterable[tuple[str, str]], variables: dict[str, str]
-) -> Message:
+def build_request(route: Route, body: bytes, query: Iterable[tuple[str, str]], variables: dict[str, str]) -> Message:
     """The route's request message from the body, the query string and the path variables."""
     message = route.new_request()
     descriptor = message.DESCRIPTOR
@@ -147,7 +167,7 @@ def apply_path(message: Message, variables: dict[str, str]) -> None:
     apply_http_defaults(message)
 
 
-def wrapper_field(descriptor: Descriptor) -> FieldDescriptor | None:
+def wrapper_field(descriptor: MessageDescriptor) -> AnyFieldDescriptor | None:
     """The only field of a message that just wraps another (StreamPredictRequest.request)."""
     if len(descriptor.fields) != 1:
         return None
@@ -167,7 +187,12 @@ def parse_stream_line(route: Route, line: bytes, number: int, variables: dict[st
     value = parse_json(line, what)
     message = route.new_request()
     wrapper = wrapper_field(message.DESCRIPTOR)
-    if wrapper is not None and isinstance(value, dict) and value and not value.keys() <= {wrapper.name, wrapper.json_name}:
+    if (
+        wrapper is not None
+        and isinstance(value, dict)
+        and value
+        and not value.keys() <= {wrapper.name, wrapper.json_name}
+    ):
         merge_json(value, getattr(message, wrapper.name), what)
     else:
         merge_json(value, message, what)

@@ -36,7 +36,7 @@ class TensorInfo:
     shape: tuple[int, ...]
 
     @property
-    def data_type(self) -> int:
+    def data_type(self) -> tensor_pb2.DataType:
         return codec.data_type_of(np.empty(0, self.dtype))
 
     def describe(self) -> str:

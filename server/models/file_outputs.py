@@ -51,7 +51,7 @@ def parse_file_outputs(raw: object, outputs: Mapping[str, TensorInfo], source: s
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: file_outputs must be an object of output name -> {{\"format\": \"png\"}}")
+        raise ValueError(f'{source}: file_outputs must be an object of output name -> {{"format": "png"}}')
     found: dict[str, FileOutput] = {}
     for name, options in raw.items():
         where = f"{source}: file_outputs.{name}"

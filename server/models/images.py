@@ -57,10 +57,10 @@ def _decode_one(name: str, index: int, data: bytes, mode: str, size: tuple[int, 
                         f"input '{name}': image {index} has {image.width}x{image.height} pixels; "
                         f"the limit is {MAX_IMAGE_PIXELS}"
                     )
-                image = image.convert(mode)
-                if image.size != size:
-                    image = image.resize(size, Image.Resampling.BILINEAR)
-                return np.asarray(image, dtype=np.uint8)
+                converted = image.convert(mode)
+                if converted.size != size:
+                    converted = converted.resize(size, Image.Resampling.BILINEAR)
+                return np.asarray(converted, dtype=np.uint8)
     except InvalidArgument:
         raise
     except Exception as exc:  # Pillow raises many types for corrupt data

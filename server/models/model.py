@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -91,8 +92,14 @@ class LoadedModel:
         strings = [name for name, spec in self.inputs.items() if spec.dtype == object]
         sizes = () if strings else self.batching.allowed_batch_sizes or (1,)
         if strings:
-            log.info("model %s v%d: string input%s %s, warmed up from %s only", self.name, self.version,
-                     "s" if len(strings) > 1 else "", ", ".join(strings), WARMUP_FILE)
+            log.info(
+                "model %s v%d: string input%s %s, warmed up from %s only",
+                self.name,
+                self.version,
+                "s" if len(strings) > 1 else "",
+                ", ".join(strings),
+                WARMUP_FILE,
+            )
         for size in sizes:
             batch = {
                 name: np.zeros((size, *[max(d, 1) for d in spec.shape[1:]]), dtype=spec.dtype)
@@ -122,11 +129,9 @@ class LoadedModel:
                     got = codec.dtype_name(codec.data_type_of(array))
                 except codec.TensorCodecError:  # a dtype the API has no name for (complex, bfloat16, ...)
                     got = str(array.dtype)
-                raise InvalidArgument(
-                    f"input '{name}': dtype {got} does not match the model's {spec.describe()}"
-                )
+                raise InvalidArgument(f"input '{name}': dtype {got} does not match the model's {spec.describe()}")
             if array.ndim != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, array.shape)
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
             ):
                 raise InvalidArgument(
                     f"input '{name}': shape {list(array.shape)} does not match the model's {spec.describe()}"
@@ -138,7 +143,9 @@ class LoadedModel:
             spec = self.inputs[missing[0]]
             raise InvalidArgument(f"inputs: missing input '{spec.name}' ({spec.describe()})")
 
-    def metadata(self, available_versions: list[int], served_versions: list[int] | None = None) -> model_pb2.ModelMetadata:
+    def metadata(
+        self, available_versions: list[int], served_versions: list[int] | None = None
+    ) -> model_pb2.ModelMetadata:
         batching = self.batching
         return model_pb2.ModelMetadata(
             name=self.name,
@@ -199,7 +206,11 @@ def load_model(
     model.load_seconds = time.monotonic() - started
     log.info(
         "loaded model %s version %d (%s) in %.2fs (%d warm-up records): inputs %s, outputs %s, %d labels",
-        name, version, loaded.platform, model.load_seconds, warmed,
+        name,
+        version,
+        loaded.platform,
+        model.load_seconds,
+        warmed,
         {k: v.describe() for k, v in loaded.inputs.items()},
         {k: v.describe() for k, v in loaded.outputs.items()},
         len(model.labels),
@@ -238,5 +249,5 @@ def _batching_for(raw: dict, defaults: BatchingConfig) -> BatchingConfig:
     return dataclasses.replace(defaults, **merged)  # what serving.json does not set stays the server's
 
 
-def _quoted(names: dict[str, object]) -> str:
+def _quoted(names: Mapping[str, object]) -> str:
     return ", ".join(f"'{n}'" for n in names)

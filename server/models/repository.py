@@ -1,8 +1,8 @@
 """The model repository: MODEL_DIR/<name>/<version>/ folders (TF-Serving layout), in any known format.
 
 Every model directory's highest numeric version that holds a format's files
-(`saved_model.pb`, `model.keras`: `server.models.backends`) is loaded and served, or the versions its `serving.json` "version_policy"
-names (`version_policy()`: the latest N, all, or specific ones, as in TF
+(`saved_model.pb`, `model.keras`: `server.models.backends`) is loaded and served, or the
+versions its `serving.json` "version_policy" names (`version_policy()`: the latest N, all, or specific ones, as in TF
 Serving and Triton). Other entries (sample files, `labels.txt`) are ignored.
 
 Model control (MODEL_CONTROL_MODE, as Triton's): "none" serves what is found at
@@ -32,12 +32,13 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 from server.batching import BatchingConfig
-from server.memory import release_freed_memory
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from server.memory import release_freed_memory
 from server.models.backends import backend_for, known_formats
 from server.models.model import LoadedModel, load_model, serving_config
 
@@ -60,8 +61,11 @@ def find_versions(model_dir: Path) -> dict[str, list[int]]:
         for folder in unknown:
             if folder not in _LOGGED_UNKNOWN:
                 _LOGGED_UNKNOWN.add(folder)
-                log.warning("%s: no saved_model.pb or model.keras, so not a version the server can load "
-                            "(expected %s); skipped", folder, known_formats())
+                log.warning(
+                    "%s: no saved_model.pb or model.keras, so not a version the server can load (expected %s); skipped",
+                    folder,
+                    known_formats(),
+                )
         if versions:
             found[model_root.name] = sorted(versions, reverse=True)
     return found
@@ -94,11 +98,14 @@ def version_policy(raw: object, where: str) -> VersionPolicy:
     if raw == "all":
         return lambda found: list(found)
     if isinstance(raw, dict) and len(raw) == 1:
-        (kind, value), = raw.items()
+        ((kind, value),) = raw.items()
         if kind == "latest" and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return lambda found: found[:value]
-        if kind == "specific" and isinstance(value, list) and value and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+        if (
+            kind == "specific"
+            and isinstance(value, list)
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
         ):
             wanted = set(value)
             return lambda found: [v for v in found if v in wanted]
@@ -122,7 +129,7 @@ def version_labels(raw: object, where: str) -> dict[str, int]:
         return dict(raw)
     raise ValueError(
         f'{where}: version_labels must map labels (a letter, then letters, digits, "_", "." or "-") to '
-        f"versions (>= 1), e.g. {{\"stable\": 1, \"canary\": 2}}; got {json.dumps(raw)[:200]}"
+        f'versions (>= 1), e.g. {{"stable": 1, "canary": 2}}; got {json.dumps(raw)[:200]}'
     )
 
 
@@ -197,7 +204,9 @@ class ModelRepository:
         if explicit:
             missing = [n for n in self.startup if n != "*" and n not in self.versions]
             if missing:
-                raise RuntimeError(f"STARTUP_MODELS names models not in {self.model_dir.resolve()}: {', '.join(missing)}")
+                raise RuntimeError(
+                    f"STARTUP_MODELS names models not in {self.model_dir.resolve()}: {', '.join(missing)}"
+                )
         failures = []
         for name, versions in starting.items():
             wanted = self._wanted(name, versions, take_labels=True)
@@ -212,11 +221,18 @@ class ModelRepository:
                     model = load_model(name, version, path, self.device, self.batching)
                 except Exception as exc:
                     if self.strict:
-                        raise RuntimeError(f"model {name}: version {version} ({path}) failed to load: "
-                                           f"{_first_line(exc)}") from exc
+                        raise RuntimeError(
+                            f"model {name}: version {version} ({path}) failed to load: {_first_line(exc)}"
+                        ) from exc
                     reason = self._failed_to_load(name, version, files_signature(path), exc)
-                    log.error("model %s: version %d (%s) failed to load (%s); the other models serve "
-                              "(MODEL_LOAD_STRICT=true stops the start instead)", name, version, path, reason)
+                    log.error(
+                        "model %s: version %d (%s) failed to load (%s); the other models serve "
+                        "(MODEL_LOAD_STRICT=true stops the start instead)",
+                        name,
+                        version,
+                        path,
+                        reason,
+                    )
                     failures.append(f"{name} v{version}: {reason}")
                     continue
                 self._set_served(name, {**self._models.get(name, {}), version: model})
@@ -230,8 +246,10 @@ class ModelRepository:
         self._check_control("load")
         versions = find_versions(self.model_dir).get(_folder_name(name))
         if not versions:
-            raise NotFound(f"model '{name}' not found in {self.model_dir}: expected {self.model_dir}/{name}/<version>/ "
-                           f"holding {known_formats()}")
+            raise NotFound(
+                f"model '{name}' not found in {self.model_dir}: expected {self.model_dir}/{name}/<version>/ "
+                f"holding {known_formats()}"
+            )
         with self._changing:
             self.versions = {**self.versions, name: versions}
             wanted, problem = self._policy(name, versions, take_labels=True)
@@ -257,8 +275,10 @@ class ModelRepository:
             with self._lock:
                 gone = self._models.get(name)
                 if not gone:
-                    raise NotFound(f"model '{name}' is not loaded; loaded models: "
-                                   f"{', '.join(repr(n) for n in sorted(self._models)) or 'none'}")
+                    raise NotFound(
+                        f"model '{name}' is not loaded; loaded models: "
+                        f"{', '.join(repr(n) for n in sorted(self._models)) or 'none'}"
+                    )
                 self._models = {n: m for n, m in self._models.items() if n != name}
             self._loaded_by_call.discard(name)
             self._unloaded_by_call.add(name)
@@ -319,7 +339,9 @@ class ModelRepository:
             if failed:
                 raise Unavailable(f"model '{name}' failed to load: {max(failed)[1].reason}")
             if name in self.versions and self.control != "none":
-                raise NotFound(f"model '{name}' is not loaded (MODEL_CONTROL_MODE={self.control}): load it with LoadModel")
+                raise NotFound(
+                    f"model '{name}' is not loaded (MODEL_CONTROL_MODE={self.control}): load it with LoadModel"
+                )
             known = ", ".join(f"'{n}'" for n in self.versions) or "none"
             raise NotFound(f"model '{name}' not found; available models: {known}")
         if not version:
@@ -338,7 +360,8 @@ class ModelRepository:
         served = self._models.get(name)
         if not served:
             self.get(name)  # raises NotFound or Unavailable
-        return [served[v] for v in sorted(served or {}, reverse=True)]
+            return []
+        return [served[v] for v in sorted(served, reverse=True)]
 
     def models(self) -> list[LoadedModel]:
         """Every served version, by model name, newest version first."""
@@ -539,6 +562,6 @@ def _folder_name(name: str) -> str:
 
 
 def _versions(versions: Iterable[int]) -> str:
-    """"version 1" or "versions 2, 1" for versions (or a dict keyed by them), newest first."""
+    """ "version 1" or "versions 2, 1" for versions (or a dict keyed by them), newest first."""
     ordered = sorted(versions, reverse=True)
     return ("version " if len(ordered) == 1 else "versions ") + ", ".join(str(v) for v in ordered)

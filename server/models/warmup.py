@@ -41,8 +41,12 @@ def warmup_records(path: Path) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
                 raise ValueError(f"more than {MAX_WARMUP_RECORDS} records")
             entry = prediction_log_pb2.PredictionLog.FromString(raw)
             if entry.WhichOneof("log_type") != "predict_log":
-                log.warning("%s: record %d is a %s, skipped: only predict logs are replayed",
-                            path, index, entry.WhichOneof("log_type"))
+                log.warning(
+                    "%s: record %d is a %s, skipped: only predict logs are replayed",
+                    path,
+                    index,
+                    entry.WhichOneof("log_type"),
+                )
                 continue
             try:
                 inputs = {

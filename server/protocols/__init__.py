@@ -1,1 +1,4 @@
-"""One folder per API the server speaks (its gRPC servicer, its REST routes, its codecs), over the one Predictor core."""
+"""One folder per API the server speaks.
+
+Each holds its gRPC servicer, its REST routes and its codecs, over the one Predictor core.
+"""

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
@@ -74,11 +75,22 @@ class BatchedStream(Generic[Request, Response]):
         finally:
             stop.set()
 
-    def _read(self, requests: Iterable[Request], context: grpc.ServicerContext, results: queue.Queue,
-              slots: threading.Semaphore, stop: threading.Event) -> None:
+    def _read(
+        self,
+        requests: Iterable[Request],
+        context: grpc.ServicerContext,
+        results: queue.Queue,
+        slots: threading.Semaphore,
+        stop: threading.Event,
+    ) -> None:
         """Queue each message; put `_END` once every queued message has been answered."""
         submitted = 0
         done = threading.Semaphore(0)
+
+        def answered(queued: Any) -> None:
+            results.put(queued)
+            done.release()
+
         try:
             for message in requests:
                 if stop.is_set():  # the handler is gone: queue nothing more
@@ -93,7 +105,7 @@ class BatchedStream(Generic[Request, Response]):
                     results.put(_Refused(message, exc))  # answered in the handler's thread, like the rest
                     done.release()
                     continue
-                queued.add_done_callback(lambda q: (results.put(q), done.release()))
+                queued.add_done_callback(answered)
         except grpc.RpcError:
             return  # the caller went away
         except Exception as exc:  # e.g. InvalidArgument: a message that is not one

@@ -18,16 +18,18 @@ import hmac
 import inspect
 import math
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import grpc
 
 from server.config import Settings
 from server.errors import ResourceExhausted, Unauthenticated
-from server.telemetry.calls import Behavior, current_call, is_async, wrap_handler
+from server.metadata import Metadata
 from server.security.ratelimit import RateLimiter
+from server.telemetry.calls import Behavior, current_call, is_async, wrap_handler
 
 HEALTH_PREFIX = "/grpc.health.v1."
 PROBE_METHODS = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")
@@ -97,7 +99,7 @@ class Authenticator:
     def exempt(self, method: str) -> bool:
         return method.startswith(self._exempt)
 
-    def admits(self, method: str, metadata: Iterable[tuple[str, str]] | None) -> bool:
+    def admits(self, method: str, metadata: Metadata | None) -> bool:
         """Whether a call may be read from: auth is off, the method is exempt, or the key is valid.
 
         Transports that buffer a request (the HTTP listeners) ask before reading
@@ -111,7 +113,7 @@ class Authenticator:
             return False
         return True
 
-    def identify(self, metadata: Iterable[tuple[str, str]] | None) -> str:
+    def identify(self, metadata: Metadata | None) -> str:
         """The name of the key the metadata carries; Unauthenticated when it is missing or wrong."""
         token = _token(metadata)
         if token is None:
@@ -126,7 +128,7 @@ class Authenticator:
         return found
 
 
-def _token(metadata: Iterable[tuple[str, str]] | None) -> str | None:
+def _token(metadata: Metadata | None) -> str | None:
     for key, value in metadata or ():
         if key.lower() == "authorization":
             value = value.decode() if isinstance(value, bytes) else value

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 def open_object_store(settings: Settings) -> ObjectStore:
     """S3 (AWS or S3_ENDPOINT_URL) when AWS_BUCKET is set, else the local folder UPLOAD_DIR."""
+    store: ObjectStore
     if not settings.aws_bucket:
         store = LocalObjectStore(
             settings.upload_dir,

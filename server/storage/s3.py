@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import quote, urlparse
 
 import boto3
@@ -44,7 +44,7 @@ def make_s3_client(
     A store that stops answering fails a call after about `max_attempts` x `read_timeout`
     (botocore retries timeouts; its own defaults, 60 s each, would keep a caller for minutes).
     """
-    s3: dict[str, object] = {}
+    s3: dict[str, Any] = {}
     if accelerate:
         s3["use_accelerate_endpoint"] = True
     elif endpoint_url:
@@ -54,7 +54,7 @@ def make_s3_client(
         retries={"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
-        s3=s3 or None,
+        s3=cast(Any, s3) or None,  # botocore's TypedDict of the same keys
         signature_version="s3v4",  # also for presigned URLs (SigV2 is retired)
         # Checksums only where S3 requires them: several S3-compatible stores
         # reject the newer default trailing checksums; SHA-256 is checked here.
@@ -127,7 +127,8 @@ class S3ObjectStore(ObjectStore):
         return self.describe(key, len(data), sha256, content_type)
 
     def open(self, key: str) -> BinaryIO:
-        return self.call("reading the object", check_key(key), "get_object", Key=key)["Body"]
+        body: BinaryIO = self.call("reading the object", check_key(key), "get_object", Key=key)["Body"]
+        return body
 
     def delete(self, key: str) -> None:
         self.call("deleting the object", check_key(key), "delete_object", Key=key)
@@ -157,11 +158,12 @@ class S3ObjectStore(ObjectStore):
         if self.presign_expiry_seconds <= 0:
             return ""
         try:
-            return self.client.generate_presigned_url(
+            url: str = self.client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.presign_expiry_seconds
             )
         except Exception as exc:
             raise storage_error(exc, self.bucket, "signing a URL", key) from None
+        return url
 
     def key_of(self, uri: str) -> str:
         try:

@@ -12,23 +12,46 @@ from __future__ import annotations
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
 )
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 
 from server.errors import FailedPrecondition, Internal, NotFound, ServingError, Unavailable
 
-DENIED = frozenset({
-    "AccessDenied", "AllAccessDisabled", "AccountProblem", "ExpiredToken", "InvalidAccessKeyId",
-    "InvalidToken", "SignatureDoesNotMatch", "Forbidden", "403",
-})
-TRANSIENT = frozenset({
-    "InternalError", "RequestTimeout", "ServiceUnavailable", "SlowDown", "Throttling",
-    "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "500", "502", "503", "504",
-})
+DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "SignatureDoesNotMatch",
+        "Forbidden",
+        "403",
+    }
+)
+TRANSIENT = frozenset(
+    {
+        "InternalError",
+        "RequestTimeout",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
 MISSING_KEY = frozenset({"NoSuchKey", "NotFound", "404"})
 
 
@@ -58,9 +81,7 @@ def storage_error(exc: BaseException, bucket: str, action: str, key: str = "") -
             return Unavailable(f"object storage: {where} unavailable ({code or status}) while {action}; retry later")
         return FailedPrecondition(f"object storage: {where} refused {action} ({code or status})")
     if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):  # refused, reset, timeouts
-        return Unavailable(
-            f"object storage: cannot reach {where} ({type(exc).__name__}) while {action}; retry later"
-        )
+        return Unavailable(f"object storage: cannot reach {where} ({type(exc).__name__}) while {action}; retry later")
     if isinstance(exc, BotoCoreError):
         return Internal(f"object storage: {action} in {where} failed ({type(exc).__name__})")
     return Internal(f"object storage: {action} in {where} failed")

@@ -43,7 +43,7 @@ class PartBuffer:
     def fill(self, chunk: memoryview) -> memoryview:
         """Copy as much of `chunk` as fits; returns the rest."""
         take = min(len(chunk), len(self.data) - self.used)
-        self.data[self.used:self.used + take] = chunk[:take]
+        self.data[self.used : self.used + take] = chunk[:take]
         self.used += take
         return chunk[take:]
 
@@ -83,14 +83,26 @@ class MultipartWriter:
                         buffer = self._send(buffer)
             sha256 = digest.finish()
             if self.upload_id is None:
-                self.store.call("storing the object", self.key, "put_object", Key=self.key,
-                                Body=buffer.body(), ContentType=self.content_type)
+                self.store.call(
+                    "storing the object",
+                    self.key,
+                    "put_object",
+                    Key=self.key,
+                    Body=buffer.body(),
+                    ContentType=self.content_type,
+                )
                 return sha256
             if buffer.used:
                 self._send(buffer)
             self._wait()
-            self.store.call("completing the multipart upload", self.key, "complete_multipart_upload",
-                            Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+            self.store.call(
+                "completing the multipart upload",
+                self.key,
+                "complete_multipart_upload",
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
             log.debug("stored %s in %d parts", self.key, len(self.parts))
             return sha256
         except BaseException:
@@ -110,8 +122,13 @@ class MultipartWriter:
     def _send(self, buffer: PartBuffer) -> PartBuffer:
         """Start uploading `buffer` once the previous part is done; returns a free buffer."""
         if self.upload_id is None:
-            reply = self.store.call("starting a multipart upload", self.key, "create_multipart_upload",
-                                    Key=self.key, ContentType=self.content_type)
+            reply = self.store.call(
+                "starting a multipart upload",
+                self.key,
+                "create_multipart_upload",
+                Key=self.key,
+                ContentType=self.content_type,
+            )
             self.upload_id = reply["UploadId"]
         free = self._wait()
         number = len(self.parts) + 1
@@ -123,8 +140,15 @@ class MultipartWriter:
         return free
 
     def _upload_part(self, number: int, body: bytes | mmap.mmap) -> dict[str, object]:
-        reply = self.store.call(f"uploading part {number}", self.key, "upload_part",
-                                Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body)
+        reply = self.store.call(
+            f"uploading part {number}",
+            self.key,
+            "upload_part",
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=body,
+        )
         return {"PartNumber": number, "ETag": reply["ETag"]}
 
     def _wait(self) -> PartBuffer | None:

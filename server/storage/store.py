@@ -71,9 +71,7 @@ class StreamDigest:
                 f"upload exceeds the limit of {self.max_bytes} bytes (MAX_UPLOAD_BYTES); nothing stored"
             )
         if self.expected_size is not None and self.size > self.expected_size:
-            raise InvalidArgument(
-                f"size: more than the declared {self.expected_size} bytes were sent; nothing stored"
-            )
+            raise InvalidArgument(f"size: more than the declared {self.expected_size} bytes were sent; nothing stored")
         self._hash.update(chunk)
 
     def finish(self) -> str:
@@ -172,5 +170,5 @@ class ObjectStore(ABC):
             content_type=content_type,
         )
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: nothing to release unless a subclass says so)
         """Release connections and threads."""

@@ -8,7 +8,7 @@ worker delivers the webhook like for any other finished task.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from google.protobuf import field_mask_pb2
 
@@ -25,15 +25,26 @@ MAX_PAGE_SIZE = 1000
 WATCH_POLL_S = 0.5
 
 #: Fields UpdateTask may change; the others are set at creation or by the server.
-UPDATABLE = ("status", "model_version", "start_time", "finish_time", "running_time_ms",
-             "outputs", "files", "error", "metadata", "inputs_uri")
+UPDATABLE = (
+    "status",
+    "model_version",
+    "start_time",
+    "finish_time",
+    "running_time_ms",
+    "outputs",
+    "files",
+    "error",
+    "metadata",
+    "inputs_uri",
+)
 
 
 class TaskManager:
     """Record keeping over a TaskStore (the queue is only used to settle webhooks)."""
 
-    def __init__(self, store: TaskStore, queue: TaskQueue, allow_private_webhooks: bool,
-                 observer: TaskObserver = NO_OBSERVER) -> None:
+    def __init__(
+        self, store: TaskStore, queue: TaskQueue, allow_private_webhooks: bool, observer: TaskObserver = NO_OBSERVER
+    ) -> None:
         self.store = store
         self.observer = observer
         self.queue = queue
@@ -97,7 +108,9 @@ class TaskManager:
         finishing = [False]  # whether this update moves the task to a final status (the last try's answer)
 
         def change(task: task_pb2.Task) -> None:
-            finishing[0] = not status.is_finished(task.status) and "status" in paths and status.is_finished(patch.status)
+            finishing[0] = (
+                not status.is_finished(task.status) and "status" in paths and status.is_finished(patch.status)
+            )
             status.move(task, patch.status if "status" in paths else task.status)
             other.MergeMessage(patch, task, replace_message_field=True, replace_repeated_field=True)
             if "running_time_ms" not in paths and task.HasField("start_time") and task.HasField("finish_time"):
@@ -110,7 +123,9 @@ class TaskManager:
         self._settle_webhook(updated)
         return updated
 
-    def list(self, task_filter: task_pb2.TaskFilter, page_size: int, page_token: str) -> tuple[list[task_pb2.Task], str]:
+    def list(
+        self, task_filter: task_pb2.TaskFilter, page_size: int, page_token: str
+    ) -> tuple[list[task_pb2.Task], str]:
         """ListTasks: newest first; the token of the next page, "" on the last."""
         if page_size < 0:
             raise InvalidArgument("page_size: must be 0 (default 50) or more")
@@ -132,7 +147,9 @@ class TaskManager:
 
     def cancel(self, task_id: str) -> task_pb2.Task:
         """CancelTask: QUEUED -> CANCELLED; FailedPrecondition once it started or finished."""
-        cancelled = self.store.update(records.check_id(task_id), lambda t: status.move(t, status.CANCELLED, same_ok=False))
+        cancelled = self.store.update(
+            records.check_id(task_id), lambda t: status.move(t, status.CANCELLED, same_ok=False)
+        )
         self.observer.task_finished("cancelled")
         self._settle_webhook(cancelled)
         return cancelled

@@ -37,9 +37,7 @@ class MemoryTaskStore(TaskStore):
 
     def __init__(self, ttl_seconds: float) -> None:
         super().__init__(ttl_seconds)
-        log.warning(
-            "no REDIS_ADDRESS: tasks are kept in memory, in this process only, and lost on restart"
-        )
+        log.warning("no REDIS_ADDRESS: tasks are kept in memory, in this process only, and lost on restart")
         self._changed = threading.Condition()
         # id -> (JSON text, the record parsed once, expiry on time.monotonic())
         self._records: dict[str, tuple[str, task_pb2.Task, float]] = {}

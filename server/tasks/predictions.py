@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 class PredictionTasks:
     """Queues async predictions and records synchronous ones."""
 
-    def __init__(self, manager: TaskManager, predictor: Predictor, default_max_time_in_queue_s: int,
-                 record_predictions: bool) -> None:
+    def __init__(
+        self, manager: TaskManager, predictor: Predictor, default_max_time_in_queue_s: int, record_predictions: bool
+    ) -> None:
         self.manager = manager
         self.store = manager.store
         self.queue = manager.queue
@@ -85,8 +86,10 @@ class PredictionTasks:
         workers skip tasks that are running or finished. Another submission is ALREADY_EXISTS."""
         existing = self.store.get(task.id)
         if not _same_submission(existing, task):
-            raise AlreadyExists(f"task_id: task '{task.id}' exists with another request; choose another id, "
-                                "or send the same request to get that task")
+            raise AlreadyExists(
+                f"task_id: task '{task.id}' exists with another request; choose another id, "
+                "or send the same request to get that task"
+            )
         if existing.status == status.QUEUED and existing.attempts == 0:  # not one waiting to be retried
             self.queue.push(task.id, options.SerializeToString())
         return existing
@@ -100,7 +103,9 @@ class PredictionTasks:
     def wants_record(self, request: predict_pb2.PredictRequest) -> bool:
         return self.record_predictions or request.record_task
 
-    def predict_recorded(self, request: predict_pb2.PredictRequest, deadline: float | None) -> predict_pb2.PredictResponse:
+    def predict_recorded(
+        self, request: predict_pb2.PredictRequest, deadline: float | None
+    ) -> predict_pb2.PredictResponse:
         """Predict, then store the outcome as a finished task (when the store is down: log and answer anyway)."""
         started = records.now()
         try:
@@ -125,8 +130,13 @@ class PredictionTasks:
         response.task_id = await loop.run_in_executor(None, self._record, request, started, response, None)
         return response
 
-    def _record(self, request: predict_pb2.PredictRequest, started: timestamp_pb2.Timestamp,
-                response: predict_pb2.PredictResponse | None, error: ServingError | None) -> str:
+    def _record(
+        self,
+        request: predict_pb2.PredictRequest,
+        started: timestamp_pb2.Timestamp,
+        response: predict_pb2.PredictResponse | None,
+        error: ServingError | None,
+    ) -> str:
         task = self.manager.new_record("")
         task.model = request.model
         task.model_version = response.model.version if response is not None else request.version

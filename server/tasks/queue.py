@@ -55,7 +55,7 @@ class TaskQueue(ABC):
     def length(self) -> float:
         """Entries waiting for a worker (not yet taken) plus delayed retries; read at each metrics scrape."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: nothing to release unless a subclass says so)
         """Release connections."""
 
 

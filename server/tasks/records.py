@@ -62,8 +62,9 @@ def check_times(message: Message, path: str) -> None:
         where = f"{path}.{field.name}"
         if isinstance(value, timestamp_pb2.Timestamp):
             if not MIN_SECONDS <= value.seconds <= MAX_SECONDS:
-                raise InvalidArgument(f"{where}: seconds {value.seconds} is outside years 1-9999 "
-                                      f"({MIN_SECONDS} to {MAX_SECONDS})")
+                raise InvalidArgument(
+                    f"{where}: seconds {value.seconds} is outside years 1-9999 ({MIN_SECONDS} to {MAX_SECONDS})"
+                )
             if not 0 <= value.nanos <= 999_999_999:
                 raise InvalidArgument(f"{where}: nanos {value.nanos} is outside 0-999999999")
         else:
@@ -103,7 +104,7 @@ def matches(task: task_pb2.Task, task_filter: task_pb2.TaskFilter) -> bool:
     created = micros(task.create_time)
     if task_filter.HasField("created_after") and created < micros(task_filter.created_after):
         return False
-    if task_filter.HasField("created_before") and created >= micros(task_filter.created_before):
+    if task_filter.HasField("created_before") and created >= micros(task_filter.created_before):  # noqa: SIM103 (one test per clause)
         return False
     return True
 

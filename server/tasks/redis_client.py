@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -61,7 +62,7 @@ def connect(
     Redis costs a call about `timeout`; a refused or dropped connection is retried twice, briefly
     (a restart, a failover).
     """
-    options = {
+    options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "health_check_interval": 15,
@@ -98,8 +99,9 @@ def translated(address: str) -> Iterator[None]:
         yield
     except (redis.exceptions.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError) as exc:
         # Wrong or missing password: say so plainly (redis-py's text for a missing one is about HELLO).
-        raise Unavailable(f"task store unavailable: {address}: authentication failed, check the password in "
-                          f"REDIS_ADDRESS ({exc})") from None
+        raise Unavailable(
+            f"task store unavailable: {address}: authentication failed, check the password in REDIS_ADDRESS ({exc})"
+        ) from None
     except _UNAVAILABLE as exc:
         reason = str(exc) or type(exc).__name__
         raise Unavailable(f"task store unavailable: {address}: {reason}") from None

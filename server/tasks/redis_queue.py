@@ -16,9 +16,11 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis.exceptions
+from redis.typing import EncodableT, FieldT
 
 from server.tasks.queue import QueueEntry, TaskQueue
 from server.tasks.redis_client import Client, display_address, translated
@@ -77,7 +79,7 @@ class RedisTaskQueue(TaskQueue):
                 raise
 
     def push(self, task_id: str, options: bytes) -> None:
-        fields = {"task": task_id, "options": base64.b64encode(options).decode()}
+        fields: dict[FieldT, EncodableT] = {"task": task_id, "options": base64.b64encode(options).decode()}
         with translated(self.address):
             self.client.xadd(STREAM, fields, maxlen=MAX_LENGTH, approximate=True)
 
@@ -109,7 +111,8 @@ class RedisTaskQueue(TaskQueue):
 
     def touch(self, consumer: str, entry_ids: list[str]) -> None:
         if entry_ids:
-            self._call(lambda: self.client.xclaim(STREAM, GROUP, consumer, 0, entry_ids, justid=True))
+            ids: list[int | bytes | str | memoryview] = [*entry_ids]
+            self._call(lambda: self.client.xclaim(STREAM, GROUP, consumer, 0, ids, justid=True))
 
     def ack(self, entry_id: str) -> None:
         with translated(self.address):

@@ -21,7 +21,12 @@ index keys expire with the last record written to them.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import builtins
+import contextlib
+from collections.abc import Iterator
+from typing import Any, cast
+
+from redis.typing import EncodableT
 
 from server.tasks import records, status
 from server.tasks.records import Cursor
@@ -107,10 +112,8 @@ class _RedisSubscription(Subscription):
             self._pubsub.get_message(timeout=timeout)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing a broken connection: nothing left to release
             self._pubsub.close()
-        except Exception:  # closing a broken connection: nothing left to release
-            pass
 
 
 class RedisTaskStore(TaskStore):
@@ -129,7 +132,7 @@ class RedisTaskStore(TaskStore):
 
     def _read(self, task_id: str) -> tuple[str, task_pb2.Task] | None:
         with translated(self.address):
-            text = self.client.get(record_key(task_id))
+            text = cast(str | None, self.client.get(record_key(task_id)))  # decode_responses: str replies
         return None if text is None else (text, records.from_json(text))
 
     def _cutoff(self) -> int:
@@ -159,19 +162,26 @@ class RedisTaskStore(TaskStore):
         return keys, args
 
     def _swap(self, task_id: str, expected: str | None, old: task_pb2.Task | None, new: task_pb2.Task | None) -> bool:
-        if new is None:
+        if new is None:  # noqa: SIM108 (the other branch is a conditional already)
             event = "DELETED"
         else:
             event = status.name(new.status) if old is None or old.status != new.status else ""
-        head = ["1", expected or "", "" if new is None else records.to_json(new), max(1, int(self.ttl_seconds)),
-                channel(task_id), event, self._cutoff()]
+        head: list[EncodableT] = [
+            "1",
+            expected or "",
+            "" if new is None else records.to_json(new),
+            max(1, int(self.ttl_seconds)),
+            channel(task_id),
+            event,
+            self._cutoff(),
+        ]
         index_keys, index_args = self._index_ops(old, new)
         with translated(self.address):
             if not self.cluster:
                 return bool(self._swap_script(keys=[record_key(task_id), *index_keys], args=head + index_args))
             if not self._swap_script(keys=[record_key(task_id)], args=head):
                 return False
-            self._swap_script(keys=index_keys, args=["0", *head[1:]] + index_args)
+            self._swap_script(keys=index_keys, args=["0", *head[1:], *index_args])
             return True
 
     # -- listing ------------------------------------------------------------------
@@ -188,13 +198,16 @@ class RedisTaskStore(TaskStore):
         while True:
             if cursor is not None:
                 with translated(self.address):
-                    ties = self.client.zrevrangebyscore(key, cursor.score, cursor.score)
+                    ties = cast(list[str], self.client.zrevrangebyscore(key, cursor.score, cursor.score))
                 for member in ties:
                     if member < cursor.task_id:
                         yield member, cursor.score
                 high = f"({cursor.score}"
             with translated(self.address):
-                chunk = self.client.zrevrangebyscore(key, high, low, start=0, num=SCAN_CHUNK, withscores=True)
+                chunk = cast(
+                    list[tuple[str, float]],  # decode_responses: str members
+                    self.client.zrevrangebyscore(key, high, low, start=0, num=SCAN_CHUNK, withscores=True),
+                )
             if not chunk:
                 return
             for member, score in chunk[:-1]:
@@ -227,7 +240,9 @@ class RedisTaskStore(TaskStore):
             return page, None
         return page, Cursor(records.micros(page[-1].create_time), page[-1].id)
 
-    def _load(self, key: str, batch: list[tuple[str, int]], task_filter: task_pb2.TaskFilter) -> list[task_pb2.Task]:
+    def _load(
+        self, key: str, batch: builtins.list[tuple[str, int]], task_filter: task_pb2.TaskFilter
+    ) -> builtins.list[task_pb2.Task]:  # builtins: `list` here is the method above
         """The records of index entries that pass the filter; stale entries are removed."""
         if not batch:
             return []
@@ -238,7 +253,7 @@ class RedisTaskStore(TaskStore):
             texts = pipe.execute()
         tasks: list[task_pb2.Task] = []
         stale: list[str] = []
-        for (task_id, _), text in zip(batch, texts):
+        for (task_id, _), text in zip(batch, texts, strict=True):
             task = None if text is None else records.from_json(text)
             if task is None or (key != CREATED and key != self._entry_key(key, task)):
                 stale.append(task_id)

@@ -8,7 +8,7 @@ import logging
 import random
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -60,5 +60,5 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
     result is drawn uniformly from its upper half ("equal jitter"), so retries
     of many tasks spread out but none comes much sooner than planned.
     """
-    planned = min(max_s, initial_s * (2 ** min(attempt - 1, 30)))
+    planned: float = min(max_s, initial_s * (2 ** min(attempt - 1, 30)))
     return planned / 2 + random.uniform(0, planned / 2)

@@ -16,7 +16,8 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 
 from server.errors import FailedPrecondition
-from server.tasks.records import micros, now as current_time
+from server.tasks.records import micros
+from server.tasks.records import now as current_time
 from serving.v1 import task_pb2
 
 QUEUED = task_pb2.TASK_STATUS_QUEUED
@@ -63,8 +64,14 @@ def check(old: int, new: int, *, retry: bool = False, same_ok: bool = True) -> N
     )
 
 
-def move(task: task_pb2.Task, new: int, *, retry: bool = False, same_ok: bool = True,
-         now: timestamp_pb2.Timestamp | None = None) -> None:
+def move(
+    task: task_pb2.Task,
+    new: task_pb2.TaskStatus,
+    *,
+    retry: bool = False,
+    same_ok: bool = True,
+    now: timestamp_pb2.Timestamp | None = None,
+) -> None:
     """Check and apply a status change, keeping start/finish times and running time in step."""
     check(task.status, new, retry=retry, same_ok=same_ok)
     now = now or current_time()
@@ -76,4 +83,3 @@ def move(task: task_pb2.Task, new: int, *, retry: bool = False, same_ok: bool = 
         if task.HasField("start_time"):
             task.running_time_ms = max(0.0, (micros(now) - micros(task.start_time)) / 1000.0)
     task.status = new
-

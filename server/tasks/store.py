@@ -11,7 +11,7 @@ the full lifetime (REDIS_KEY_DURATION) again.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 from server.errors import AlreadyExists, NotFound, Unavailable
 from server.tasks import records
@@ -79,7 +79,7 @@ class TaskStore(ABC):
     def ping(self) -> None:
         """Raise Unavailable when the store cannot be reached."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: nothing to release unless a subclass says so)
         """Release connections."""
 
     # -- operations built on them ------------------------------------------------

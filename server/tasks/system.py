@@ -53,8 +53,14 @@ class Tasks:
         self.store.close()
 
 
-def open_tasks(settings: Settings, predictor: Predictor, objects: ObjectStore, worker_mode: bool = False,
-               tracing: Tracing | None = None, observer: TaskObserver = NO_OBSERVER) -> Tasks:
+def open_tasks(
+    settings: Settings,
+    predictor: Predictor,
+    objects: ObjectStore,
+    worker_mode: bool = False,
+    tracing: Tracing | None = None,
+    observer: TaskObserver = NO_OBSERVER,
+) -> Tasks:
     """Redis (or Redis Cluster) when REDIS_ADDRESS is set, else the in-memory store and queue.
 
     `observer` (the App's metrics) is told of task outcomes and webhook attempts.
@@ -64,14 +70,22 @@ def open_tasks(settings: Settings, predictor: Predictor, objects: ObjectStore, w
     queue: TaskQueue
     if settings.redis_address:
         try:
-            client = connect(settings.redis_address, settings.redis_cluster_mode, settings.redis_tls_ca_file,
-                             settings.redis_timeout_seconds)
+            client = connect(
+                settings.redis_address,
+                settings.redis_cluster_mode,
+                settings.redis_tls_ca_file,
+                settings.redis_timeout_seconds,
+            )
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         store = RedisTaskStore(client, settings.redis_address, ttl, settings.redis_cluster_mode)
         queue = RedisTaskQueue(client, settings.redis_address)
-        log.info("tasks: Redis%s at %s, records kept %gs", " Cluster" if settings.redis_cluster_mode else "",
-                 display_address(settings.redis_address), ttl)
+        log.info(
+            "tasks: Redis%s at %s, records kept %gs",
+            " Cluster" if settings.redis_cluster_mode else "",
+            display_address(settings.redis_address),
+            ttl,
+        )
     elif worker_mode:
         raise SystemExit("worker mode needs REDIS_ADDRESS: the in-memory task queue lives in one process")
     else:
@@ -80,19 +94,28 @@ def open_tasks(settings: Settings, predictor: Predictor, objects: ObjectStore, w
     if worker_mode and settings.task_workers == 0:
         raise SystemExit("worker mode needs TASK_WORKERS of 1 or more")
     manager = TaskManager(store, queue, settings.webhook_allow_private, observer)
-    sender = WebhookSender(store, settings.webhook_secret, settings.webhook_max_attempts,
-                           settings.webhook_timeout_seconds, settings.webhook_allow_private, settings.webhook_workers,
-                           tracing, observer)
+    sender = WebhookSender(
+        store,
+        settings.webhook_secret,
+        settings.webhook_max_attempts,
+        settings.webhook_timeout_seconds,
+        settings.webhook_allow_private,
+        settings.webhook_workers,
+        tracing,
+        observer,
+    )
     workers = None
     if settings.task_workers:
-        workers = WorkerPool(store, queue, predictor, sender, settings.task_workers, settings.task_visibility_timeout,
-                             tracing, observer)
+        workers = WorkerPool(
+            store, queue, predictor, sender, settings.task_workers, settings.task_visibility_timeout, tracing, observer
+        )
     return Tasks(
         store=store,
         queue=queue,
         manager=manager,
-        predictions=PredictionTasks(manager, predictor, settings.task_max_time_in_queue_seconds,
-                                    settings.record_predictions),
+        predictions=PredictionTasks(
+            manager, predictor, settings.task_max_time_in_queue_seconds, settings.record_predictions
+        ),
         exports=TaskExports(store, objects),
         sender=sender,
         workers=workers,

@@ -22,8 +22,9 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -79,8 +80,14 @@ def check_url(url: str, allow_private: bool) -> None:
         raise InvalidArgument(f"webhook_url: cannot resolve host '{parts.hostname}': {exc}") from None
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if (address.is_private or address.is_loopback or address.is_link_local or address.is_multicast
-                or address.is_reserved or address.is_unspecified):
+        if (
+            address.is_private
+            or address.is_loopback
+            or address.is_link_local
+            or address.is_multicast
+            or address.is_reserved
+            or address.is_unspecified
+        ):
             raise InvalidArgument(
                 f"webhook_url: host '{parts.hostname}' resolves to the non-public address {address}; "
                 "private, loopback and link-local targets are not allowed (WEBHOOK_ALLOW_PRIVATE)"
@@ -95,9 +102,17 @@ def pending(task: task_pb2.Task) -> bool:
 class WebhookSender:
     """Delivers webhooks on its own small thread pool; retries wait on a timer thread."""
 
-    def __init__(self, store: TaskStore, secret: str, max_attempts: int, timeout_s: float,
-                 allow_private: bool, workers: int, tracing: Tracing | None = None,
-                 observer: TaskObserver = NO_OBSERVER) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        secret: str,
+        max_attempts: int,
+        timeout_s: float,
+        allow_private: bool,
+        workers: int,
+        tracing: Tracing | None = None,
+        observer: TaskObserver = NO_OBSERVER,
+    ) -> None:
         self.store = store
         self.observer = observer
         self.tracing = tracing
@@ -148,20 +163,28 @@ class WebhookSender:
             return
         if delivered or gave_up:
             self.observer.webhook_delivered("delivered" if delivered else "failed")
-            log.log(logging.INFO if delivered else logging.WARNING, "webhook of task %s %s after %d attempt(s)",
-                    task_id, "delivered" if delivered else "given up", number)
+            log.log(
+                logging.INFO if delivered else logging.WARNING,
+                "webhook of task %s %s after %d attempt(s)",
+                task_id,
+                "delivered" if delivered else "given up",
+                number,
+            )
             done(True)
             return
         delay = backoff_delay(number, FIRST_RETRY_S, MAX_RETRY_S)
-        self._timers.call_later(delay, lambda: self._pool.submit(self._attempt, task_id, done))
+
+        def retry() -> None:
+            self._pool.submit(self._attempt, task_id, done)
+
+        self._timers.call_later(delay, retry)
         self.observer.webhook_delivered("retried")
 
     def _span(self, task: task_pb2.Task, number: int) -> contextlib.AbstractContextManager[Any]:
         """A `webhook.deliver` span continuing the task's trace (from its stored traceparent), when tracing is on."""
         if self.tracing is None or not self.tracing.enabled or not task.traceparent:
             return contextlib.nullcontext()
-        attributes = {"task.id": task.id, "webhook.attempt": number,
-                      "server.address": _hostname(task.webhook.url)}
+        attributes = {"task.id": task.id, "webhook.attempt": number, "server.address": _hostname(task.webhook.url)}
         return self.tracing.start_span_from_traceparent("webhook.deliver", task.traceparent, attributes)
 
     def _post(self, task: task_pb2.Task) -> tuple[int, str, bool]:

@@ -56,9 +56,17 @@ def task_error(exc: ServingError) -> task_pb2.TaskError:
 class WorkerPool:
     """`workers` threads taking entries from the queue, plus one heartbeat thread."""
 
-    def __init__(self, store: TaskStore, queue: TaskQueue, predictor: Predictor, sender: webhooks.WebhookSender,
-                 workers: int, visibility_s: float, tracing: Tracing | None = None,
-                 observer: TaskObserver = NO_OBSERVER) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        queue: TaskQueue,
+        predictor: Predictor,
+        sender: webhooks.WebhookSender,
+        workers: int,
+        visibility_s: float,
+        tracing: Tracing | None = None,
+        observer: TaskObserver = NO_OBSERVER,
+    ) -> None:
         self.store = store
         self.observer = observer
         self.tracing = tracing
@@ -76,8 +84,9 @@ class WorkerPool:
 
     def start(self) -> None:
         for n in range(self.workers):
-            self._threads.append(threading.Thread(target=self._loop, args=(f"{self.prefix}-{n}",),
-                                                  name=f"task-worker-{n}", daemon=True))
+            self._threads.append(
+                threading.Thread(target=self._loop, args=(f"{self.prefix}-{n}",), name=f"task-worker-{n}", daemon=True)
+            )
         self._threads.append(threading.Thread(target=self._heartbeat, name="task-heartbeat", daemon=True))
         for thread in self._threads:
             thread.start()
@@ -132,7 +141,7 @@ class WorkerPool:
         with self._lock:
             held = list(self._held.values())
         by_consumer: dict[str, list[str]] = {}
-        for consumer, entry, token in held:
+        for consumer, entry, _token in held:
             by_consumer.setdefault(consumer, []).append(entry.entry_id)
         try:
             for consumer, ids in by_consumer.items():
@@ -236,8 +245,14 @@ class WorkerPool:
             return None
         return self._finish(task.id, status.FAILED, error=task_error(exc))
 
-    def _finish(self, task_id: str, new: int, *, error: task_pb2.TaskError | None = None,
-                response: predict_pb2.PredictResponse | None = None) -> task_pb2.Task:
+    def _finish(
+        self,
+        task_id: str,
+        new: task_pb2.TaskStatus,
+        *,
+        error: task_pb2.TaskError | None = None,
+        response: predict_pb2.PredictResponse | None = None,
+    ) -> task_pb2.Task:
         finishing = [False]  # not already finished (a same-status "move" passes the state machine)
 
         def change(t: task_pb2.Task) -> None:

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,18 @@ CHUNK_BYTES = 64 * 1024  # at most this much (and half of max_bytes) per write
 # A call's line as queued: its end time (time.time()), then the values of FIELDS.
 _CallLine = tuple[Any, ...]
 FIELDS = (
-    "key", "peer", "transport", "method", "status", "latency_ms", "request_bytes", "response_bytes",
-    "request_id", "trace_id", "model", "route",
+    "key",
+    "peer",
+    "transport",
+    "method",
+    "status",
+    "latency_ms",
+    "request_bytes",
+    "response_bytes",
+    "request_id",
+    "trace_id",
+    "model",
+    "route",
 )
 log = logging.getLogger(__name__)
 
@@ -59,11 +69,23 @@ class AccessLog:
     def write_call(self, record: CallRecord, code: grpc.StatusCode, request_id: str | None, model: str | None) -> None:
         """Queue the line of a call that just ended: its values now, the JSON in the writer thread."""
         if not self._closed:
-            self._queue.put((
-                time.time(), record.key_name, record.peer, record.transport, record.method, code.name,
-                round(record.elapsed_ms(), 3), record.request_bytes, record.response_bytes, request_id,
-                record.trace_id, model, record.route,
-            ))
+            self._queue.put(
+                (
+                    time.time(),
+                    record.key_name,
+                    record.peer,
+                    record.transport,
+                    record.method,
+                    code.name,
+                    round(record.elapsed_ms(), 3),
+                    record.request_bytes,
+                    record.response_bytes,
+                    request_id,
+                    record.trace_id,
+                    model,
+                    record.route,
+                )
+            )
 
     def close(self) -> None:
         """Write what is queued, then close the file; later writes are dropped."""
@@ -113,8 +135,8 @@ def call_entry(item: _CallLine) -> dict[str, Any]:
     """The fields of one call's access-log line (the API key's name, never the key)."""
     ended, *values = item
     entry: dict[str, Any] = {
-        "time": datetime.fromtimestamp(ended, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        **dict(zip(FIELDS, values)),
+        "time": datetime.fromtimestamp(ended, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        **dict(zip(FIELDS, values, strict=True)),
     }
     if entry["route"] is None:
         del entry["route"]

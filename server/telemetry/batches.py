@@ -16,6 +16,7 @@ import threading
 import time
 
 from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
 
 from server.batching import BatchObservation
 from server.telemetry.metrics import Metrics
@@ -68,7 +69,7 @@ class BatchTelemetry:
         model = observation.model
         started_ns = int(observation.started * 1e9) + to_epoch_ns
         finished_ns = int(observation.finished * 1e9) + to_epoch_ns
-        execute_attributes = {
+        execute_attributes: dict[str, AttributeValue] = {
             "serving.model": model,
             "serving.batch.size": observation.rows,
             "serving.batch.padded_rows": observation.padded_rows,

@@ -12,8 +12,9 @@ import asyncio
 import contextvars
 import inspect
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, cast
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
@@ -29,6 +30,18 @@ _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 _CURRENT: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("serving_call", default=None)
 
 
+def replace_handler(handler: grpc.RpcMethodHandler, **fields: Any) -> grpc.RpcMethodHandler:
+    """`handler` with `fields` replaced (grpc's `*_rpc_method_handler()` handlers are named tuples)."""
+    replaced: grpc.RpcMethodHandler = handler._replace(**fields)  # type: ignore[attr-defined]  # the stubs omit it
+    return replaced
+
+
+def behavior_of(handler: grpc.RpcMethodHandler) -> Behavior:
+    """The handler's behavior: exactly one of its four is set."""
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    return cast(Behavior, behavior)
+
+
 def wrap_handler(handler: grpc.RpcMethodHandler | None, wrap: BehaviorWrapper) -> grpc.RpcMethodHandler | None:
     """The handler with its behavior (whichever of the four kinds it has) wrapped."""
     if handler is None:
@@ -37,17 +50,18 @@ def wrap_handler(handler: grpc.RpcMethodHandler | None, wrap: BehaviorWrapper) -
         behavior = getattr(handler, kind)
         if behavior is not None:
             wrapped = wrap(behavior, handler.request_streaming, handler.response_streaming)
-            return handler._replace(**{kind: wrapped})
+            return replace_handler(handler, **{kind: wrapped})
     return handler
 
 
-def is_async(behavior: Callable[..., Any]) -> bool:
-    """A behavior that runs on the event loop: a coroutine function, or an async generator of responses."""
+def is_async(behavior: Callable[..., Any] | None) -> bool:
+    """A behavior that runs on the event loop: a coroutine function, or an async generator of responses
+    (None, a handler's unset behavior, is not)."""
     return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
 
 
 def transport_of(context: grpc.ServicerContext) -> str:
-    """"grpc", or what an in-process transport's context says it is (e.g. "http")."""
+    """ "grpc", or what an in-process transport's context says it is (e.g. "http")."""
     return getattr(context, "transport", "grpc")
 
 
@@ -99,7 +113,7 @@ class CallRecord:
 
     def status(self, context: grpc.ServicerContext) -> grpc.StatusCode:
         """The call's status: what was aborted with, else derived from the error, else OK."""
-        code = context.code()
+        code: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]  # grpc's contexts have it; the stubs omit it
         if code is not None and code != grpc.StatusCode.OK:
             return code
         if self.error is None:
@@ -120,7 +134,7 @@ class CallRecord:
             return None
         value = _string_field(message, name)
         if value is None and _message_field(message, "request"):
-            value = _string_field(message.request, name)
+            value = _string_field(cast(Any, message).request, name)  # any message with such a field
         return value or None
 
     def model_name(self) -> str | None:
@@ -129,7 +143,7 @@ class CallRecord:
         name = self.request_field("model") or self.request_field("model_name")
         message = self.first_request
         if name is None and message is not None and _message_field(message, "model_spec"):
-            name = _string_field(message.model_spec, "name") or None
+            name = _string_field(cast(Any, message).model_spec, "name") or None
         return name
 
     def elapsed_ms(self) -> float:
@@ -163,7 +177,8 @@ def _string_field(message: Message, name: str) -> str | None:
     field_ = message.DESCRIPTOR.fields_by_name.get(name)
     if field_ is None or field_.type != FieldDescriptor.TYPE_STRING or field_.is_repeated:
         return None
-    return getattr(message, name)
+    value: str = getattr(message, name)
+    return value
 
 
 def _message_field(message: Message, name: str) -> bool:

@@ -9,7 +9,8 @@ failed, or the caller went away.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -168,5 +169,5 @@ def _incoming_trace_id(context: grpc.ServicerContext) -> str | None:
 def _metadata_value(context: grpc.ServicerContext, name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key.lower() == name:
-            return value or None
+            return (value.decode() if isinstance(value, bytes) else value) or None
     return None

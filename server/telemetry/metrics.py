@@ -17,10 +17,19 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -38,32 +47,47 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "serving_requests", "Calls by method, transport and status code", ["method", "transport", "code"],
+            "serving_requests",
+            "Calls by method, transport and status code",
+            ["method", "transport", "code"],
             registry=r,
         )
         self.request_seconds = Histogram(
-            "serving_request_duration_seconds", "Call latency", ["method", "transport"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "serving_request_duration_seconds",
+            "Call latency",
+            ["method", "transport"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.in_flight = Gauge(
             "serving_requests_in_flight", "Calls being served", ["transport"], registry=r, multiprocess_mode="livesum"
         )
         self.model_seconds = Histogram(
-            "serving_model_execution_seconds", "Time of one model call on a batch", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "serving_model_execution_seconds",
+            "Time of one model call on a batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "serving_batch_size", "Rows per model call (before padding)", ["model"],
-            buckets=BATCH_SIZE_BUCKETS, registry=r,
+            "serving_batch_size",
+            "Rows per model call (before padding)",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
         )
         self.queue_wait_seconds = Histogram(
-            "serving_queue_wait_seconds", "Time a request waited for its batch", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "serving_queue_wait_seconds",
+            "Time a request waited for its batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         # A function of this process's, read at scrape time (no multiprocess file: it is the same queue).
         self.task_queue_length: Any = (
-            _FunctionGauge("serving_task_queue_length", "Async tasks waiting in the queue") if self.multiprocess
+            _FunctionGauge("serving_task_queue_length", "Async tasks waiting in the queue")
+            if self.multiprocess
             else Gauge("serving_task_queue_length", "Async tasks waiting in the queue", registry=r)
         )
         self.tasks = Counter("serving_tasks", "Async tasks finished, by outcome", ["outcome"], registry=r)
@@ -177,7 +201,8 @@ class _ModelCollector(Collector):
             "serving_model_rejected_requests", "Requests refused because the model's queue was full", labels=["model"]
         )
         expired = CounterMetricFamily(
-            "serving_model_expired_requests", "Requests dropped because their deadline passed in the queue",
+            "serving_model_expired_requests",
+            "Requests dropped because their deadline passed in the queue",
             labels=["model"],
         )
         version = GaugeMetricFamily("serving_model_version", "The version of a model being served", labels=["model"])

@@ -15,18 +15,18 @@ log and the spans and stops the metrics port.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import grpc
 
 from server.config import Settings
-from server.telemetry.accesslog import AccessLog
 from server.security.auth import Authenticator, AuthInterceptor, load_api_keys
+from server.security.ratelimit import RateLimiter
+from server.telemetry.accesslog import AccessLog
 from server.telemetry.batches import BatchTelemetry
 from server.telemetry.interceptor import CallTelemetryInterceptor
 from server.telemetry.metrics import Metrics, MetricsServer, ServedModel
-from server.security.ratelimit import RateLimiter
 from server.telemetry.tracing import Tracing
 
 log = logging.getLogger("server.telemetry")

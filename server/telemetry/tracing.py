@@ -21,8 +21,9 @@ from __future__ import annotations
 import collections
 import re
 import secrets
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -33,7 +34,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from server.config import Settings
-from server.telemetry.calls import Behavior, is_async, transport_of, wrap_handler
+from server.telemetry.calls import Behavior, behavior_of, is_async, transport_of, wrap_handler
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -119,15 +120,18 @@ class _AnyTransportInterceptor(grpc.ServerInterceptor):
             return wrap_handler(traced, _with_grpc_shaped_context)
 
         def traced_async(behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
+            traced: Behavior
             if response_streaming:
-                return self._inner_aio._intercept_aio_server_stream(behavior, handler_call_details)
-            return self._inner_aio._intercept_aio_server_unary(behavior, handler_call_details)
+                traced = self._inner_aio._intercept_aio_server_stream(behavior, handler_call_details)
+            else:
+                traced = self._inner_aio._intercept_aio_server_unary(behavior, handler_call_details)
+            return traced
 
         return wrap_handler(wrap_handler(handler, traced_async), _with_grpc_shaped_context)
 
 
 def _behavior_of(handler: grpc.RpcMethodHandler) -> Behavior:
-    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    return behavior_of(handler)
 
 
 def _with_grpc_shaped_context(behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:

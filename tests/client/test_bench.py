@@ -15,9 +15,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tests.support.fake_serving import DIGITS, FakePredict, FakeServer, FakeStream
 
-from client.bench import random_inputs, run_bench
+from client.bench import Mode, random_inputs, run_bench
 from client.bench_result import BenchResult, latency_summary
 from client.bench_senders import UnarySender
 from client.cli import main
@@ -30,6 +29,7 @@ from serving.v1 import (
     tensor_pb2,
 )
 from tests.support.certs import CertificateAuthority
+from tests.support.fake_serving import DIGITS, FakePredict, FakeServer, FakeStream
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,13 @@ def test_bench_result_rates_and_formats() -> None:
 
 def test_bench_result_without_requests() -> None:
     empty = make_result(
-        elapsed_s=0.0, requests=0, ok=0, errors={}, p50_ms=None, p95_ms=None, p99_ms=None,
+        elapsed_s=0.0,
+        requests=0,
+        ok=0,
+        errors={},
+        p50_ms=None,
+        p95_ms=None,
+        p99_ms=None,
         max_ms=None,
     )
     assert empty.requests_per_s == 0.0 and empty.samples_per_s == 0.0
@@ -118,10 +124,8 @@ def test_bad_settings_are_rejected(settings: dict[str, object]) -> None:
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])
-def test_run_bench_by_count(fake_server: FakeServer, mode: str) -> None:
-    result = run_bench(
-        fake_server.target, mode=mode, concurrency=4, channels=2, count=40, rows=3, warmup=0.2
-    )
+def test_run_bench_by_count(fake_server: FakeServer, mode: Mode) -> None:
+    result = run_bench(fake_server.target, mode=mode, concurrency=4, channels=2, count=40, rows=3, warmup=0.2)
     assert (result.requests, result.ok, result.errors) == (40, 40, {})
     assert (result.rows, result.channels, result.mode) == (3, 2, mode)
     assert result.p50_ms is not None and result.max_ms is not None
@@ -131,7 +135,7 @@ def test_run_bench_by_count(fake_server: FakeServer, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])
-def test_run_bench_counts_errors_and_stops_on_time(fake_server: FakeServer, mode: str) -> None:
+def test_run_bench_counts_errors_and_stops_on_time(fake_server: FakeServer, mode: Mode) -> None:
     started = time.monotonic()
     result = run_bench(
         fake_server.target,
@@ -157,9 +161,7 @@ def test_bench_command_json(fake_server: FakeServer, capsys: pytest.CaptureFixtu
 
 
 def test_run_bench_sends_api_key_and_metadata(fake_server: FakeServer) -> None:
-    result = run_bench(
-        fake_server.target, count=3, warmup=0.0, api_key="k", metadata=[("X-Team", "a")]
-    )
+    result = run_bench(fake_server.target, count=3, warmup=0.0, api_key="k", metadata=[("X-Team", "a")])
     assert (result.requests, result.ok) == (3, 3)
     assert fake_server.predict.get_model_calls == 1
     assert len(fake_server.predict.metadata) == 3
@@ -169,9 +171,7 @@ def test_run_bench_sends_api_key_and_metadata(fake_server: FakeServer) -> None:
 
 def test_run_bench_from_a_thread_without_event_loop(fake_server: FakeServer) -> None:
     with futures.ThreadPoolExecutor(1) as pool:
-        result = pool.submit(
-            run_bench, fake_server.target, mode="stream", concurrency=3, count=7, warmup=0.0
-        ).result()
+        result = pool.submit(run_bench, fake_server.target, mode="stream", concurrency=3, count=7, warmup=0.0).result()
     assert (result.requests, result.ok, result.errors) == (7, 7, {})
 
 
@@ -244,9 +244,7 @@ def serving(
 def test_each_channel_has_its_own_connection(channels: int) -> None:
     predict = PeerPredict()
     with serving(predict, FlakyStream()) as target:
-        result = run_bench(
-            target, concurrency=3, channels=channels, count=30, warmup=0.0, inputs=IMAGE
-        )
+        result = run_bench(target, concurrency=3, channels=channels, count=30, warmup=0.0, inputs=IMAGE)
     assert (result.requests, result.ok, result.channels) == (30, 30, channels)
     assert len(predict.peers) == 30 and len(set(predict.peers)) == channels
 
@@ -260,10 +258,16 @@ def test_broken_streams_are_counted_and_reopened() -> None:
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])
-def test_unanswered_requests_time_out(mode: str) -> None:
+def test_unanswered_requests_time_out(mode: Mode) -> None:
     with serving(PeerPredict(), FlakyStream()) as target:
         result = run_bench(
-            target, model="mute", mode=mode, concurrency=2, count=4, warmup=0.0, timeout=0.2,
+            target,
+            model="mute",
+            mode=mode,
+            concurrency=2,
+            count=4,
+            warmup=0.0,
+            timeout=0.2,
             inputs=IMAGE,
         )
     assert (result.requests, result.ok, result.errors) == (4, 0, {"DEADLINE_EXCEEDED": 4})
@@ -271,13 +275,18 @@ def test_unanswered_requests_time_out(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])
-def test_run_bench_over_tls(tmp_path: Path, mode: str) -> None:
+def test_run_bench_over_tls(tmp_path: Path, mode: Mode) -> None:
     ca = CertificateAuthority(tmp_path)
     issued = ca.issue("localhost", server=True)
     credentials = grpc.ssl_server_credentials([(issued.key_pem, issued.cert_pem)])
     with serving(FakePredict(), FakeStream(), credentials) as target:
         result = run_bench(
-            target, mode=mode, channels=2, concurrency=2, count=5, warmup=0.0,
+            target,
+            mode=mode,
+            channels=2,
+            concurrency=2,
+            count=5,
+            warmup=0.0,
             root_certificates=ca.pem.read_bytes(),
         )
     assert (result.requests, result.ok, result.errors) == (5, 5, {})
@@ -299,7 +308,6 @@ def test_ctrl_c_cancels_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
             raise
 
     monkeypatch.setattr(UnarySender, "__call__", interrupted)
-    with serving(PeerPredict(), FlakyStream()) as target:
-        with pytest.raises(KeyboardInterrupt):
-            run_bench(target, model="mute", concurrency=3, count=10, warmup=0.0, inputs=IMAGE)
+    with serving(PeerPredict(), FlakyStream()) as target, pytest.raises(KeyboardInterrupt):
+        run_bench(target, model="mute", concurrency=3, count=10, warmup=0.0, inputs=IMAGE)
     assert len(started) == 3 and cancelled == started

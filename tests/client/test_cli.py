@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.fake_serving import DIGITS, FakeServer
 
 from client.cli import build_parser, input_file, json_arrays, main
 from client.formatting import models_table, prediction_text, response_json, table
 from client.results import ClassScore, PredictResult
+from tests.support.fake_serving import DIGITS, FakeServer
 from wire.codec import to_numpy
 
 pytestmark = pytest.mark.integration
@@ -39,8 +39,20 @@ def test_environment_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_predict_arguments() -> None:
     args = build_parser().parse_args(
         [
-            "predict", "--model", "digits", "--image", "a.png", "--image", "b.png",
-            "--top-k", "3", "--input", "x=x.npy", "--output", "scores", "--json",
+            "predict",
+            "--model",
+            "digits",
+            "--image",
+            "a.png",
+            "--image",
+            "b.png",
+            "--top-k",
+            "3",
+            "--input",
+            "x=x.npy",
+            "--output",
+            "scores",
+            "--json",
         ]
     )
     assert args.model == "digits" and args.version == 0 and args.top_k == 3 and args.json
@@ -51,9 +63,7 @@ def test_predict_arguments() -> None:
 
 def test_bench_arguments() -> None:
     args = build_parser().parse_args(["bench"])
-    assert (args.model, args.mode, args.concurrency, args.channels, args.rows) == (
-        "digits", "unary", 1, 1, 1
-    )
+    assert (args.model, args.mode, args.concurrency, args.channels, args.rows) == ("digits", "unary", 1, 1, 1)
     assert (args.duration, args.count, args.warmup, args.json) == (None, None, 1.0, False)
     args = build_parser().parse_args(
         ["bench", "--mode", "stream", "--concurrency", "8", "--count", "100", "--warmup", "0"]
@@ -70,7 +80,7 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("value", ["x", "=a.npy", "x="])
 def test_input_file_rejects(value: str) -> None:
-    with pytest.raises(Exception, match="NAME=FILE.npy"):
+    with pytest.raises(Exception, match=r"NAME=FILE\.npy"):
         input_file(value)
 
 
@@ -85,9 +95,7 @@ def test_table_and_models_table() -> None:
     assert table(["A", "BB"], [["xxx", "y"]]) == "A    BB\nxxx  y"
     lines = models_table([DIGITS]).splitlines()
     assert lines[0].split() == ["NAME", "VERSION", "INPUTS", "OUTPUTS", "LABELS", "STATE"]
-    assert lines[1].split() == [
-        "digits", "1", "image:FLOAT32[-1,4]", "scores:FLOAT32[-1,3]", "3", "READY"
-    ]
+    assert lines[1].split() == ["digits", "1", "image:FLOAT32[-1,4]", "scores:FLOAT32[-1,3]", "3", "READY"]
     assert models_table([]) == "no models loaded"
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from tests.support.fake_serving import FakeServer, fake_scores
 
 from client import Client, ClientError
+from tests.support.fake_serving import FakeServer, fake_scores
 from wire.codec import to_numpy
 
 pytestmark = pytest.mark.integration

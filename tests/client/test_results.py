@@ -11,7 +11,6 @@ from client import ClassScore, ClientError, PredictResult, StreamResult
 from serving.v1 import model_pb2, predict_pb2, stream_pb2
 from wire.codec import from_numpy
 
-
 SCORES = np.array([[0.1, 0.9], [0.7, 0.3]], dtype=np.float32)
 
 
@@ -51,8 +50,8 @@ def test_predict_result_from_response() -> None:
     assert result.outputs["scores"].dtype == np.float32
     np.testing.assert_array_equal(result.outputs["ids"], [4, 5])
     assert result.classifications[0] == [
-        ClassScore("b", 1, pytest.approx(0.9)),
-        ClassScore("a", 0, pytest.approx(0.1)),
+        ClassScore("b", 1, pytest.approx(0.9)),  # type: ignore[arg-type]  # approx() equals the float
+        ClassScore("a", 0, pytest.approx(0.1)),  # type: ignore[arg-type]
     ]
     assert result.classifications[1][0].label == "a"
     assert result.response is response
@@ -66,9 +65,7 @@ def test_predict_result_without_classifications() -> None:
 
 
 def test_stream_result_from_response_and_error() -> None:
-    ok = StreamResult.from_message(
-        stream_pb2.StreamPredictResponse(request_id="0", response=hand_made_response())
-    )
+    ok = StreamResult.from_message(stream_pb2.StreamPredictResponse(request_id="0", response=hand_made_response()))
     assert ok.ok and ok.request_id == "0" and ok.error is None
     assert ok.result is not None and ok.result.model == "digits"
 

@@ -44,7 +44,8 @@ def test_json_predict_answers_readable_numbers(served: Served, digits_reference)
     reply = requests.post(
         f"{served.url}/v1/models/digits:predict",
         json={"inputs": {"image": {"tensor": tensor_json(x)}}, "topK": 2},
-        headers={"X-Request-Id": "http-req-1"}, timeout=30,
+        headers={"X-Request-Id": "http-req-1"},
+        timeout=30,
     )
     assert reply.status_code == 200, reply.text
     body = reply.json()
@@ -62,8 +63,13 @@ def test_original_field_names_raw_encoding_and_base64_bytes(served: Served, digi
     raw_input = {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 8, 8, 1], "raw": base64.b64encode(x.tobytes()).decode()}
     reply = requests.post(
         f"{served.url}/v1/models/digits:predict",
-        json={"inputs": {"image": {"tensor": raw_input}}, "output_encoding": "TENSOR_ENCODING_RAW", "top_k": -1,
-              "output_filter": ["probabilities"], "request_id": "snake"},
+        json={
+            "inputs": {"image": {"tensor": raw_input}},
+            "output_encoding": "TENSOR_ENCODING_RAW",
+            "top_k": -1,
+            "output_filter": ["probabilities"],
+            "request_id": "snake",
+        },
         timeout=30,
     )
     assert reply.status_code == 200, reply.text
@@ -77,7 +83,8 @@ def test_json_images_travel_as_base64(served: Served) -> None:
     png = (SAMPLES / "digit_7.png").read_bytes()
     reply = requests.post(
         f"{served.url}/v1/models/digits:predict",
-        json={"inputs": {"image": {"images": {"images": [base64.b64encode(png).decode()]}}}}, timeout=30,
+        json={"inputs": {"image": {"images": {"images": [base64.b64encode(png).decode()]}}}},
+        timeout=30,
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["classifications"][0]["classes"][0]["label"] == "7"
@@ -90,7 +97,9 @@ def test_predict_errors_name_the_field(served: Served) -> None:
     assert unknown.json()["message"] == (
         'request body: Message type "serving.v1.PredictRequest" has no field named "temperature" at "PredictRequest".'
     )
-    wrong_shape = requests.post(url, json={"inputs": {"image": {"tensor": tensor_json(np.zeros((2, 3), np.float32))}}}, timeout=30)
+    wrong_shape = requests.post(
+        url, json={"inputs": {"image": {"tensor": tensor_json(np.zeros((2, 3), np.float32))}}}, timeout=30
+    )
     assert wrong_shape.status_code == 400 and "input 'image'" in wrong_shape.json()["message"]
     missing = requests.post(f"{served.url}/v1/models/nope:predict", json={"inputs": {}}, timeout=30)
     assert missing.status_code == 404 and missing.json()["code"] == 5
@@ -112,7 +121,9 @@ def test_multipart_predict_on_images(served: Served) -> None:
     assert named.json()["classifications"][0]["classes"][0]["label"] == "5"
     corrupt = requests.post(url, files={"file": ("x.png", b"not an image")}, timeout=30)
     assert corrupt.status_code == 400 and "input 'image'" in corrupt.json()["message"]
-    no_images = requests.post(f"{served.url}/v1/models/digits_decoder:predict", files={"file": ("x.png", b"x")}, timeout=30)
+    no_images = requests.post(
+        f"{served.url}/v1/models/digits_decoder:predict", files={"file": ("x.png", b"x")}, timeout=30
+    )
     assert no_images.status_code == 400
     assert no_images.json()["message"] == "multipart form: model 'digits_decoder' has no input that accepts images"
 
@@ -129,8 +140,12 @@ def test_stream_predict_takes_and_answers_ndjson(served: Served, digits_referenc
     assert reply.status_code == 200 and reply.headers["Content-Type"] == "application/x-ndjson"
     results = {r["result"]["requestId"]: r["result"] for r in map(json.loads, reply.text.splitlines())}
     assert set(results) == {"plain", "wrapped", "empty"}
-    np.testing.assert_allclose(probabilities(results["plain"]["response"]), digits_reference(x[:1]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(probabilities(results["wrapped"]["response"]), digits_reference(x[1:]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        probabilities(results["plain"]["response"]), digits_reference(x[:1]), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        probabilities(results["wrapped"]["response"]), digits_reference(x[1:]), rtol=1e-5, atol=1e-6
+    )
     assert results["empty"]["error"]["code"] == 3
 
 
@@ -157,8 +172,10 @@ def test_models_are_described(served: Served) -> None:
 def test_multipart_upload_stores_the_file_and_files_serves_it(served: Served) -> None:
     data = hashlib.sha256(b"seed").digest() * (3 * 1024 * 1024 // 32 + 7)
     reply = requests.post(
-        f"{served.url}/v1/uploads", files={"file": ("big.bin", data, "application/octet-stream")},
-        data={"key_prefix": "gateway-test"}, timeout=60,
+        f"{served.url}/v1/uploads",
+        files={"file": ("big.bin", data, "application/octet-stream")},
+        data={"key_prefix": "gateway-test"},
+        timeout=60,
     )
     assert reply.status_code == 200, reply.text
     stored = reply.json()
@@ -184,7 +201,9 @@ def test_files_need_a_key_when_keys_are_configured(make_app) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         refused = requests.get(url + path, headers=headers, timeout=30)
         assert (refused.status_code, refused.headers.get("WWW-Authenticate"), refused.json()["message"]) == (
-            401, "Bearer", "a valid API key is needed for /files: send the header 'Authorization: Bearer <key>'"
+            401,
+            "Bearer",
+            "a valid API key is needed for /files: send the header 'Authorization: Bearer <key>'",
         )
     assert requests.get(url + "/files/nothing-here", timeout=30).status_code == 401  # nothing learnt without a key
     fetched = requests.get(url + path, headers=auth, timeout=30)
@@ -199,7 +218,10 @@ def test_probes_openapi_and_metrics(served: Served) -> None:
     assert document["openapi"].startswith("3.")
     operations = {op["operationId"] for item in document["paths"].values() for op in item.values()}
     assert len([o for o in operations if "_" in o]) == 18  # every annotated RPC of serving.v1
-    assert document["components"]["schemas"]["google.rpc.Status"]["properties"]["code"] == {"type": "integer", "format": "int32"}
+    assert document["components"]["schemas"]["google.rpc.Status"]["properties"]["code"] == {
+        "type": "integer",
+        "format": "int32",
+    }
     metrics = requests.get(f"{served.url}/metrics", timeout=30)
     assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
     assert 'method="/serving.v1.PredictService/GetModel",transport="http"' in metrics.text

@@ -23,8 +23,8 @@ from schemathesis.specs.openapi.checks import (
 
 from server.http.openapi import openapi_document
 from server.http.routes import build_routes
-from tests.support.http_fixtures import Served
 from tests.http.test_routes import API_SERVICES
+from tests.support.http_fixtures import Served
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ MAX_EXAMPLES = 20
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-@schemathesis.serializer("application/x-ndjson")
+@schemathesis.serializer("application/x-ndjson")  # type: ignore[arg-type]  # a JSON value, sent as one line
 def _ndjson(context: schemathesis.SerializationContext, value: Any) -> dict[str, Any]:
     """A streamed request body: one generated message as one NDJSON line."""
     if isinstance(value, bytes):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -12,9 +13,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 
 from server.dispatch import Dispatcher, HandlerRegistry
 from server.errors import NotFound
+from server.http.gateway import HttpGateway
 from server.http.responses import MethodNotAllowed
 from server.http.routes import Router, build_routes, http_rules
-from server.http.gateway import HttpGateway
 from server.http.templates import TemplateError, compile_template
 from server.interceptors import ErrorInterceptor
 from serving.v1 import predict_pb2, stream_pb2, task_pb2, upload_pb2
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.integration
 
 API_FILES = (predict_pb2, stream_pb2, task_pb2, upload_pb2)
 API_SERVICES = [s.full_name for f in API_FILES for s in f.DESCRIPTOR.services_by_name.values()]
+
+HTTP: Any = annotations_pb2.http  # its .pyi says FieldDescriptor, not the extension's own type
 
 
 def test_templates_capture_decoded_variables_and_verbs() -> None:
@@ -89,12 +92,14 @@ def _echo_file() -> descriptor_pb2.FileDescriptorProto:
     message.field.add(name="text", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL, json_name="text")
     message.field.add(name="repeat_count", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL, json_name="repeatCount")
     message.field.add(name="tags", number=3, type=F.TYPE_STRING, label=F.LABEL_REPEATED, json_name="tags")
-    message.field.add(name="mode", number=4, type=F.TYPE_ENUM, type_name=".test.v1.Mode", label=F.LABEL_OPTIONAL, json_name="mode")
+    message.field.add(
+        name="mode", number=4, type=F.TYPE_ENUM, type_name=".test.v1.Mode", label=F.LABEL_OPTIONAL, json_name="mode"
+    )
     service = proto.service.add(name="EchoService")
     echo = service.method.add(name="Echo", input_type=".test.v1.EchoRequest", output_type=".test.v1.EchoRequest")
-    echo.options.Extensions[annotations_pb2.http].CopyFrom(http_pb2.HttpRule(get="/v1/echo/{text}"))
+    echo.options.Extensions[HTTP].CopyFrom(http_pb2.HttpRule(get="/v1/echo/{text}"))
     shout = service.method.add(name="Shout", input_type=".test.v1.EchoRequest", output_type=".test.v1.EchoRequest")
-    shout.options.Extensions[annotations_pb2.http].CopyFrom(http_pb2.HttpRule(post="/v1/echo/{text}:shout", body="*"))
+    shout.options.Extensions[HTTP].CopyFrom(http_pb2.HttpRule(post="/v1/echo/{text}:shout", body="*"))
     return proto
 
 
@@ -112,13 +117,20 @@ def echo_gateway() -> Iterator[str]:
         return request
 
     registry = HandlerRegistry()
-    registry.add_registered_method_handlers("test.v1.EchoService", {
-        "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
-        "Shout": grpc.unary_unary_rpc_method_handler(shout),
-    })
+    registry.add_registered_method_handlers(
+        "test.v1.EchoService",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
+            "Shout": grpc.unary_unary_rpc_method_handler(shout),
+        },
+    )
     gateway = HttpGateway(
-        "127.0.0.1:0", Dispatcher(registry, [ErrorInterceptor()]), registry.methods,
-        max_body_bytes=1024, max_workers=2, pool=pool,
+        "127.0.0.1:0",
+        Dispatcher(registry, [ErrorInterceptor()]),
+        registry.methods,
+        max_body_bytes=1024,
+        max_workers=2,
+        pool=pool,
     )
     gateway.start()
     try:

@@ -7,7 +7,7 @@ import hashlib
 import json
 import socket
 import tracemalloc
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -73,8 +73,10 @@ def multipart_body(
     """A multipart form produced piece by piece (sent chunked), the file last."""
     for name, value in fields:
         yield f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-    yield (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
-           "Content-Type: application/x-test\r\n\r\n").encode()
+    yield (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+        "Content-Type: application/x-test\r\n\r\n"
+    ).encode()
     for index, block in enumerate(blocks):
         before_block(index)
         yield block
@@ -88,7 +90,9 @@ def blocks(count: int) -> Iterator[bytes]:
 
 def upload(scripted: Scripted, body: Iterator[bytes]) -> requests.Response:
     return requests.post(
-        f"{scripted.url}/v1/uploads", data=body, timeout=60,
+        f"{scripted.url}/v1/uploads",
+        data=body,
+        timeout=60,
         headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
     )
 
@@ -104,7 +108,10 @@ def test_a_multipart_upload_is_streamed_to_the_servicer(scripted: Scripted) -> N
     reply = upload(scripted, multipart_body([("key_prefix", "in/")], blocks(16), before_block))
     assert reply.status_code == 200, reply.text
     assert reply.json() == {
-        "key": "big.bin", "contentType": "application/x-test", "size": str(16 * MiB), "sha256": expected,
+        "key": "big.bin",
+        "contentType": "application/x-test",
+        "size": str(16 * MiB),
+        "sha256": expected,
     }
     assert seen_before_the_end == [True]
     assert scripted.uploads.metadata.key_prefix == "in/"
@@ -126,12 +133,16 @@ def test_a_large_upload_does_not_pile_up_in_memory(scripted: Scripted) -> None:
 
 
 def test_a_multipart_upload_needs_one_file_after_the_fields(scripted: Scripted) -> None:
-    no_file = iter([f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="key_prefix"\r\n\r\nx\r\n--{BOUNDARY}--\r\n'.encode()])
+    no_file = iter(
+        [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="key_prefix"\r\n\r\nx\r\n--{BOUNDARY}--\r\n'.encode()]
+    )
     reply = upload(scripted, no_file)
     assert reply.status_code == 400
     assert reply.json()["message"] == "multipart form: no file part; send the file with -F file=@name"
     late_field = b"".join(multipart_body([], blocks(1)))[: -len(f"--{BOUNDARY}--\r\n")]
-    late_field += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="task_id"\r\n\r\nt\r\n--{BOUNDARY}--\r\n'.encode()
+    late_field += (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="task_id"\r\n\r\nt\r\n--{BOUNDARY}--\r\n'.encode()
+    )
     reply = upload(scripted, iter([late_field]))
     assert reply.status_code == 400
     assert reply.json()["message"] == "multipart form: one file per upload, with every other field before it"
@@ -142,11 +153,17 @@ def test_a_multipart_upload_needs_one_file_after_the_fields(scripted: Scripted) 
 
 def test_a_request_stream_of_ndjson_lines(scripted: Scripted) -> None:
     data = b"hello, ndjson"
-    body = b"\n".join(json.dumps(line).encode() for line in [
-        {"metadata": {"fileName": "a.txt", "contentType": "text/plain"}},
-        {"chunk": base64.b64encode(data[:5]).decode()},
-        {"chunk": base64.b64encode(data[5:]).decode()},
-    ]) + b"\n"
+    body = (
+        b"\n".join(
+            json.dumps(line).encode()
+            for line in [
+                {"metadata": {"fileName": "a.txt", "contentType": "text/plain"}},
+                {"chunk": base64.b64encode(data[:5]).decode()},
+                {"chunk": base64.b64encode(data[5:]).decode()},
+            ]
+        )
+        + b"\n"
+    )
     reply = requests.post(f"{scripted.url}/v1/uploads", data=body, timeout=30)
     assert reply.status_code == 200, reply.text
     assert reply.json()["sha256"] == hashlib.sha256(data).hexdigest()
@@ -162,7 +179,8 @@ def test_a_bad_line_fails_a_request_stream_naming_the_line(scripted: Scripted) -
     reply = requests.post(f"{scripted.url}/v1/uploads", data=b'{"metadata": {}}\n' + long_line, timeout=30)
     assert reply.status_code == 413
     assert reply.json() == {
-        "code": 8, "details": [],
+        "code": 8,
+        "details": [],
         "message": f"a request line is larger than the limit of {SCRIPTED_BODY_LIMIT} bytes (MAX_HTTP_BODY_BYTES)",
     }
 

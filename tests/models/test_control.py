@@ -50,14 +50,17 @@ def predict(app: App, model: str) -> predict_pb2.PredictResponse:
 
 def index(app: App) -> list[tuple[str, str, str, str]]:
     reply = v2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(app.address)).RepositoryIndex(
-        v2_pb2.RepositoryIndexRequest(), timeout=30)
+        v2_pb2.RepositoryIndexRequest(), timeout=30
+    )
     return [(m.name, m.version, m.state, m.reason) for m in reply.models]
 
 
 def test_without_model_control_load_and_unload_are_refused_by_name(make_app) -> None:
     app = make_app()
-    for call, request in ((stub(app).LoadModel, predict_pb2.LoadModelRequest(model="digits")),
-                          (stub(app).UnloadModel, predict_pb2.UnloadModelRequest(model="digits"))):
+    for call, request in (
+        (stub(app).LoadModel, predict_pb2.LoadModelRequest(model="digits")),
+        (stub(app).UnloadModel, predict_pb2.UnloadModelRequest(model="digits")),
+    ):
         error = failure(call, request)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error.details().startswith("model control is off (MODEL_CONTROL_MODE=none"), error.details()
@@ -70,7 +73,9 @@ def test_explicit_mode_loads_nothing_until_asked_then_loads_and_unloads(make_app
     assert list(stub(app).ListModels(predict_pb2.ListModelsRequest(), timeout=30).models) == []
     error = failure(stub(app).Predict, predict_request("digits", tensor_inputs({"image": digits_rows(1)})))
     assert (error.code(), error.details()) == (
-        grpc.StatusCode.NOT_FOUND, "model 'digits' is not loaded (MODEL_CONTROL_MODE=explicit): load it with LoadModel")
+        grpc.StatusCode.NOT_FOUND,
+        "model 'digits' is not loaded (MODEL_CONTROL_MODE=explicit): load it with LoadModel",
+    )
     not_loaded = "not loaded: MODEL_CONTROL_MODE=explicit loads a model when a call asks (LoadModel)"
     assert index(app) == [("digits", "1", "UNAVAILABLE", not_loaded), ("digits_keras", "1", "UNAVAILABLE", not_loaded)]
 
@@ -83,25 +88,39 @@ def test_explicit_mode_loads_nothing_until_asked_then_loads_and_unloads(make_app
 
     unloaded = stub(app).UnloadModel(predict_pb2.UnloadModelRequest(model="digits"), timeout=30)
     assert list(unloaded.unloaded_versions) == [1]
-    assert failure(stub(app).Predict, predict_request("digits", tensor_inputs({"image": digits_rows(1)}))).code() == \
-        grpc.StatusCode.NOT_FOUND
+    assert (
+        failure(stub(app).Predict, predict_request("digits", tensor_inputs({"image": digits_rows(1)}))).code()
+        == grpc.StatusCode.NOT_FOUND
+    )
     assert index(app)[0] == ("digits", "1", "UNAVAILABLE", "unloaded by a call (UnloadModel)")
     error = failure(stub(app).UnloadModel, predict_pb2.UnloadModelRequest(model="digits"))
-    assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, "model 'digits' is not loaded; loaded models: none")
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "model 'digits' is not loaded; loaded models: none",
+    )
 
 
-@pytest.mark.parametrize(("model", "code", "message"), [
-    ("nope", grpc.StatusCode.NOT_FOUND, "model 'nope' not found in "),
-    ("../digits", grpc.StatusCode.INVALID_ARGUMENT, "model: '../digits' is not a model name (one folder name of MODEL_DIR)"),
-    ("", grpc.StatusCode.INVALID_ARGUMENT, "model: '' is not a model name (one folder name of MODEL_DIR)"),
-])
+@pytest.mark.parametrize(
+    ("model", "code", "message"),
+    [
+        ("nope", grpc.StatusCode.NOT_FOUND, "model 'nope' not found in "),
+        (
+            "../digits",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "model: '../digits' is not a model name (one folder name of MODEL_DIR)",
+        ),
+        ("", grpc.StatusCode.INVALID_ARGUMENT, "model: '' is not a model name (one folder name of MODEL_DIR)"),
+    ],
+)
 def test_loading_what_is_not_a_model_names_it(make_app, repository: Path, model, code, message) -> None:
     app = make_app(model_dir=repository, model_control_mode="explicit")
     error = failure(stub(app).LoadModel, predict_pb2.LoadModelRequest(model=model))
     assert error.code() == code and error.details().startswith(message), error.details()
 
 
-def test_a_version_that_fails_to_load_answers_failed_precondition_and_serves_nothing(make_app, repository: Path) -> None:
+def test_a_version_that_fails_to_load_answers_failed_precondition_and_serves_nothing(
+    make_app, repository: Path
+) -> None:
     broken = repository / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
@@ -123,14 +142,17 @@ def test_the_shim_serves_load_and_unload(make_app, repository: Path) -> None:
     reply = requests.post(f"{base}/v1/models/digits_keras:load", json={}, timeout=60)
     assert reply.status_code == 200, reply.text
     assert [(m["name"], m["version"], m["platform"].split(" ")[0]) for m in reply.json()["models"]] == [
-        ("digits_keras", "1", "keras")]
+        ("digits_keras", "1", "keras")
+    ]
     reply = requests.post(f"{base}/v1/models/digits_keras:unload", json={}, timeout=30)
     assert (reply.status_code, reply.json()) == (200, {"unloadedVersions": ["1"]})
     reply = requests.post(f"{base}/v1/models/digits_keras:unload", json={}, timeout=30)
     assert reply.status_code == 404 and reply.json()["message"].startswith("model 'digits_keras' is not loaded")
     reply = requests.post(f"{base}/v2/repository/models/digits/load", json={"parameters": {"config": "{}"}}, timeout=30)
-    assert (reply.status_code, reply.json()) == (400, {"error": "parameters: 'config' not supported (models load from "
-                                                                "MODEL_DIR as they are); it takes none"})
+    assert (reply.status_code, reply.json()) == (
+        400,
+        {"error": "parameters: 'config' not supported (models load from MODEL_DIR as they are); it takes none"},
+    )
 
 
 TRITON_CLIENTS = """
@@ -151,8 +173,13 @@ print(json.dumps(seen))
 
 def test_tritons_own_clients_load_and_unload(make_app, repository: Path) -> None:
     app = make_app(model_dir=repository, model_control_mode="explicit", grace_period_seconds=0.5)
-    done = subprocess.run([sys.executable, "-c", TRITON_CLIENTS, app.address, app.http_address],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", TRITON_CLIENTS, app.address, app.http_address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == {"grpc": [False, True, False], "http": [False, True, False]}
 

@@ -7,19 +7,20 @@ import io
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from tests.support.s3_servers import MotoServer, app_settings, s3_settings
 
 from server.app import App
-from wire.codec import from_numpy, to_numpy
-from server.models.file_outputs import encode_png, parse_file_outputs
 from server.models.backend import TensorInfo
+from server.models.file_outputs import encode_png, parse_file_outputs
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, task_pb2, task_pb2_grpc, tensor_pb2
+from tests.support.s3_servers import MotoServer, app_settings, s3_settings
 from tests.support.servers import MODEL_DIR, wait_for
+from wire.codec import from_numpy, to_numpy
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +57,11 @@ def s3_app(moto: MotoServer) -> Iterator[App]:
     app.stop(grace=1)
 
 
-def request(digits: list[int], **fields: object) -> predict_pb2.PredictRequest:
+def request(digits: list[int], **fields: Any) -> predict_pb2.PredictRequest:
     tensor = from_numpy(np.array(digits, np.int32))
-    return predict_pb2.PredictRequest(model="digits_decoder", inputs={"digit": tensor_pb2.Input(tensor=tensor)}, **fields)
+    return predict_pb2.PredictRequest(
+        model="digits_decoder", inputs={"digit": tensor_pb2.Input(tensor=tensor)}, **fields
+    )
 
 
 def predict(app: App, message: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
@@ -77,7 +80,7 @@ def test_image_output_comes_back_as_urls(s3_app: App, moto: MotoServer, drawn, c
     assert list(reply.outputs) == [] and list(reply.files) == ["image"]
     refs = reply.files["image"].files
     assert len(refs) == 2
-    for row, (digit, ref) in enumerate(zip([3, 7], refs)):
+    for row, (digit, ref) in enumerate(zip([3, 7], refs, strict=True)):
         assert ref.key.startswith("outputs/digits_decoder/req-9/") and ref.key.endswith(f"-image-{row}.png")
         assert ref.uri == f"s3://outputs/{ref.key}" and ref.url == f"{moto.endpoint_url}/outputs/{ref.key}"
         assert ref.content_type == "image/png"
@@ -109,8 +112,11 @@ def test_stream_predict_returns_files_too(s3_app: App, drawn) -> None:
 
 def test_async_tasks_record_the_files(s3_app: App, moto: MotoServer, drawn) -> None:
     with grpc.insecure_channel(s3_app.address) as channel:
-        task = predict_pb2_grpc.PredictServiceStub(channel).PredictAsync(
-            predict_pb2.PredictAsyncRequest(request=request([9])), timeout=30).task
+        task = (
+            predict_pb2_grpc.PredictServiceStub(channel)
+            .PredictAsync(predict_pb2.PredictAsyncRequest(request=request([9])), timeout=30)
+            .task
+        )
         tasks = task_pb2_grpc.TaskServiceStub(channel)
 
         def finished() -> task_pb2.Task | None:
@@ -136,7 +142,9 @@ def test_get_model_reports_the_file_outputs(s3_app: App) -> None:
 
 def test_the_classifier_is_unchanged(s3_app: App) -> None:
     tensor = from_numpy(np.zeros((1, 8, 8, 1), np.float32))
-    reply = predict(s3_app, predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=tensor)}))
+    reply = predict(
+        s3_app, predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=tensor)})
+    )
     assert list(reply.outputs) == ["probabilities"] and list(reply.files) == []
 
 

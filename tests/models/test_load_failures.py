@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -17,8 +18,8 @@ from server.app import App
 from server.config import Settings
 from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.conftest import digits_rows
-from tests.support.servers import health_status
 from tests.models.test_reload import add_version
+from tests.support.servers import health_status
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +59,17 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(
     assert health_status(app.address) == "SERVING"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].startswith(
-        f"model broken: version 1 ({mixed_repository / 'broken' / '1'}) failed to load ("), errors
+        f"model broken: version 1 ({mixed_repository / 'broken' / '1'}) failed to load ("
+    ), errors
     assert any(f"{mixed_repository / 'onnx_model' / '1'}: no saved_model.pb" in r.getMessage() for r in caplog.records)
     with grpc.insecure_channel(app.address) as channel:
         predict = predict_pb2_grpc.PredictServiceStub(channel)
         reply = predict.Predict(predict_request("digits", tensor_inputs({"image": digits_rows(1)})), timeout=10)
         assert list(reply.outputs["probabilities"].shape) == [1, 10]
         strings = predict_request("lengths", tensor_inputs({"text": np.array([b"abc", b"hello"], dtype=object)}))
-        assert np.array_equal(np.frombuffer(predict.Predict(strings, timeout=10).outputs["length"].raw, np.int32), [3, 5])
+        assert np.array_equal(
+            np.frombuffer(predict.Predict(strings, timeout=10).outputs["length"].raw, np.int32), [3, 5]
+        )
         with pytest.raises(grpc.RpcError) as raised:
             predict.GetModel(predict_pb2.GetModelRequest(model="broken"), timeout=10)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -80,9 +84,18 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(
     assert reply.status_code == 503 and reply.json()["message"].startswith("model 'broken' failed to load")
 
 
-def assert_start_fails(model_dir: Path, match: str, **settings: object) -> None:
-    app = App(Settings(_env_file=None, grpc_server_address="127.0.0.1:0", http_server_address="", metrics_address="",
-                       access_log_path="", model_dir=model_dir, **settings))
+def assert_start_fails(model_dir: Path, match: str, **settings: Any) -> None:
+    app = App(
+        Settings(
+            _env_file=None,
+            grpc_server_address="127.0.0.1:0",
+            http_server_address="",
+            metrics_address="",
+            access_log_path="",
+            model_dir=model_dir,
+            **settings,
+        )
+    )
     try:
         with pytest.raises(RuntimeError, match=match):
             app.start()
@@ -91,8 +104,9 @@ def assert_start_fails(model_dir: Path, match: str, **settings: object) -> None:
 
 
 def test_strict_loading_stops_the_start_naming_the_model(mixed_repository: Path) -> None:
-    assert_start_fails(mixed_repository, r"model broken: version 1 \(.*broken/1\) failed to load: ",
-                       model_load_strict=True)
+    assert_start_fails(
+        mixed_repository, r"model broken: version 1 \(.*broken/1\) failed to load: ", model_load_strict=True
+    )
 
 
 def test_nothing_loadable_stops_the_start(tmp_path: Path) -> None:

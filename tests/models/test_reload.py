@@ -6,6 +6,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -39,7 +40,7 @@ def repository(tmp_path: Path) -> Path:
     return root
 
 
-def call(app: App, method: str, request: object) -> object:
+def call(app: App, method: str, request: object) -> Any:
     """One PredictService call on a channel of its own."""
     with grpc.insecure_channel(app.address) as channel:
         return getattr(predict_pb2_grpc.PredictServiceStub(channel), method)(request, timeout=10)

@@ -16,24 +16,42 @@ from server.errors import NotFound, Unavailable
 from server.models.repository import version_labels, version_policy
 from serving.v1 import predict_pb2
 from tests.conftest import digits_rows
-from tests.support.servers import wait_for
 from tests.models.test_reload import add_version, call
+from tests.support.servers import wait_for
 
 pytestmark = pytest.mark.integration
 
 FOUND = [3, 2, 1]
 
 
-@pytest.mark.parametrize("raw, served", [
-    (None, [3]), ("latest", [3]), ({"latest": 2}, [3, 2]), ({"latest": 5}, [3, 2, 1]), ("all", [3, 2, 1]),
-    ({"specific": [1, 3]}, [3, 1]), ({"specific": [7]}, []),
-])
+@pytest.mark.parametrize(
+    "raw, served",
+    [
+        (None, [3]),
+        ("latest", [3]),
+        ({"latest": 2}, [3, 2]),
+        ({"latest": 5}, [3, 2, 1]),
+        ("all", [3, 2, 1]),
+        ({"specific": [1, 3]}, [3, 1]),
+        ({"specific": [7]}, []),
+    ],
+)
 def test_policies_pick_versions(raw, served) -> None:
     assert version_policy(raw, "serving.json")(FOUND) == served
 
 
-@pytest.mark.parametrize("raw", ["newest", {"latest": 0}, {"latest": True}, {"specific": []}, {"specific": ["1"]},
-                                 {"latest": 1, "specific": [1]}, 3])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "newest",
+        {"latest": 0},
+        {"latest": True},
+        {"specific": []},
+        {"specific": ["1"]},
+        {"latest": 1, "specific": [1]},
+        3,
+    ],
+)
 def test_invalid_policies_are_refused_naming_the_file(raw) -> None:
     with pytest.raises(ValueError) as info:
         version_policy(raw, "models/x/serving.json")
@@ -43,8 +61,9 @@ def test_invalid_policies_are_refused_naming_the_file(raw) -> None:
     )
 
 
-@pytest.mark.parametrize("raw", [["stable"], {"stable": 0}, {"stable": "1"}, {"1st": 1}, {"": 1}, {"a b": 2},
-                                 {"stable": True}])
+@pytest.mark.parametrize(
+    "raw", [["stable"], {"stable": 0}, {"stable": "1"}, {"1st": 1}, {"": 1}, {"a b": 2}, {"stable": True}]
+)
 def test_invalid_version_labels_are_refused_naming_the_file(raw) -> None:
     assert version_labels({"stable": 1, "canary-2.x": 2}, "s.json") == {"stable": 1, "canary-2.x": 2}
     with pytest.raises(ValueError) as info:
@@ -100,7 +119,8 @@ def test_latest_two_are_served_side_by_side_and_follow_new_versions(make_app, re
     with pytest.raises(grpc.RpcError) as error:
         predicted_version(app, 1)
     assert (error.value.code(), error.value.details()) == (
-        grpc.StatusCode.NOT_FOUND, "version 1 of model 'digits' is not served; served versions: 3, 2"
+        grpc.StatusCode.NOT_FOUND,
+        "version 1 of model 'digits' is not served; served versions: 3, 2",
     )
     wait_for(lambda: first.batcher._closed, 30, "version 1 to be unloaded")
 

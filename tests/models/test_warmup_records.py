@@ -73,26 +73,45 @@ def test_without_a_warmup_file_nothing_is_replayed(tmp_path: Path) -> None:
         model.close()
 
 
-@pytest.mark.parametrize("records, message", [
-    ([predict_log(image=np.zeros((1, 8, 8, 1)))],
-     "record 0: input 'image': dtype FLOAT64 does not match the model's FLOAT32 [-1, 8, 8, 1]"),
-    ([predict_log(image=np.zeros((1, 8, 8, 1), np.float32)), predict_log(img=np.zeros((1, 8, 8, 1), np.float32))],
-     "record 1: inputs: unknown input 'img'; model 'digits' takes 'image'"),
-    ([b"not a PredictionLog at all \xff"], "cannot read the warm-up records: "),
-    ([predict_log(image=np.zeros((1, 8, 8, 1), np.float32))] * 2 + [_truncated_content()],
-     "cannot read the warm-up records: record 2: input 'image': tensor_content has 252 bytes"),
-    ([prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog()),
-      predict_log(image=np.zeros((1, 8, 8, 1)))],
-     "record 1: input 'image': dtype FLOAT64"),  # numbered as in the file, skipped records included
-])
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        (
+            [predict_log(image=np.zeros((1, 8, 8, 1)))],
+            "record 0: input 'image': dtype FLOAT64 does not match the model's FLOAT32 [-1, 8, 8, 1]",
+        ),
+        (
+            [
+                predict_log(image=np.zeros((1, 8, 8, 1), np.float32)),
+                predict_log(img=np.zeros((1, 8, 8, 1), np.float32)),
+            ],
+            "record 1: inputs: unknown input 'img'; model 'digits' takes 'image'",
+        ),
+        ([b"not a PredictionLog at all \xff"], "cannot read the warm-up records: "),
+        (
+            [predict_log(image=np.zeros((1, 8, 8, 1), np.float32))] * 2 + [_truncated_content()],
+            "cannot read the warm-up records: record 2: input 'image': tensor_content has 252 bytes",
+        ),
+        (
+            [
+                prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog()),
+                predict_log(image=np.zeros((1, 8, 8, 1))),
+            ],
+            "record 1: input 'image': dtype FLOAT64",
+        ),  # numbered as in the file, skipped records included
+    ],
+)
 def test_a_bad_record_fails_the_load_naming_it(tmp_path: Path, records: list, message: str) -> None:
     version = version_with_records(tmp_path, records)
     batchers = {t for t in threading.enumerate() if t.name == "batcher-digits"}
     with pytest.raises(ValueError) as info:
         load(version)
     # the failed version's Batcher thread is gone (it would keep the model in memory)
-    wait_for(lambda: {t for t in threading.enumerate() if t.name == "batcher-digits"} <= batchers, 10,
-             "the failed version's batcher thread to end")
+    wait_for(
+        lambda: {t for t in threading.enumerate() if t.name == "batcher-digits"} <= batchers,
+        10,
+        "the failed version's batcher thread to end",
+    )
     assert str(info.value).startswith(f"{version / WARMUP_FILE}: ")
     assert message in str(info.value)
 

@@ -69,7 +69,9 @@ def test_every_rpc_rejects_a_missing_or_wrong_key_over_grpc(keyed_app, metadata,
             with pytest.raises(grpc.RpcError) as info:
                 rpc.call(channel, metadata)
             assert (rpc.name, info.value.code(), info.value.details()) == (
-                rpc.name, grpc.StatusCode.UNAUTHENTICATED, message
+                rpc.name,
+                grpc.StatusCode.UNAUTHENTICATED,
+                message,
             )
 
 
@@ -78,7 +80,11 @@ def test_every_rpc_rejects_a_missing_or_wrong_key_over_http(keyed_app, metadata,
     for rpc in api_rpcs():
         status, headers, body = http_call(keyed_app, rpc, metadata)
         assert (rpc.name, status, headers.get("WWW-Authenticate"), body.get("code"), body.get("message")) == (
-            rpc.name, 401, "Bearer", grpc.StatusCode.UNAUTHENTICATED.value[0], message
+            rpc.name,
+            401,
+            "Bearer",
+            grpc.StatusCode.UNAUTHENTICATED.value[0],
+            message,
         )
 
 
@@ -97,10 +103,13 @@ def test_every_rpc_admits_the_right_key(keyed_app):
 
 def test_health_is_open_and_reflection_is_open_by_default(keyed_app):
     with grpc.insecure_channel(keyed_app.address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=10)
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=10)  # type: ignore[attr-defined]  # the stubs' HealthStub declares no methods
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+        replies = list(
+            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
+        )
         assert "serving.v1.PredictService" in {s.name for s in replies[0].list_services_response.service}
 
 
@@ -109,7 +118,9 @@ def test_reflection_needs_a_key_when_not_exempt(telemetry_app):
     with grpc.insecure_channel(app.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+            list(
+                stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
+            )
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -127,7 +138,10 @@ def test_keys_file_with_hashes_and_rotation(telemetry_app, tmp_path, read_access
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     entries = read_access_log(4, "/serving.v1.PredictService/ListModels")
     assert [(e["key"], e["status"]) for e in entries] == [
-        ("billing", "OK"), ("billing", "OK"), ("ops", "OK"), (None, "UNAUTHENTICATED")
+        ("billing", "OK"),
+        ("billing", "OK"),
+        ("ops", "OK"),
+        (None, "UNAUTHENTICATED"),
     ]
 
 
@@ -159,7 +173,7 @@ def test_rate_limit_answers_resource_exhausted_with_a_retry_hint(telemetry_app):
         call("other-key")  # buckets are per key
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert info.value.details().startswith("rate limit of 0.5 requests/s for API key 'ci' exceeded; retry after ")
-    assert dict(info.value.trailing_metadata())["retry-after"] == "2"
+    assert dict(info.value.trailing_metadata())["retry-after"] == "2"  # type: ignore[arg-type, index]  # (key, value) pairs
 
 
 def test_token_bucket_refills_at_the_rate():
@@ -179,8 +193,13 @@ def test_without_a_key_the_http_listeners_never_read_the_body(telemetry_app, rea
     """A body over the limit gives 401 without a key (it was not read) and 413 with one (it was)."""
     import requests
 
-    app = telemetry_app(listen_only=True, api_keys=f"ci:{KEY}", http_server_address="127.0.0.1:0",
-                        tfserving_rest_address="127.0.0.1:0", max_http_body_bytes=1024)
+    app = telemetry_app(
+        listen_only=True,
+        api_keys=f"ci:{KEY}",
+        http_server_address="127.0.0.1:0",
+        tfserving_rest_address="127.0.0.1:0",
+        max_http_body_bytes=1024,
+    )
     big = b"x" * 64 * 1024
     targets = [
         (f"http://{app.http_address}/v1/models/digits:predict", {"Content-Type": "application/json"}),

@@ -15,8 +15,8 @@ from client.errors import ClientError
 from server.config import Settings
 from server.security.tls import server_ssl_context
 from serving.v1 import predict_pb2, predict_pb2_grpc
-from tests.support.servers import health_status
 from tests.support.certs import CertificateAuthority
+from tests.support.servers import health_status
 
 pytestmark = pytest.mark.integration
 
@@ -70,15 +70,21 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(telemetry_app, pki
     client_cert = ca.issue("client one", server=False)
     stranger = CertificateAuthority(tmp_path, name="stranger CA").issue("stranger", server=False)
 
-    with Client(target, root_certificates=roots, certificate_chain=client_cert.cert_pem,
-                private_key=client_cert.key_pem, timeout=10) as client:
+    with Client(
+        target,
+        root_certificates=roots,
+        certificate_chain=client_cert.cert_pem,
+        private_key=client_cert.key_pem,
+        timeout=10,
+    ) as client:
         assert client.list_models() == []
     with Client(target, root_certificates=roots, timeout=10) as client:
         with pytest.raises(ClientError) as info:
             client.list_models()
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
-    with Client(target, root_certificates=roots, certificate_chain=stranger.cert_pem,
-                private_key=stranger.key_pem, timeout=10) as client:
+    with Client(
+        target, root_certificates=roots, certificate_chain=stranger.cert_pem, private_key=stranger.key_pem, timeout=10
+    ) as client:
         with pytest.raises(ClientError) as info:
             client.list_models()
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
@@ -100,9 +106,11 @@ def test_http_shim_uses_the_same_certificates(telemetry_app, pki):
     with urllib.request.urlopen(f"https://localhost:{port}/healthz", context=trusting, timeout=10) as response:
         assert response.status == 200
     without_cert = ssl.create_default_context(cafile=str(ca.pem))
-    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
-        with urllib.request.urlopen(f"https://localhost:{port}/healthz", context=without_cert, timeout=10) as response:
-            response.read()
+    with (
+        pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)),
+        urllib.request.urlopen(f"https://localhost:{port}/healthz", context=without_cert, timeout=10) as response,
+    ):
+        response.read()
     with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
         urllib.request.urlopen(f"http://localhost:{port}/healthz", timeout=10)
 

@@ -62,7 +62,9 @@ def test_new_key_is_prefix_id_and_name() -> None:
     assert first != second
 
 
-@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "..", "a//b", "a/./b", "a\\b", "x\x00", ".incoming/x", "a/" * 600])
+@pytest.mark.parametrize(
+    "key", ["", "/abs", "a/../b", "..", "a//b", "a/./b", "a\\b", "x\x00", ".incoming/x", "a/" * 600]
+)
 def test_check_key_rejects_escaping_keys(key: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         check_key(key)

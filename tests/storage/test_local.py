@@ -9,10 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tests.support.s3_servers import chunks_of, local_files
 
 from server.errors import ServingError
 from server.storage.local import LocalObjectStore
+from tests.support.s3_servers import chunks_of, local_files
 
 
 @pytest.fixture
@@ -23,8 +23,13 @@ def store(tmp_path: Path) -> LocalObjectStore:
 def test_round_trip(store: LocalObjectStore) -> None:
     data = os.urandom(900)
     key = store.new_key("../a b.bin", "../../x")
-    stored = store.put(key, chunks_of(data, 100), content_type="application/x-test", size=900,
-                       sha256=hashlib.sha256(data).hexdigest().upper())
+    stored = store.put(
+        key,
+        chunks_of(data, 100),
+        content_type="application/x-test",
+        size=900,
+        sha256=hashlib.sha256(data).hexdigest().upper(),
+    )
     assert key.startswith("up/x/") and key.endswith("-a_b.bin")
     assert stored.size == 900 and stored.sha256 == hashlib.sha256(data).hexdigest()
     assert stored.uri == (store.root / key).as_uri()

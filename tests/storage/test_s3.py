@@ -8,16 +8,26 @@ import signal
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import grpc
 import pytest
 from botocore.exceptions import ClientError
-from tests.support.s3_servers import MiB, PART, MotoServer, TcpRelay, chunks_of, in_progress_uploads, object_keys, s3_settings
 
 from server.errors import ServingError
 from server.storage.factory import open_object_store
 from server.storage.s3_errors import storage_error
 from server.storage.store import ObjectStore
+from tests.support.s3_servers import (
+    PART,
+    MiB,
+    MotoServer,
+    TcpRelay,
+    chunks_of,
+    in_progress_uploads,
+    object_keys,
+    s3_settings,
+)
 from tests.support.servers import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,8 +46,9 @@ def test_small_object_is_one_put(moto: MotoServer, bucket: str, make_store: Make
     store = make_store(bucket, s3_key_prefix="pre")
     data = os.urandom(1000)
     key = store.new_key("../../a.bin", "in")
-    stored = store.put(key, chunks_of(data, 300), content_type="application/x-test",
-                       sha256=hashlib.sha256(data).hexdigest())
+    stored = store.put(
+        key, chunks_of(data, 300), content_type="application/x-test", sha256=hashlib.sha256(data).hexdigest()
+    )
     assert key.startswith("pre/in/") and key.endswith("-a.bin")
     head = moto.client.head_object(Bucket=bucket, Key=key)
     assert "-" not in head["ETag"] and head["ContentType"] == "application/x-test"
@@ -109,8 +120,14 @@ def test_limits_and_checksums_store_nothing(moto: MotoServer, bucket: str, make_
         (len(data) + 1, None, grpc.StatusCode.INVALID_ARGUMENT),
         (None, hashlib.sha256(b"other").hexdigest(), grpc.StatusCode.DATA_LOSS),
     ]:
-        _expect(code, lambda: store.put(store.new_key("x"), chunks_of(data), size=size, sha256=sha256))
-        _expect(code, lambda: store.put(store.new_key("x"), [b"small"], size=size and 6, sha256=sha256))
+        _expect(
+            code,
+            lambda: store.put(store.new_key("x"), chunks_of(data), size=size, sha256=sha256),  # noqa: B023 (called at once)
+        )
+        _expect(
+            code,
+            lambda: store.put(store.new_key("x"), [b"small"], size=size and 6, sha256=sha256),  # noqa: B023 (called at once)
+        )
     assert in_progress_uploads(moto, bucket) == [] and object_keys(moto, bucket) == []
 
 
@@ -121,24 +138,36 @@ def test_storage_errors_name_the_bucket_not_the_credentials(make_store: MakeStor
     down = make_store("some-bucket", s3_endpoint_url=f"http://127.0.0.1:{free_port()}", s3_max_attempts=1)
     message = _expect(grpc.StatusCode.UNAVAILABLE, lambda: down.put_bytes("k", b"x"))
     assert message == (
-        "object storage: cannot reach bucket 'some-bucket' (EndpointConnectionError) while storing the object; retry later"
+        "object storage: cannot reach bucket 'some-bucket' (EndpointConnectionError) while storing the object;"
+        " retry later"
     )
     denied = ClientError(
-        {"Error": {"Code": "InvalidAccessKeyId", "Message": "key AKIASECRET unknown", "AWSAccessKeyId": "AKIASECRET"},
-         "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+        cast(
+            Any,
+            {  # the parts of a reply that storage_error reads
+                "Error": {
+                    "Code": "InvalidAccessKeyId",
+                    "Message": "key AKIASECRET unknown",
+                    "AWSAccessKeyId": "AKIASECRET",
+                },
+                "ResponseMetadata": {"HTTPStatusCode": 403},
+            },
+        ),
+        "PutObject",
+    )
     error = storage_error(denied, "b1", "storing the object")
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "AKIASECRET" not in error.message
     assert error.message == (
         "object storage: access to bucket 'b1' denied (InvalidAccessKeyId) while storing the object; "
         "check the credentials and the bucket policy"
     )
-    throttled = ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "UploadPart")
+    throttled = ClientError(
+        cast(Any, {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}), "UploadPart"
+    )
     assert storage_error(throttled, "b1", "uploading part 2").code == grpc.StatusCode.UNAVAILABLE
 
 
-def test_endpoint_gone_mid_upload_aborts_once_it_is_back(
-    moto: MotoServer, bucket: str, make_store: MakeStore
-) -> None:
+def test_endpoint_gone_mid_upload_aborts_once_it_is_back(moto: MotoServer, bucket: str, make_store: MakeStore) -> None:
     relay = TcpRelay(moto.port)
     store = make_store(bucket, s3_endpoint_url=relay.endpoint_url, s3_max_attempts=1)
     key = store.new_key("cut.bin")
@@ -146,8 +175,11 @@ def test_endpoint_gone_mid_upload_aborts_once_it_is_back(
     def chunks() -> Iterator[bytes]:
         yield from chunks_of(os.urandom(PART + MiB))
         upload = wait_for(lambda: in_progress_uploads(moto, bucket), 30, "the multipart upload")[0]
-        wait_for(lambda: moto.client.list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"]).get("Parts"),
-                 30, "part 1 to be stored")
+        wait_for(
+            lambda: moto.client.list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"]).get("Parts"),
+            30,
+            "part 1 to be stored",
+        )
         relay.cut()
         yield from chunks_of(os.urandom(PART))
 
@@ -192,7 +224,9 @@ def test_settings_that_cannot_work_stop_the_start() -> None:
         open_object_store(s3_settings("http://127.0.0.1:1", "b", max_upload_bytes=10_001 * PART))
 
 
-def test_a_hung_endpoint_is_unavailable_within_the_timeouts(moto: MotoServer, bucket: str, make_store: MakeStore) -> None:
+def test_a_hung_endpoint_is_unavailable_within_the_timeouts(
+    moto: MotoServer, bucket: str, make_store: MakeStore
+) -> None:
     """moto frozen (SIGSTOP) mid-upload: the call answers UNAVAILABLE after S3_MAX_ATTEMPTS read
     timeouts, not botocore's minutes; once the store answers again the upload is aborted."""
     store = make_store(bucket, s3_read_timeout_seconds=0.5, s3_connect_timeout_seconds=0.5, s3_max_attempts=2)

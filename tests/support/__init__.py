@@ -1,1 +1,4 @@
-"""What tests start and share: real servers (the server, redis-server, moto, webhook receivers) on free loopback ports, fakes, fixtures."""
+"""What tests start and share.
+
+Real servers (the server, redis-server, moto, webhook receivers) on free loopback ports, fakes, fixtures.
+"""

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -45,9 +46,7 @@ def fake_scores(rows: int) -> np.ndarray:
     return scores
 
 
-def fake_response(
-    request: predict_pb2.PredictRequest, request_id: str
-) -> predict_pb2.PredictResponse:
+def fake_response(request: predict_pb2.PredictRequest, request_id: str) -> predict_pb2.PredictResponse:
     """What the fake model answers: `scores` per row, plus classifications."""
     source = request.inputs["image"]
     if source.WhichOneof("kind") == "images":
@@ -83,7 +82,7 @@ class FakePredict(predict_pb2_grpc.PredictServiceServicer):
     def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        metadata = dict(context.invocation_metadata())
+        metadata: dict[str, Any] = dict(context.invocation_metadata())
         self.requests.append(request)
         self.metadata.append(metadata)
         if request.model == "bad":

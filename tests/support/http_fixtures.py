@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from grpc_health.v1 import health, health_pb2_grpc
@@ -13,6 +14,9 @@ from server.dispatch import Dispatcher, HandlerRegistry
 from server.http.gateway import HttpGateway
 from server.interceptors import ErrorInterceptor
 from serving.v1 import task_pb2_grpc, upload_pb2_grpc
+
+if TYPE_CHECKING:
+    from server.app import App  # imported by the fixture itself, when a test asks for it
 from tests.support.scripted import CountingUploads, ScriptedTasks
 from tests.support.servers import MODEL_DIR
 
@@ -23,7 +27,7 @@ SCRIPTED_BODY_LIMIT = 64 * 1024
 class Served:
     """The real App (demo models, in-memory tasks, local files) and its shim's base URL."""
 
-    app: object
+    app: App
     url: str
     upload_dir: Path
     access_log: Path
@@ -70,7 +74,7 @@ def scripted() -> Iterator[Scripted]:
     registry = HandlerRegistry()
     task_pb2_grpc.add_TaskServiceServicer_to_server(tasks, registry)
     upload_pb2_grpc.add_UploadServiceServicer_to_server(uploads, registry)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry.as_server())
     gateway = HttpGateway(
         "127.0.0.1:0",
         Dispatcher(registry, [ErrorInterceptor()]),

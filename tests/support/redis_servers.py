@@ -20,8 +20,14 @@ class RedisServer:
     (`--port 0 --tls-port`) and clients are not asked for certificates.
     """
 
-    def __init__(self, folder: Path, *extra: str, port: int | None = None, password: str | None = None,
-                 tls: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *extra: str,
+        port: int | None = None,
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         self.folder = folder
         self.extra = extra
         self.port = port or free_port()
@@ -33,11 +39,25 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        log = open(self.folder / f"redis-{self.port}.log", "ab")
+        log = open(self.folder / f"redis-{self.port}.log", "ab")  # noqa: SIM115 (the server's stdout while it runs)
         self.process = subprocess.Popen(
-            ["redis-server", *self._listen_args(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--dir", str(self.folder), *self.extra],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                "redis-server",
+                *self._listen_args(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self.folder),
+                *self.extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         try:
@@ -50,8 +70,20 @@ class RedisServer:
         args = ["--port", str(self.port)]
         if self.tls is not None:
             cert, key, ca = self.tls
-            args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file",
-                    str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+            args = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(cert),
+                "--tls-key-file",
+                str(key),
+                "--tls-ca-cert-file",
+                str(ca),
+                "--tls-auth-clients",
+                "no",
+            ]
         if self.password is not None:
             args += ["--requirepass", self.password]
         return args
@@ -104,13 +136,33 @@ class RedisClusterServers:
     def _create(self, folder: Path) -> None:
         for n in range(3 * (1 + self.replicas)):
             port = free_port()
-            self.nodes.append(RedisServer(folder / f"node-{n}", "--cluster-enabled", "yes", "--cluster-config-file",
-                                          str(folder / f"nodes-{port}.conf"), "--cluster-node-timeout",
-                                          str(self.node_timeout_ms), "--cluster-port", str(free_port()), port=port))
+            self.nodes.append(
+                RedisServer(
+                    folder / f"node-{n}",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(folder / f"nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    str(self.node_timeout_ms),
+                    "--cluster-port",
+                    str(free_port()),
+                    port=port,
+                )
+            )
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(n.address for n in self.nodes), "--cluster-replicas",
-             str(self.replicas), "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(n.address for n in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         wait_for(self._ready, 30, "the redis cluster to report cluster_state:ok")
 
@@ -119,7 +171,9 @@ class RedisClusterServers:
             with redis.Redis(port=node.port, decode_responses=True) as client:
                 info = client.execute_command("CLUSTER INFO")
                 text = info if isinstance(info, str) else str(info)
-                if "cluster_state:ok" not in text and not (isinstance(info, dict) and info.get("cluster_state") == "ok"):
+                if "cluster_state:ok" not in text and not (
+                    isinstance(info, dict) and info.get("cluster_state") == "ok"
+                ):
                     return False
         return True
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.api import annotations_pb2
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
@@ -41,7 +41,8 @@ class Rpc:
 
     def http_route(self) -> tuple[str, str, bool]:
         """(HTTP method, a concrete path, whether it takes a body) from the `google.api.http` annotation."""
-        rule = self.descriptor.GetOptions().Extensions[annotations_pb2.http]
+        http: Any = annotations_pb2.http  # its .pyi says FieldDescriptor, not the extension's own type
+        rule: http_pb2.HttpRule = self.descriptor.GetOptions().Extensions[http]
         kind = rule.WhichOneof("pattern")
         verb, template = (rule.custom.kind, rule.custom.path) if kind == "custom" else (kind, getattr(rule, kind))
         path = _VARIABLE.sub(lambda m: (m.group(2) or "x").replace("**", "x").replace("*", "x"), template)

@@ -6,10 +6,10 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
-from tests.support.s3_servers import AWS_ENV, MotoServer, new_bucket, s3_settings
 
 from server.storage.factory import open_object_store
 from server.storage.store import ObjectStore
+from tests.support.s3_servers import AWS_ENV, MotoServer, new_bucket, s3_settings
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ still inspect what the S3 server kept.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,7 +44,7 @@ REGION = "us-east-1"
 
 def app_settings(**overrides: object) -> Settings:
     """Server settings for tests: free loopback ports (gRPC, HTTP shim), no access log."""
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "model_dir": MODEL_DIR,
         "grpc_server_address": "127.0.0.1:0",
         "http_server_address": "127.0.0.1:0",
@@ -55,7 +56,7 @@ def app_settings(**overrides: object) -> Settings:
 
 def s3_settings(endpoint_url: str, bucket: str, **overrides: object) -> Settings:
     """Server settings for `bucket` at `endpoint_url`, with 5 MiB parts."""
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "aws_bucket": bucket,
         "aws_region": REGION,
         "s3_endpoint_url": endpoint_url,
@@ -72,7 +73,7 @@ def new_bucket(moto: MotoServer) -> str:
 
 def chunks_of(data: bytes, size: int = MiB) -> Iterator[bytes]:
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 def in_progress_uploads(moto: MotoServer, bucket: str) -> list[dict]:
@@ -116,10 +117,12 @@ class MotoServer:
     def __init__(self, log_path: Path, port: int | None = None) -> None:
         self.port = port or free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 (the server's stdout while it runs, closed by stop())
         self.process = subprocess.Popen(
             [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **AWS_ENV},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **AWS_ENV},
         )
         wait_for(self._ready, 30, f"moto_server on port {self.port}")
         self.client = s3_client(self.endpoint_url)
@@ -168,19 +171,15 @@ class TcpRelay:
     def cut(self) -> None:
         """Stop listening and reset every relayed connection."""
         if self._listener is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
-            except OSError:
-                pass
             self._listener.close()
             self._listener = None
         with self._lock:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -208,8 +207,6 @@ class TcpRelay:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 from google.protobuf import json_format
@@ -69,7 +69,9 @@ class ScriptedTasks(task_pb2_grpc.TaskServiceServicer):
                 self.saw_inactive.set()
             return task_pb2.GetTaskResponse()
         remaining = context.time_remaining()
-        metadata = {key: value if isinstance(value, str) else value.hex() for key, value in context.invocation_metadata()}
+        metadata = {
+            key: value if isinstance(value, str) else value.hex() for key, value in context.invocation_metadata()
+        }
         metadata |= {
             "peer": context.peer(),
             "transport": getattr(context, "transport", "grpc"),
@@ -78,7 +80,9 @@ class ScriptedTasks(task_pb2_grpc.TaskServiceServicer):
         }
         return task_pb2.GetTaskResponse(task=task_pb2.Task(id=request.id, metadata=metadata))
 
-    def WatchTask(self, request: task_pb2.WatchTaskRequest, context: grpc.ServicerContext) -> Iterator[task_pb2.WatchTaskResponse]:
+    def WatchTask(
+        self, request: task_pb2.WatchTaskRequest, context: grpc.ServicerContext
+    ) -> Iterator[task_pb2.WatchTaskResponse]:
         if request.id == "missing":
             raise errors.NotFound("task 'missing' not found")
         yield task_pb2.WatchTaskResponse(task=task_pb2.Task(id=request.id, status=task_pb2.TASK_STATUS_QUEUED))
@@ -94,16 +98,22 @@ class ScriptedTasks(task_pb2_grpc.TaskServiceServicer):
         status = task_pb2.TASK_STATUS_SUCCEEDED if self.proceed.wait(WAIT_S) else task_pb2.TASK_STATUS_EXPIRED
         yield task_pb2.WatchTaskResponse(task=task_pb2.Task(id=request.id, status=status))
 
-    def ListTasks(self, request: task_pb2.ListTasksRequest, context: grpc.ServicerContext) -> task_pb2.ListTasksResponse:
+    def ListTasks(
+        self, request: task_pb2.ListTasksRequest, context: grpc.ServicerContext
+    ) -> task_pb2.ListTasksResponse:
         return task_pb2.ListTasksResponse(next_page_token=json_format.MessageToJson(request, indent=None))
 
-    def UpdateTask(self, request: task_pb2.UpdateTaskRequest, context: grpc.ServicerContext) -> task_pb2.UpdateTaskResponse:
+    def UpdateTask(
+        self, request: task_pb2.UpdateTaskRequest, context: grpc.ServicerContext
+    ) -> task_pb2.UpdateTaskResponse:
         task = task_pb2.Task()
         task.CopyFrom(request.task)
         task.metadata["update_mask"] = ",".join(request.update_mask.paths)
         return task_pb2.UpdateTaskResponse(task=task)
 
-    def DeleteTasks(self, request: task_pb2.DeleteTasksRequest, context: grpc.ServicerContext) -> task_pb2.DeleteTasksResponse:
+    def DeleteTasks(
+        self, request: task_pb2.DeleteTasksRequest, context: grpc.ServicerContext
+    ) -> task_pb2.DeleteTasksResponse:
         return task_pb2.DeleteTasksResponse(deleted=2**53 + 1)
 
 
@@ -117,7 +127,9 @@ class CountingUploads(upload_pb2_grpc.UploadServiceServicer):
         self.chunk_sizes: list[int] = []
         self.metadata: upload_pb2.UploadMetadata | None = None
 
-    def Upload(self, request_iterator: Iterator[upload_pb2.UploadRequest], context: grpc.ServicerContext) -> upload_pb2.UploadResponse:
+    def Upload(
+        self, request_iterator: Iterator[upload_pb2.UploadRequest], context: grpc.ServicerContext
+    ) -> upload_pb2.UploadResponse:
         digest = hashlib.sha256()
         for message in request_iterator:
             if message.WhichOneof("part") == "metadata":

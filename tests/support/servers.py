@@ -28,7 +28,7 @@ def health_status(target: str, service: str = "", timeout: float = 1.0) -> str:
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)  # type: ignore[attr-defined]  # the stubs' HealthStub declares no methods
         except grpc.RpcError as exc:
             return exc.code().name
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -60,10 +60,13 @@ class ServerProcess:
         full_env["ACCESS_LOG_PATH"] = str(log_path.with_name(log_path.stem + "-access.log"))
         full_env["TFSERVING_REST_ADDRESS"] = ""  # not from the caller's environment: every server would take it
         full_env.update(env or {})
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 (the server's stdout while it runs, closed by stop())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", *(args or [])],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def wait_serving(self, timeout: float = 60.0) -> None:

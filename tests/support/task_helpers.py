@@ -11,18 +11,24 @@ import numpy as np
 
 from server.app import App
 from server.config import Settings
-from wire import codec
 from serving.v1 import predict_pb2, predict_pb2_grpc, task_pb2, task_pb2_grpc
 from tests.support.servers import MODEL_DIR, wait_for
+from wire import codec
 
 SECRET = "test-webhook-secret"
 
 
 def task_settings(upload_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
-        grpc_server_address="127.0.0.1:0", http_server_address="", metrics_address="",
-        model_dir=MODEL_DIR, upload_dir=upload_dir,
-        webhook_allow_private=True, webhook_secret=SECRET, webhook_max_attempts=8, task_visibility_timeout=2.0,
+        grpc_server_address="127.0.0.1:0",
+        http_server_address="",
+        metrics_address="",
+        model_dir=MODEL_DIR,
+        upload_dir=upload_dir,
+        webhook_allow_private=True,
+        webhook_secret=SECRET,
+        webhook_max_attempts=8,
+        task_visibility_timeout=2.0,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -34,9 +34,7 @@ def with_grpc(target: str, rows: np.ndarray, digits: np.ndarray) -> dict[str, An
     image = grpcclient.InferInput("image", list(rows.shape), "FP32")
     image.set_data_from_numpy(rows)
     result = client.infer("digits", [image], request_id="triton-grpc-1")
-    top = client.infer(
-        "digits", [image], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=2)]
-    )
+    top = client.infer("digits", [image], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=2)])
     digit = grpcclient.InferInput("digit", list(digits.shape), "INT32")
     digit.set_data_from_numpy(digits)
     decoded = client.infer("digits_decoder", [digit], model_version="1")
@@ -100,9 +98,7 @@ def with_http(url: str, rows: np.ndarray, digits: np.ndarray) -> dict[str, Any]:
     digit = httpclient.InferInput("digit", list(digits.shape), "INT32")
     digit.set_data_from_numpy(digits)
     results["decoded"] = client.infer("digits_decoder", [digit]).as_numpy("image").tolist()
-    top = client.infer(
-        "digits", [image], outputs=[httpclient.InferRequestedOutput("probabilities", class_count=2)]
-    )
+    top = client.infer("digits", [image], outputs=[httpclient.InferRequestedOutput("probabilities", class_count=2)])
     results["top"] = [[v.decode() for v in row] for row in top.as_numpy("probabilities").tolist()]
     wrong = httpclient.InferInput("image", list(rows.shape), "FP64")
     wrong.set_data_from_numpy(rows.astype(np.float64))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -13,8 +13,8 @@ from server.tasks import status
 from server.tasks.redis_client import connect
 from server.tasks.redis_store import CREATED, RedisTaskStore
 from serving.v1 import task_pb2
-from tests.support.servers import wait_for
 from tests.support.redis_servers import RedisClusterServers
+from tests.support.servers import wait_for
 from tests.tasks.test_store import list_all, make
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import collections
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -13,8 +13,8 @@ import redis
 
 from server.tasks.redis_queue import GROUP, STREAM
 from serving.v1 import predict_pb2_grpc, task_pb2, task_pb2_grpc
-from tests.support.servers import ServerProcess, wait_for
 from tests.support.redis_servers import RedisServer
+from tests.support.servers import ServerProcess, wait_for
 from tests.support.task_helpers import SECRET, Served, async_request, digits_request, rpc_error, task_settings
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -41,7 +41,7 @@ class Transitions:
         self.thread = self.pubsub.run_in_thread(sleep_time=0.05, daemon=True)
 
     def _on(self, message: dict) -> None:
-        self.events[message["channel"][len("{task:"):-len("}:events")]].append(message["data"])
+        self.events[message["channel"][len("{task:") : -len("}:events")]].append(message["data"])
 
     def stop(self) -> None:
         self.thread.stop()
@@ -52,9 +52,15 @@ class Transitions:
 
 def server_env(redis_server: RedisServer, folder: Path, workers: int) -> dict[str, str]:
     return {
-        "REDIS_ADDRESS": redis_server.address, "TASK_WORKERS": str(workers), "TASK_VISIBILITY_TIMEOUT": "2s",
-        "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_SECRET": SECRET, "WEBHOOK_TIMEOUT_SECONDS": "5",
-        "HTTP_SERVER_ADDRESS": "", "METRICS_ADDRESS": "", "UPLOAD_DIR": str(folder / "uploads"),
+        "REDIS_ADDRESS": redis_server.address,
+        "TASK_WORKERS": str(workers),
+        "TASK_VISIBILITY_TIMEOUT": "2s",
+        "WEBHOOK_ALLOW_PRIVATE": "true",
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_TIMEOUT_SECONDS": "5",
+        "HTTP_SERVER_ADDRESS": "",
+        "METRICS_ADDRESS": "",
+        "UPLOAD_DIR": str(folder / "uploads"),
     }
 
 
@@ -95,8 +101,9 @@ def test_sigkill_of_a_worker_holding_entries_loses_nothing(own_redis: RedisServe
             final = [tasks.GetTask(task_pb2.GetTaskRequest(id=i), timeout=10).task for i in ids]
         assert all(t.status == task_pb2.TASK_STATUS_SUCCEEDED for t in final)
         wait_for(lambda: all(transitions.events[i].count("SUCCEEDED") >= 1 for i in ids), 10, "the events")
-        finished = {i: [e for e in transitions.events[i] if e in ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED")]
-                    for i in ids}
+        finished = {
+            i: [e for e in transitions.events[i] if e in ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED")] for i in ids
+        }
         assert all(statuses == ["SUCCEEDED"] for statuses in finished.values()), finished
         delivered = collections.Counter(body["id"] for body in receiver.tasks())
         assert set(delivered) == set(ids)

@@ -10,8 +10,8 @@ import pytest
 from server.tasks.queue import MemoryTaskQueue, TaskQueue
 from server.tasks.redis_client import connect
 from server.tasks.redis_queue import RedisTaskQueue
-from tests.support.servers import free_port
 from tests.support.redis_servers import RedisClusterServers, RedisServer
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -14,9 +14,9 @@ import pytest
 from server.tasks.redis_client import connect
 from server.tasks.redis_store import RedisTaskStore
 from serving.v1 import task_pb2
+from tests.support.certs import CertificateAuthority
 from tests.support.redis_servers import RedisServer, redis_tls_supported
 from tests.support.task_helpers import Served, async_request, digits_request, rpc_error, task_settings
-from tests.support.certs import CertificateAuthority
 
 pytestmark = pytest.mark.integration
 
@@ -150,8 +150,9 @@ def test_tls_server_not_trusted_without_the_ca(tls_redis: RedisServer, tmp_path:
 
 
 def test_plaintext_client_is_refused_by_a_tls_port(tls_redis: RedisServer, tmp_path: Path) -> None:
-    served = Served.start(task_settings(tmp_path / "uploads", redis_address=f"redis://:{PASSWORD}@{tls_redis.address}",
-                                        task_workers=0))
+    served = Served.start(
+        task_settings(tmp_path / "uploads", redis_address=f"redis://:{PASSWORD}@{tls_redis.address}", task_workers=0)
+    )
     try:
         error = rpc_error(served.tasks.ListTasks, task_pb2.ListTasksRequest())
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()

@@ -6,16 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 
 from server.tasks.redis_queue import STREAM
 from serving.v1 import task_pb2
-from tests.support.servers import wait_for
 from tests.support.redis_servers import RedisServer
+from tests.support.servers import wait_for
 from tests.support.task_helpers import Served, async_request, digits_request, task_settings
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def redis_alone(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def timed(call, request) -> tuple[grpc.StatusCode, str, float]:  # type: ignore[no-untyped-def]
+def timed(call, request) -> tuple[grpc.StatusCode, str, float]:
     started = time.monotonic()
     try:
         call(request, timeout=30)
@@ -44,8 +44,11 @@ def timed(call, request) -> tuple[grpc.StatusCode, str, float]:  # type: ignore[
 
 
 def test_a_hung_redis_is_unavailable_within_the_timeout_and_recovers(redis_alone: RedisServer, tmp_path: Path) -> None:
-    served = Served.start(task_settings(tmp_path / "uploads", redis_address=redis_alone.address, task_workers=0,
-                                        redis_timeout_seconds=TIMEOUT_S))
+    served = Served.start(
+        task_settings(
+            tmp_path / "uploads", redis_address=redis_alone.address, task_workers=0, redis_timeout_seconds=TIMEOUT_S
+        )
+    )
     assert redis_alone.process is not None
     try:
         served.tasks.CreateTask(task_pb2.CreateTaskRequest(task=task_pb2.Task(id="before", model="digits")), timeout=10)
@@ -79,8 +82,11 @@ def test_a_predict_async_that_timed_out_on_a_hung_redis_is_queued_by_its_retry(
     """Redis frozen while PredictAsync writes the record: the call answers UNAVAILABLE, and when Redis
     resumes it executes the write it had received, so the record exists (QUEUED) with nothing queued.
     The caller's retry with the same id and request answers that task and queues it; it then runs."""
-    served = Served.start(task_settings(tmp_path / "uploads", redis_address=redis_alone.address, task_workers=1,
-                                        redis_timeout_seconds=TIMEOUT_S))
+    served = Served.start(
+        task_settings(
+            tmp_path / "uploads", redis_address=redis_alone.address, task_workers=1, redis_timeout_seconds=TIMEOUT_S
+        )
+    )
     assert redis_alone.process is not None
     client = redis_alone.client()
     try:
@@ -100,4 +106,3 @@ def test_a_predict_async_that_timed_out_on_a_hung_redis_is_queued_by_its_retry(
     finally:
         client.close()
         served.stop()
-

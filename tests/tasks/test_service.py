@@ -6,21 +6,21 @@ import hashlib
 import hmac
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
 import pytest
 from google.protobuf import field_mask_pb2
 
-from wire import codec
 from server.tasks import status
 from serving.v1 import predict_pb2, task_pb2, tensor_pb2
-from tests.support.servers import free_port, wait_for
 from tests.support.redis_servers import RedisClusterServers, RedisServer
+from tests.support.servers import free_port, wait_for
 from tests.support.task_helpers import SECRET, Served, async_request, digits_request, rpc_error, task_settings
 from tests.support.webhook_receiver import WebhookReceiver
+from wire import codec
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,13 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
         cluster.flush()
         redis_address = cluster.address
-    app = Served.start(task_settings(tmp_path_factory.mktemp("uploads"), redis_address=redis_address,
-                                     redis_cluster_mode=request.param == "cluster"))
+    app = Served.start(
+        task_settings(
+            tmp_path_factory.mktemp("uploads"),
+            redis_address=redis_address,
+            redis_cluster_mode=request.param == "cluster",
+        )
+    )
     yield app
     app.stop()
 
@@ -67,8 +72,9 @@ def test_create_get_update_with_transitions(served: Served) -> None:
     assert served.get(task.id) == task
 
     def update(paths: list[str] | None = None, **fields) -> task_pb2.Task:
-        request = task_pb2.UpdateTaskRequest(task=task_pb2.Task(id=task.id, **fields),
-                                             update_mask=field_mask_pb2.FieldMask(paths=paths or []))
+        request = task_pb2.UpdateTaskRequest(
+            task=task_pb2.Task(id=task.id, **fields), update_mask=field_mask_pb2.FieldMask(paths=paths or [])
+        )
         return served.tasks.UpdateTask(request, timeout=10).task
 
     running = update(status=S.RUNNING)
@@ -79,12 +85,17 @@ def test_create_get_update_with_transitions(served: Served) -> None:
     assert list(done.outputs["y"].float_val) == [0.0, 1.0, 2.0]
     assert done.metadata == {"owner": "batch-7"}
 
-    error = rpc_error(served.tasks.UpdateTask, task_pb2.UpdateTaskRequest(
-        task=task_pb2.Task(id=task.id, status=S.RUNNING)))
+    error = rpc_error(
+        served.tasks.UpdateTask, task_pb2.UpdateTaskRequest(task=task_pb2.Task(id=task.id, status=S.RUNNING))
+    )
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == "task is SUCCEEDED: a finished task cannot change to RUNNING"
-    error = rpc_error(served.tasks.UpdateTask, task_pb2.UpdateTaskRequest(
-        task=task_pb2.Task(id=task.id, model="x"), update_mask=field_mask_pb2.FieldMask(paths=["model"])))
+    error = rpc_error(
+        served.tasks.UpdateTask,
+        task_pb2.UpdateTaskRequest(
+            task=task_pb2.Task(id=task.id, model="x"), update_mask=field_mask_pb2.FieldMask(paths=["model"])
+        ),
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "'model' cannot be changed" in error.details()
     # The metadata can still change after the task finished.
     assert update(["metadata"], metadata={"owner": "b"}).metadata == {"owner": "b"}
@@ -114,8 +125,9 @@ def test_list_with_filters_and_pages(served: Served) -> None:
     assert created == sorted(created, reverse=True)
 
     first = served.tasks.ListTasks(ListReq(filter=task_pb2.TaskFilter(model=model), page_size=10), timeout=10)
-    error = rpc_error(served.tasks.ListTasks, ListReq(filter=task_pb2.TaskFilter(model="other"),
-                                                      page_token=first.next_page_token))
+    error = rpc_error(
+        served.tasks.ListTasks, ListReq(filter=task_pb2.TaskFilter(model="other"), page_token=first.next_page_token)
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "different filter" in error.details()
     error = rpc_error(served.tasks.ListTasks, ListReq(page_token="nonsense"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -181,18 +193,28 @@ def test_predict_async_end_to_end_with_signed_webhook(served: Served, receiver: 
 
 
 def test_bad_async_requests_are_refused_and_nothing_is_stored(served: Served) -> None:
-    wrong_shape = predict_pb2.PredictAsyncRequest(task_id="bad-shape", request=predict_pb2.PredictRequest(
-        model="digits", inputs={"image": tensor_pb2.Input(tensor=codec.from_numpy(np.zeros((1, 3), np.float32)))}))
+    wrong_shape = predict_pb2.PredictAsyncRequest(
+        task_id="bad-shape",
+        request=predict_pb2.PredictRequest(
+            model="digits", inputs={"image": tensor_pb2.Input(tensor=codec.from_numpy(np.zeros((1, 3), np.float32)))}
+        ),
+    )
     error = rpc_error(served.predict.PredictAsync, wrong_shape)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "input 'image'" in error.details()
     unknown_model = async_request(task_id="bad-model")
     unknown_model.request.model = "nope"
     for request, code, text in [
         (unknown_model, grpc.StatusCode.NOT_FOUND, "nope"),
-        (async_request("ftp://example.com/hook", task_id="bad-hook"), grpc.StatusCode.INVALID_ARGUMENT,
-         "webhook_url: 'ftp://example.com/hook' must be an http:// or https:// URL with a host"),
-        (async_request(task_id="bad-retry", retry=task_pb2.RetryPolicy(max_attempts=-1)),
-         grpc.StatusCode.INVALID_ARGUMENT, "retry.max_attempts: must be 0 or more"),
+        (
+            async_request("ftp://example.com/hook", task_id="bad-hook"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "webhook_url: 'ftp://example.com/hook' must be an http:// or https:// URL with a host",
+        ),
+        (
+            async_request(task_id="bad-retry", retry=task_pb2.RetryPolicy(max_attempts=-1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "retry.max_attempts: must be 0 or more",
+        ),
         (async_request(task_id="bad id!"), grpc.StatusCode.INVALID_ARGUMENT, "task_id: 'bad id!' is not a task id"),
     ]:
         error = rpc_error(served.predict.PredictAsync, request)
@@ -254,8 +276,9 @@ def test_predict_recorded_as_task(served: Served) -> None:
 def test_export_and_import(served: Served) -> None:
     model = f"exported-{free_port()}"
     ids = {create(served, model=model, metadata={"n": str(n)}).id for n in range(7)}
-    exported = served.tasks.ExportTasks(task_pb2.ExportTasksRequest(filter=task_pb2.TaskFilter(model=model)),
-                                        timeout=30)
+    exported = served.tasks.ExportTasks(
+        task_pb2.ExportTasksRequest(filter=task_pb2.TaskFilter(model=model)), timeout=30
+    )
     assert exported.count == 7 and exported.uri.startswith("file://") and exported.uri.endswith(".jsonl")
     lines = Path(exported.uri.removeprefix("file://")).read_text().splitlines()
     assert {json.loads(line)["id"] for line in lines} == ids
@@ -280,12 +303,18 @@ def test_out_of_range_times_and_malformed_urls_are_invalid_and_store_nothing(ser
 
     far = timestamp_pb2.Timestamp(seconds=253402300800)  # 10000-01-01
     for task, text in [
-        (task_pb2.Task(id="far", model="digits", create_time=far),
-         "task.create_time: seconds 253402300800 is outside years 1-9999"),
-        (task_pb2.Task(id="neg", model="digits", start_time=timestamp_pb2.Timestamp(nanos=-1)),
-         "task.start_time: nanos -1 is outside 0-999999999"),
-        (task_pb2.Task(id="v6", model="digits", webhook=task_pb2.WebhookDelivery(url="http://[::1")),
-         "task.webhook.url: 'http://[::1' is not a URL"),
+        (
+            task_pb2.Task(id="far", model="digits", create_time=far),
+            "task.create_time: seconds 253402300800 is outside years 1-9999",
+        ),
+        (
+            task_pb2.Task(id="neg", model="digits", start_time=timestamp_pb2.Timestamp(nanos=-1)),
+            "task.start_time: nanos -1 is outside 0-999999999",
+        ),
+        (
+            task_pb2.Task(id="v6", model="digits", webhook=task_pb2.WebhookDelivery(url="http://[::1")),
+            "task.webhook.url: 'http://[::1' is not a URL",
+        ),
     ]:
         error = rpc_error(served.tasks.CreateTask, task_pb2.CreateTaskRequest(task=task))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(text), error.details()
@@ -311,8 +340,10 @@ def test_caller_strings_in_messages_are_cut(served: Served) -> None:
     long_name = "x" * 20_000
     error = rpc_error(served.predict.GetModel, predict_pb2.GetModelRequest(model=long_name))
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert error.details() == f"model '{'x' * 61}...' (20,000 characters) not found; available models: 'digits', " \
-                              "'digits_decoder', 'digits_keras'", error.details()[:300]
+    assert (
+        error.details() == f"model '{'x' * 61}...' (20,000 characters) not found; available models: 'digits', "
+        "'digits_decoder', 'digits_keras'"
+    ), error.details()[:300]
     request = async_request(task_id="long-model")
     request.request.model = long_name
     error = rpc_error(served.predict.PredictAsync, request)

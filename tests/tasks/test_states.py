@@ -14,23 +14,34 @@ from serving.v1 import task_pb2
 S = status
 
 
-@pytest.mark.parametrize("old,new", [
-    (S.QUEUED, S.RUNNING), (S.QUEUED, S.CANCELLED), (S.QUEUED, S.EXPIRED),
-    (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.RUNNING), (S.SUCCEEDED, S.SUCCEEDED),
-])
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        (S.QUEUED, S.RUNNING),
+        (S.QUEUED, S.CANCELLED),
+        (S.QUEUED, S.EXPIRED),
+        (S.RUNNING, S.SUCCEEDED),
+        (S.RUNNING, S.FAILED),
+        (S.RUNNING, S.RUNNING),
+        (S.SUCCEEDED, S.SUCCEEDED),
+    ],
+)
 def test_allowed_transitions(old: int, new: int) -> None:
     status.check(old, new)
 
 
-@pytest.mark.parametrize("old,new,message", [
-    (S.SUCCEEDED, S.RUNNING, "task is SUCCEEDED: a finished task cannot change to RUNNING"),
-    (S.FAILED, S.QUEUED, "task is FAILED: a finished task cannot change to QUEUED"),
-    (S.CANCELLED, S.SUCCEEDED, "task is CANCELLED: a finished task cannot change to SUCCEEDED"),
-    (S.EXPIRED, S.RUNNING, "task is EXPIRED: a finished task cannot change to RUNNING"),
-    (S.RUNNING, S.CANCELLED, "task is RUNNING: it cannot change to CANCELLED (allowed: SUCCEEDED, FAILED)"),
-    (S.RUNNING, S.QUEUED, "task is RUNNING: it cannot change to QUEUED (allowed: SUCCEEDED, FAILED)"),
-    (S.QUEUED, S.SUCCEEDED, "task is QUEUED: it cannot change to SUCCEEDED (allowed: RUNNING, CANCELLED, EXPIRED)"),
-])
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        (S.SUCCEEDED, S.RUNNING, "task is SUCCEEDED: a finished task cannot change to RUNNING"),
+        (S.FAILED, S.QUEUED, "task is FAILED: a finished task cannot change to QUEUED"),
+        (S.CANCELLED, S.SUCCEEDED, "task is CANCELLED: a finished task cannot change to SUCCEEDED"),
+        (S.EXPIRED, S.RUNNING, "task is EXPIRED: a finished task cannot change to RUNNING"),
+        (S.RUNNING, S.CANCELLED, "task is RUNNING: it cannot change to CANCELLED (allowed: SUCCEEDED, FAILED)"),
+        (S.RUNNING, S.QUEUED, "task is RUNNING: it cannot change to QUEUED (allowed: SUCCEEDED, FAILED)"),
+        (S.QUEUED, S.SUCCEEDED, "task is QUEUED: it cannot change to SUCCEEDED (allowed: RUNNING, CANCELLED, EXPIRED)"),
+    ],
+)
 def test_refused_transitions_name_the_statuses(old: int, new: int, message: str) -> None:
     with pytest.raises(FailedPrecondition) as caught:
         status.check(old, new)
@@ -51,8 +62,9 @@ def test_move_keeps_times() -> None:
     assert task.running_time_ms == 250.0
 
 
-@pytest.mark.parametrize("text,seconds", [("90s", 90), ("15m", 900), ("12h", 43200), ("1d", 86400),
-                                          ("250ms", 0.25), ("2.5", 2.5)])
+@pytest.mark.parametrize(
+    "text,seconds", [("90s", 90), ("15m", 900), ("12h", 43200), ("1d", 86400), ("250ms", 0.25), ("2.5", 2.5)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -89,15 +101,18 @@ def test_trace_context_uses_the_task_id() -> None:
     assert len(other) == 32 and other != "my-own-id"
 
 
-@pytest.mark.parametrize("url,message", [
-    ("ftp://example.com/x", "must be an http:// or https:// URL"),
-    ("http:///nohost", "must be an http:// or https:// URL"),
-    ("http://127.0.0.1:9/x", "resolves to the non-public address 127.0.0.1"),
-    ("http://localhost:9/x", "resolves to the non-public address"),
-    ("http://10.1.2.3/x", "resolves to the non-public address 10.1.2.3"),
-    ("http://169.254.169.254/latest", "resolves to the non-public address 169.254.169.254"),
-    ("http://[::1]:8080/x", "resolves to the non-public address ::1"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("ftp://example.com/x", "must be an http:// or https:// URL"),
+        ("http:///nohost", "must be an http:// or https:// URL"),
+        ("http://127.0.0.1:9/x", "resolves to the non-public address 127.0.0.1"),
+        ("http://localhost:9/x", "resolves to the non-public address"),
+        ("http://10.1.2.3/x", "resolves to the non-public address 10.1.2.3"),
+        ("http://169.254.169.254/latest", "resolves to the non-public address 169.254.169.254"),
+        ("http://[::1]:8080/x", "resolves to the non-public address ::1"),
+    ],
+)
 def test_webhook_urls_are_checked(url: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match="webhook_url: ") as caught:
         check_url(url, allow_private=False)

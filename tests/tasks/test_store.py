@@ -21,7 +21,9 @@ pytestmark = pytest.mark.integration
 BASE_S = float(int(time.time()) - 600)  # listing covers tasks created within the record lifetime
 
 
-def make(task_id: str, model: str = "digits", state: int = status.QUEUED, at: float = BASE_S) -> task_pb2.Task:
+def make(
+    task_id: str, model: str = "digits", state: task_pb2.TaskStatus = status.QUEUED, at: float = BASE_S
+) -> task_pb2.Task:
     return task_pb2.Task(id=task_id, model=model, status=state, create_time=records.timestamp_at(at))
 
 
@@ -92,8 +94,9 @@ def test_listing_and_pagination_across_many_tasks(store: TaskStore) -> None:
     assert list_all(store, by_status, 11) == [i for i in newest_first if int(i[-3:]) % 3 == 1]
     two = task_pb2.TaskFilter(statuses=[status.QUEUED, status.SUCCEEDED], model="digits")
     assert list_all(store, two, 13) == [i for i in newest_first if int(i[-3:]) % 3 != 1 and int(i[-3:]) % 2 == 0]
-    window = task_pb2.TaskFilter(created_after=records.timestamp_at(BASE_S + 10),
-                                 created_before=records.timestamp_at(BASE_S + 20))
+    window = task_pb2.TaskFilter(
+        created_after=records.timestamp_at(BASE_S + 10), created_before=records.timestamp_at(BASE_S + 20)
+    )
     assert list_all(store, window, 6) == [i for i in newest_first if 20 <= int(i[-3:]) < 40]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -32,7 +32,9 @@ class FlakyPredictor:
         self.error = error
         self.calls: list[float] = []
 
-    def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
+    def predict(
+        self, request: predict_pb2.PredictRequest, deadline: float | None = None
+    ) -> predict_pb2.PredictResponse:
         self.calls.append(time.monotonic())
         if len(self.calls) <= self.failures:
             raise self.error

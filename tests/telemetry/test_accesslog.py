@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import grpc
 import numpy as np
 import pytest
 
-from wire.codec import from_numpy
 from server.telemetry.accesslog import AccessLog
 from serving.v1 import predict_pb2, predict_pb2_grpc, stream_pb2, stream_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
+from wire.codec import from_numpy
 
 pytestmark = pytest.mark.integration
 
@@ -38,21 +39,35 @@ def test_unary_stream_and_failed_calls_are_logged_with_every_field(telemetry_app
     with grpc.insecure_channel(app.address) as channel:
         predict = predict_pb2_grpc.PredictServiceStub(channel)
         response = predict.Predict(request, metadata=auth, timeout=30)
-        predict.Predict(predict_request(digits_rows(1)), metadata=(*auth, ("x-request-id", "from-metadata")), timeout=30)
+        predict.Predict(
+            predict_request(digits_rows(1)), metadata=(*auth, ("x-request-id", "from-metadata")), timeout=30
+        )
         try:
             predict.GetModel(predict_pb2.GetModelRequest(model="nope"), metadata=auth, timeout=10)
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.NOT_FOUND
         messages = [stream_pb2.StreamPredictRequest(request=predict_request(digits_rows(1), f"s{i}")) for i in range(2)]
-        replies = list(stream_pb2_grpc.StreamPredictServiceStub(channel).StreamPredict(iter(messages), metadata=auth, timeout=30))
+        replies = list(
+            stream_pb2_grpc.StreamPredictServiceStub(channel).StreamPredict(iter(messages), metadata=auth, timeout=30)
+        )
 
     first, second = read_access_log(2, PREDICT)
     assert set(first) == {
-        "time", "key", "peer", "transport", "method", "status", "latency_ms",
-        "request_bytes", "response_bytes", "request_id", "trace_id", "model",
+        "time",
+        "key",
+        "peer",
+        "transport",
+        "method",
+        "status",
+        "latency_ms",
+        "request_bytes",
+        "response_bytes",
+        "request_id",
+        "trace_id",
+        "model",
     }
     logged_at = datetime.fromisoformat(first["time"].replace("Z", "+00:00"))
-    assert first["time"].endswith("Z") and abs((datetime.now(timezone.utc) - logged_at).total_seconds()) < 60
+    assert first["time"].endswith("Z") and abs((datetime.now(UTC) - logged_at).total_seconds()) < 60
     assert first["key"] == "mobile"
     assert re.fullmatch(r"ipv[46]:.+:\d+", first["peer"])
     assert (first["transport"], first["status"], first["model"]) == ("grpc", "OK", "digits")
@@ -85,7 +100,10 @@ def test_http_requests_are_logged_and_counted_like_grpc_calls(telemetry_app, rea
     assert (entry["request_id"], entry["trace_id"]) == ("http-1", TRACEPARENT.split("-")[1])
     assert re.fullmatch(r"ipv4:127\.0\.0\.1:\d+", entry["peer"])
     body, _ = app.telemetry.metrics.exposition()
-    assert 'serving_requests_total{code="OK",method="/serving.v1.PredictService/GetModel",transport="http"} 1.0' in body.decode()
+    assert (
+        'serving_requests_total{code="OK",method="/serving.v1.PredictService/GetModel",transport="http"} 1.0'
+        in body.decode()
+    )
 
 
 def test_key_is_never_logged(telemetry_app, access_log_path, read_access_log):
@@ -93,10 +111,10 @@ def test_key_is_never_logged(telemetry_app, access_log_path, read_access_log):
     with grpc.insecure_channel(app.address) as channel:
         stub = predict_pb2_grpc.PredictServiceStub(channel)
         for key in ("very-secret-value", "very-secret-valuX"):
-            try:
-                stub.ListModels(predict_pb2.ListModelsRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10)
-            except grpc.RpcError:
-                pass
+            with contextlib.suppress(grpc.RpcError):
+                stub.ListModels(
+                    predict_pb2.ListModelsRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10
+                )
     read_access_log(2)
     assert "very-secret" not in access_log_path.read_text()
 
@@ -141,7 +159,13 @@ def test_writers_do_not_wait_for_the_file(tmp_path):
     log._file.acquire()  # what a write stuck on the disk holds
     try:
         done = threading.Event()
-        writer = threading.Thread(target=lambda: ([log.write({"n": i}) for i in range(500)], done.set()))
+
+        def write_all() -> None:
+            for i in range(500):
+                log.write({"n": i})
+            done.set()
+
+        writer = threading.Thread(target=write_all)
         writer.start()
         assert done.wait(10), "write() waited for the file"
         writer.join(10)

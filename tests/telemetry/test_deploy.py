@@ -41,9 +41,7 @@ def healthcheck_command() -> list[str]:
 
 def test_every_kind_the_deployment_needs_is_there():
     kinds = {kind for kind, _ in manifests()}
-    assert kinds == {
-        "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"
-    }
+    assert kinds == {"ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
     assert ("Deployment", "tf-serving-worker") in manifests()
 
 

@@ -6,11 +6,11 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from wire.codec import from_numpy
 from serving.v1 import predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
-from tests.support.servers import wait_for
 from tests.support.rpcs import scrape
+from tests.support.servers import wait_for
+from wire.codec import from_numpy
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,9 @@ def value(parsed: dict, name: str, **labels: str) -> float:
 def test_calls_batches_and_models_are_counted(telemetry_app):
     app = telemetry_app(api_keys="ci:k")
     auth = (("authorization", "Bearer k"),)
-    request = predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=from_numpy(digits_rows(3)))})
+    request = predict_pb2.PredictRequest(
+        model="digits", inputs={"image": tensor_pb2.Input(tensor=from_numpy(digits_rows(3)))}
+    )
     with grpc.insecure_channel(app.address) as channel:
         stub = predict_pb2_grpc.PredictServiceStub(channel)
         for _ in range(4):
@@ -66,11 +68,15 @@ def test_calls_batches_and_models_are_counted(telemetry_app):
 
 def test_full_queue_rejections_are_counted_per_model(telemetry_app):
     app = telemetry_app(max_queue_size=1, max_batch_delay_ms=2000, max_batch_size=64)
-    request = predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=from_numpy(digits_rows(1)))})
+    request = predict_pb2.PredictRequest(
+        model="digits", inputs={"image": tensor_pb2.Input(tensor=from_numpy(digits_rows(1)))}
+    )
     with grpc.insecure_channel(app.address) as channel:
         stub = predict_pb2_grpc.PredictServiceStub(channel)
         held = stub.Predict.future(request, timeout=30)  # waits in the queue for the batch delay
-        wait_for(lambda: value(samples(scrape(app)), "serving_model_queue_depth", model="digits") == 1, 10, "a queued call")
+        wait_for(
+            lambda: value(samples(scrape(app)), "serving_model_queue_depth", model="digits") == 1, 10, "a queued call"
+        )
         for _ in range(3):
             with pytest.raises(grpc.RpcError) as info:
                 stub.Predict(request, timeout=10)
@@ -122,22 +128,28 @@ def _outcomes(parsed: dict, name: str) -> dict[str, float]:
 
 
 def test_tasks_webhooks_and_uploads_of_a_real_app_are_counted(telemetry_app, tmp_path):
+    from serving.v1 import task_pb2, task_pb2_grpc, upload_pb2, upload_pb2_grpc
     from tests.support.task_helpers import async_request
     from tests.support.webhook_receiver import WebhookReceiver
-    from serving.v1 import task_pb2, task_pb2_grpc, upload_pb2, upload_pb2_grpc
 
     receiver = WebhookReceiver().start()
     try:
         app = telemetry_app(webhook_allow_private=True, upload_dir=str(tmp_path / "uploads"))
         with grpc.insecure_channel(app.address) as channel:
-            submitted = predict_pb2_grpc.PredictServiceStub(channel).PredictAsync(
-                async_request(receiver.url), timeout=10).task
+            submitted = (
+                predict_pb2_grpc.PredictServiceStub(channel).PredictAsync(async_request(receiver.url), timeout=10).task
+            )
             receiver.wait_count(1, 30)
-            wait_for(lambda: _outcomes(samples(scrape(app)), "serving_webhook_deliveries_total").get("delivered"),
-                     10, "the webhook delivery to be counted")
+            wait_for(
+                lambda: _outcomes(samples(scrape(app)), "serving_webhook_deliveries_total").get("delivered"),
+                10,
+                "the webhook delivery to be counted",
+            )
             tasks = task_pb2_grpc.TaskServiceStub(channel)
-            assert tasks.GetTask(task_pb2.GetTaskRequest(id=submitted.id), timeout=10).task.status \
+            assert (
+                tasks.GetTask(task_pb2.GetTaskRequest(id=submitted.id), timeout=10).task.status
                 == task_pb2.TASK_STATUS_SUCCEEDED
+            )
             chunks = [b"x" * 1000, b"y" * 234]
             messages = [upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(file_name="a.bin"))]
             messages += [upload_pb2.UploadRequest(chunk=chunk) for chunk in chunks]
@@ -157,8 +169,8 @@ def test_tasks_webhooks_and_uploads_of_a_real_app_are_counted(telemetry_app, tmp
 
 
 def test_cancelled_tasks_and_the_queue_length_are_counted(telemetry_app):
-    from tests.support.task_helpers import async_request
     from serving.v1 import task_pb2, task_pb2_grpc
+    from tests.support.task_helpers import async_request
 
     app = telemetry_app(task_workers=0)  # nothing takes the entries: they stay queued
     with grpc.insecure_channel(app.address) as channel:

@@ -10,10 +10,10 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from wire.codec import from_numpy
 from serving.v1 import predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import ServerProcess, free_port, wait_for
+from wire.codec import from_numpy
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,8 @@ def test_calls_in_flight_at_sigterm_are_logged_before_exit(tmp_path):
             futures = [
                 stub.Predict.future(
                     predict_pb2.PredictRequest(
-                        model="digits", request_id=f"inflight-{i}",
+                        model="digits",
+                        request_id=f"inflight-{i}",
                         inputs={"image": tensor_pb2.Input(tensor=from_numpy(digits_rows(1, seed=i)))},
                     ),
                     timeout=30,

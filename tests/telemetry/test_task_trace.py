@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -71,7 +71,7 @@ def test_an_async_task_is_one_trace_from_predict_async_to_the_webhook(traced_tas
 
 
 def test_two_tasks_submitted_in_one_callers_trace_get_distinct_ids(traced_task_app):
-    app, exporter = traced_task_app
+    app, _exporter = traced_task_app
     incoming = "4bf92f3577b34da6a3ce929d0e0e4736"
     metadata = (("traceparent", f"00-{incoming}-00f067aa0ba902b7-01"),)
     with grpc.insecure_channel(app.address) as channel:
@@ -86,11 +86,13 @@ def test_two_tasks_submitted_in_one_callers_trace_get_distinct_ids(traced_task_a
 
 def test_uploads_have_a_span_with_key_and_size(traced_task_app):
     app, exporter = traced_task_app
-    requests = iter([
-        upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(file_name="a.bin")),
-        upload_pb2.UploadRequest(chunk=b"x" * 1000),
-        upload_pb2.UploadRequest(chunk=b"y" * 234),
-    ])
+    requests = iter(
+        [
+            upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(file_name="a.bin")),
+            upload_pb2.UploadRequest(chunk=b"x" * 1000),
+            upload_pb2.UploadRequest(chunk=b"y" * 234),
+        ]
+    )
     with grpc.insecure_channel(app.address) as channel:
         reply = upload_pb2_grpc.UploadServiceStub(channel).Upload(requests, timeout=30)
     (server_span,) = spans_named(exporter, UPLOAD, 1)

@@ -12,11 +12,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from server.config import Settings
-from wire.codec import from_numpy
 from server.telemetry.tracing import Tracing, current_traceparent, traceparent_for_task
 from serving.v1 import predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import wait_for
+from wire.codec import from_numpy
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +42,18 @@ def predict_request(rows: int, seed: int = 0) -> predict_pb2.PredictRequest:
 
 def spans_named(exporter: InMemorySpanExporter, name: str, count: int) -> list[ReadableSpan]:
     return wait_for(
-        lambda: (found := [s for s in exporter.get_finished_spans() if s.name == name]) and len(found) >= count and found,
-        10, f"{count} spans named {name}",
+        lambda: (
+            (found := [s for s in exporter.get_finished_spans() if s.name == name]) and len(found) >= count and found
+        ),
+        10,
+        f"{count} spans named {name}",
     )
 
 
 def children_of(exporter: InMemorySpanExporter, parent: ReadableSpan) -> dict[str, ReadableSpan]:
     return {
-        s.name: s for s in exporter.get_finished_spans()
+        s.name: s
+        for s in exporter.get_finished_spans()
         if s.parent is not None and s.parent.span_id == parent.context.span_id
     }
 
@@ -99,7 +103,7 @@ def test_requests_merged_into_one_batch_each_get_their_spans(traced_app):
     assert {s.parent.span_id for s in executes} == {s.context.span_id for s in servers}
     assert {s.context.trace_id for s in servers} == {s.context.trace_id for s in executes}
     assert len({s.context.trace_id for s in servers}) == 3
-    assert sum(s.attributes["serving.batch.size"] for s in executes) >= 3
+    assert sum(s.attributes["serving.batch.size"] for s in executes) >= 3  # type: ignore[misc]  # an int attribute
 
 
 def test_task_trace_helpers_continue_the_task_trace():
@@ -130,9 +134,7 @@ def test_traceparent_for_task_needs_a_uuid4_hex(bad):
         traceparent_for_task(bad)
 
 
-def test_spans_are_off_without_an_exporter_but_the_access_log_keeps_incoming_trace_ids(
-    telemetry_app, read_access_log
-):
+def test_spans_are_off_without_an_exporter_but_the_access_log_keeps_incoming_trace_ids(telemetry_app, read_access_log):
     app = telemetry_app(tracing_enabled=None)
     assert not app.telemetry.tracing.enabled
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -37,14 +37,18 @@ class KerasBackend(ModelBackend):
 
     def load(self, version_dir: Path, device: str) -> BackendModel:
         if keras.backend.backend() != "tensorflow":
-            raise ValueError(f"{version_dir / MODEL_FILE}: Keras runs on {keras.backend.backend()!r}; "
-                             "the server serves Keras models on its TensorFlow backend (KERAS_BACKEND=tensorflow)")
+            raise ValueError(
+                f"{version_dir / MODEL_FILE}: Keras runs on {keras.backend.backend()!r}; "
+                "the server serves Keras models on its TensorFlow backend (KERAS_BACKEND=tensorflow)"
+            )
         with tf.device(device):
             model = keras.saving.load_model(version_dir / MODEL_FILE, compile=False)
         declared = list(getattr(model, "inputs", None) or [])
         if not declared:
-            raise ValueError(f"{version_dir / MODEL_FILE}: the model declares no inputs (a subclassed model "
-                             "not built on keras.Input); save a functional or Sequential model")
+            raise ValueError(
+                f"{version_dir / MODEL_FILE}: the model declares no inputs (a subclassed model "
+                "not built on keras.Input); save a functional or Sequential model"
+            )
         inputs = {spec.name: spec for spec in (_info(t.name, t.dtype, t.shape) for t in declared)}
         if len(inputs) != len(declared):
             raise ValueError(f"{version_dir / MODEL_FILE}: two inputs share a name: {[t.name for t in declared]}")
@@ -65,8 +69,14 @@ class KerasBackend(ModelBackend):
                 result = serve({k: tf.convert_to_tensor(v) for k, v in batch.items()})
             return {k: v.numpy() for k, v in result.items()}
 
-        return BackendModel(dict(sorted(inputs.items())), outputs, run_batch, PLATFORM,
-                            f"Keras {keras.__version__} on TensorFlow {tf.__version__}", handle=model)
+        return BackendModel(
+            dict(sorted(inputs.items())),
+            outputs,
+            run_batch,
+            PLATFORM,
+            f"Keras {keras.__version__} on TensorFlow {tf.__version__}",
+            handle=model,
+        )
 
 
 def _named(result: Any) -> dict[str, tf.Tensor]:

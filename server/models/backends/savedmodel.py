@@ -54,9 +54,7 @@ class SignatureRunner:
         return {k: v.numpy() for k, v in result.items()}
 
 
-def flat_caller(
-    signature: object, inputs: dict[str, TensorInfo], public: SignatureCall
-) -> SignatureCall:
+def flat_caller(signature: object, inputs: dict[str, TensorInfo], public: SignatureCall) -> SignatureCall:
     """The signature's function called with its flat argument list, else `public`.
 
     Calling a loaded signature binds and checks its keyword arguments against
@@ -78,13 +76,11 @@ def flat_caller(
 
         def call(tensors: dict[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
             flat = function.call_flat(*[tensors[name] for name in names], *captured)
-            return tf.nest.pack_sequence_as(structure, flat, expand_composites=True)
+            outputs: Mapping[str, tf.Tensor] = tf.nest.pack_sequence_as(structure, flat, expand_composites=True)
+            return outputs
 
         rng = np.random.default_rng(0)
-        sample = {
-            name: tf.convert_to_tensor(_random_rows(rng, spec, 2))
-            for name, spec in inputs.items()
-        }
+        sample = {name: tf.convert_to_tensor(_random_rows(rng, spec, 2)) for name, spec in inputs.items()}
         want, got = public(sample), call(sample)
         if set(want) == set(got) and all(np.array_equal(want[k].numpy(), got[k].numpy()) for k in want):
             return call

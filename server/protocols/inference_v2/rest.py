@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
-from typing import Any, Callable
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -43,14 +44,13 @@ from server.dispatch import Dispatcher
 from server.errors import InvalidArgument, NotFound, Unimplemented
 from server.http.bodies import json_object, read_body
 from server.http.calls import CallFailed, RpcCall
-from server.http.responses import MethodNotAllowed
 from server.http.context import HttpServicerContext, metadata_from_headers
+from server.http.responses import MethodNotAllowed, error_body, with_error_body
 from server.http.rpc import Admits, admit_all, context_for, in_pool
-from server.http.responses import error_body, with_error_body
-from server.protocols.inference_v2 import tensors
 from server.predictor import Predictor
-from server.protocols.inference_v2.servicer import SERVICE, check_input, infer, version_of
 from server.protocols.deadlines import deadline_of
+from server.protocols.inference_v2 import tensors
+from server.protocols.inference_v2.servicer import SERVICE, check_input, infer, version_of
 
 # Dispatched in process only (never served over gRPC): the request body in, the answer's body out.
 REST_INFER_RPC = "/serving.v1.InferenceV2Rest/Infer"
@@ -58,8 +58,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH_VALUE = re.compile(r"[0-9]{1,15}")
 _MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer)?")
 _CONTROL_PATH = re.compile(r"/v2/repository/models/(?P<model>[^/]+)/(?P<verb>load|unload)")
-_PROBES = {"/v2/health/live": ("ServerLive", pb.ServerLiveRequest, "live"),
-           "/v2/health/ready": ("ServerReady", pb.ServerReadyRequest, "ready")}
+_PROBES = {
+    "/v2/health/live": ("ServerLive", pb.ServerLiveRequest, "live"),
+    "/v2/health/ready": ("ServerReady", pb.ServerReadyRequest, "ready"),
+}
 
 
 class InferenceV2Rest:
@@ -100,9 +102,11 @@ class InferenceV2Rest:
             return await self._control(request, control["model"], control["verb"])
         match = _MODEL_PATH.fullmatch(path)
         if match is None:
-            raise NotFound(f"no such path: {request.path}; the Open Inference Protocol's paths are /v2, "
-                           "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer], "
-                           "/v2/repository/index and /v2/repository/models/{model}/{load,unload}")
+            raise NotFound(
+                f"no such path: {request.path}; the Open Inference Protocol's paths are /v2, "
+                "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer], "
+                "/v2/repository/index and /v2/repository/models/{model}/{load,unload}"
+            )
         model, verb = match["model"], match["verb"] or ""
         version = match["version"] or ""
         number, label = version_of("version", version)  # checked before any call
@@ -112,13 +116,15 @@ class InferenceV2Rest:
             return await self._infer(request, (model, number, label), route)
         self._expect(request, "GET")
         if verb == "/ready":
-            reply = await self._call(request, "ModelReady", partial(pb.ModelReadyRequest, name=model, version=version),
-                                     route)
+            reply = await self._call(
+                request, "ModelReady", partial(pb.ModelReadyRequest, name=model, version=version), route
+            )
             if isinstance(reply, web.Response):
                 return reply
             return _json({"name": model, "ready": reply.ready}, 200 if reply.ready else 400)
-        reply = await self._call(request, "ModelMetadata",
-                                 partial(pb.ModelMetadataRequest, name=model, version=version), route)
+        reply = await self._call(
+            request, "ModelMetadata", partial(pb.ModelMetadataRequest, name=model, version=version), route
+        )
         if isinstance(reply, web.Response):
             return reply
         return _json(metadata_json(reply))
@@ -146,16 +152,21 @@ class InferenceV2Rest:
         reply = await self._call(request, "RepositoryIndex", partial(_index_request, body), "POST /v2/repository/index")
         if isinstance(reply, web.Response):
             return reply
-        return _json([{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
-                      for m in reply.models])
+        return _json(
+            [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in reply.models]
+        )
 
     async def _control(self, request: web.Request, model: str, verb: str) -> web.Response:
         method = "RepositoryModelLoad" if verb == "load" else "RepositoryModelUnload"
         message = pb.RepositoryModelLoadRequest if verb == "load" else pb.RepositoryModelUnloadRequest
         admitted = self.admits(f"/{SERVICE}/{method}", metadata_from_headers(request.headers))
         body = await read_body(request, self.max_body_bytes) if admitted else b""
-        reply = await self._call(request, method, partial(_control_request, message, model, body),
-                                 f"POST /v2/repository/models/{{model}}/{verb}")
+        reply = await self._call(
+            request,
+            method,
+            partial(_control_request, message, model, body),
+            f"POST /v2/repository/models/{{model}}/{verb}",
+        )
         if isinstance(reply, web.Response):
             return reply
         return web.Response(status=200)
@@ -185,8 +196,13 @@ def metadata_json(reply: pb.ModelMetadataResponse) -> dict[str, Any]:
     def specs(items: Any) -> list[dict[str, Any]]:
         return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
 
-    return {"name": reply.name, "versions": list(reply.versions), "platform": reply.platform,
-            "inputs": specs(reply.inputs), "outputs": specs(reply.outputs)}
+    return {
+        "name": reply.name,
+        "versions": list(reply.versions),
+        "platform": reply.platform,
+        "inputs": specs(reply.inputs),
+        "outputs": specs(reply.outputs),
+    }
 
 
 def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
@@ -198,6 +214,7 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
             raise Unimplemented(f"{REST_INFER_RPC} is served by the HTTP shim's /v2 paths only")
         body = request.value
         json_length = getattr(context, "json_length_in", None)
+        binary: bytes | memoryview
         if json_length is None:
             header, binary = body, b""
         elif json_length > len(body):
@@ -215,7 +232,11 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         blobs: list[bytes] = []
         entries = []
         for name, array in outputs:
-            entry: dict[str, Any] = {"name": name, "datatype": tensors.datatype_of(array.dtype), "shape": list(array.shape)}
+            entry: dict[str, Any] = {
+                "name": name,
+                "datatype": tensors.datatype_of(array.dtype),
+                "shape": list(array.shape),
+            }
             if binary_outputs(name):
                 blob = tensors.to_raw(array)
                 entry["parameters"] = {"binary_data_size": len(blob)}
@@ -227,7 +248,7 @@ def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:
         text = json.dumps(answer, separators=(",", ":")).encode()
         if not blobs:
             return wrappers_pb2.BytesValue(value=text)
-        context.json_length_out = len(text)
+        cast(Any, context).json_length_out = len(text)  # the shim's context: only the shim calls this method
         return wrappers_pb2.BytesValue(value=b"".join([text, *blobs]))
 
     return grpc.unary_unary_rpc_method_handler(rest_infer)
@@ -248,7 +269,10 @@ def _index_request(body: bytes) -> pb.RepositoryIndexRequest:
     return pb.RepositoryIndexRequest(repository_name=name, ready=ready)
 
 
-def _control_request(message: type[Message], model: str, body: bytes) -> Message:
+ControlRequest = pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest
+
+
+def _control_request(message: type[ControlRequest], model: str, body: bytes) -> ControlRequest:
     """A repository load or unload request from the path's model and the optional body {"parameters": {...}}."""
     request = message(model_name=model)
     if not body.strip():
@@ -258,7 +282,7 @@ def _control_request(message: type[Message], model: str, body: bytes) -> Message
     if set(payload) - {"parameters"} or not isinstance(payload.get("parameters") or {}, dict):
         raise InvalidArgument(f"request body: {expected}")
     for key, value in (payload.get("parameters") or {}).items():
-        parameter = request.parameters[key]  # type: ignore[attr-defined]
+        parameter = request.parameters[key]
         if isinstance(value, bool):
             parameter.bool_param = value
         elif isinstance(value, int):
@@ -312,7 +336,8 @@ def _inputs(model: Any, payload: dict[str, Any], binary: bytes | memoryview) -> 
     for index, item in enumerate(inputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidArgument(f"inputs[{index}]: expected an object with a name")
-        name, datatype = item["name"], item.get("datatype")
+        name: str = item["name"]
+        datatype: Any = item.get("datatype")  # a str once check_input has passed
         if name in model.inputs and name not in arrays and not isinstance(datatype, str):
             raise InvalidArgument(f"input '{name}': datatype is required (e.g. \"FP32\")")
         label = check_input(model, name, datatype, arrays)
@@ -370,5 +395,6 @@ def _outputs(payload: dict[str, Any]) -> tuple[list[tuple[str, int]], Callable[[
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body, separators=(",", ":")).encode(),
-                        content_type="application/json")
+    return web.Response(
+        status=status, body=json.dumps(body, separators=(",", ":")).encode(), content_type="application/json"
+    )

@@ -19,9 +19,9 @@ extension answers.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from importlib import metadata as package_metadata
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -29,11 +29,11 @@ import numpy as np
 from inference import open_inference_pb2 as pb
 from inference import open_inference_pb2_grpc
 from server.errors import InvalidArgument, NotFound, Unavailable, status_of
-from server.protocols.inference_v2 import tensors
 from server.models.model import LoadedModel
 from server.models.repository import LABEL, ModelRepository
 from server.predictor import Predictor, best_classes
 from server.protocols.deadlines import deadline_of
+from server.protocols.inference_v2 import tensors
 from server.protocols.streaming import BatchedStream
 
 SERVICE = "inference.GRPCInferenceService"
@@ -124,21 +124,28 @@ async def infer(
     return shaped_outputs(model, results, wanted)
 
 
-def checked(model: LoadedModel, arrays: dict[str, np.ndarray], outputs: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+def checked(
+    model: LoadedModel, arrays: dict[str, np.ndarray], outputs: Sequence[tuple[str, int]]
+) -> list[tuple[str, int]]:
     """The outputs to answer, once the request's outputs and inputs are checked (with V2 datatype names;
     the Predictor checks shapes and dtypes next)."""
     wanted = requested_outputs(model, outputs)
     if not arrays:
-        raise InvalidArgument(f"inputs: none given; model '{model.name}' takes " + ", ".join(
-            f"'{n}' ({tensors.datatype_of(s.dtype)} {list(s.shape)})" for n, s in model.inputs.items()
-        ))
+        raise InvalidArgument(
+            f"inputs: none given; model '{model.name}' takes "
+            + ", ".join(f"'{n}' ({tensors.datatype_of(s.dtype)} {list(s.shape)})" for n, s in model.inputs.items())
+        )
     return wanted
 
 
-def shaped_outputs(model: LoadedModel, results: dict[str, np.ndarray], wanted: Sequence[tuple[str, int]]) -> list[Output]:
+def shaped_outputs(
+    model: LoadedModel, results: dict[str, np.ndarray], wanted: Sequence[tuple[str, int]]
+) -> list[Output]:
     """The wanted outputs of a batch's rows, in order, classified where asked."""
-    return [(name, _classified(results[name], classes, model.labels) if classes else results[name])
-            for name, classes in wanted]
+    return [
+        (name, _classified(results[name], classes, model.labels) if classes else results[name])
+        for name, classes in wanted
+    ]
 
 
 def _classified(scores: np.ndarray, classes: int, labels: list[str]) -> np.ndarray:
@@ -146,10 +153,8 @@ def _classified(scores: np.ndarray, classes: int, labels: list[str]) -> np.ndarr
     decimals (Triton's format: "0.998573:3:3")."""
     best = best_classes(scores, classes)
     array = np.empty(best.shape, dtype=object)
-    for r, (row, indices) in enumerate(zip(scores.tolist(), best.tolist())):
-        array[r, :] = [
-            (f"{row[i]:f}:{i}" + (f":{labels[i]}" if i < len(labels) else "")).encode() for i in indices
-        ]
+    for r, (row, indices) in enumerate(zip(scores.tolist(), best.tolist(), strict=True)):
+        array[r, :] = [(f"{row[i]:f}:{i}" + (f":{labels[i]}" if i < len(labels) else "")).encode() for i in indices]
     return array
 
 
@@ -209,8 +214,10 @@ def check_parameters(parameters: Mapping[str, object], allowed: tuple[str, ...])
     unknown = sorted(k for k in parameters if k not in allowed)
     if unknown:
         takes = f"it takes {', '.join(repr(a) for a in allowed)}" if allowed else "it takes none"
-        raise InvalidArgument(f"parameters: {', '.join(repr(k) for k in unknown)} not supported (models load from "
-                              f"MODEL_DIR as they are); {takes}")
+        raise InvalidArgument(
+            f"parameters: {', '.join(repr(k) for k in unknown)} not supported (models load from "
+            f"MODEL_DIR as they are); {takes}"
+        )
 
 
 def required(field: str, value: str) -> str:
@@ -246,7 +253,9 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS)
 
-    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
         if not request.name:
             raise InvalidArgument("name: required")
         model = self.repository.get(request.name, *version_of("version", request.version))
@@ -254,8 +263,9 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         model = self._model_of(request)
-        outputs = await infer(self.predictor, model, decode_inputs(model, request), requested_of(request),
-                        deadline_of(context))
+        outputs = await infer(
+            self.predictor, model, decode_inputs(model, request), requested_of(request), deadline_of(context)
+        )
         return response_of(model, request.id, outputs)
 
     def ModelStreamInfer(
@@ -275,11 +285,13 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         check_repository(request.repository_name)
-        return pb.RepositoryIndexResponse(models=[
-            pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(version), state=state, reason=reason)
-            for name, version, state, reason in self.repository.index()
-            if state == "READY" or not request.ready
-        ])
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(version), state=state, reason=reason)
+                for name, version, state, reason in self.repository.index()
+                if state == "READY" or not request.ready
+            ]
+        )
 
     def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext
@@ -314,8 +326,9 @@ def response_of(model: LoadedModel, request_id: str, outputs: list[Output]) -> p
 class _PendingInfer:
     """A streamed request queued in its model's Batcher."""
 
-    def __init__(self, request: pb.ModelInferRequest, model: LoadedModel, wanted: list[tuple[str, int]],
-                 rows: Future) -> None:
+    def __init__(
+        self, request: pb.ModelInferRequest, model: LoadedModel, wanted: list[tuple[str, int]], rows: Future
+    ) -> None:
         self.request = request
         self.model = model
         self.wanted = wanted
@@ -342,4 +355,3 @@ def _stream_error(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStre
             model_name=request.model_name, model_version=request.model_version, id=request.id
         ),
     )
-

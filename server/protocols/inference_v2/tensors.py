@@ -22,17 +22,23 @@ from typing import Any, Final
 import numpy as np
 
 from server.errors import InvalidArgument
-from wire import codec
 from serving.v1 import tensor_pb2
+from wire import codec
 
 # The API's dtypes under their V2 names (numpy dtypes from codec.NUMPY_DTYPES; object arrays hold bytes).
 _V2_NAMES: Final[dict[int, str]] = {
     tensor_pb2.DATA_TYPE_BOOL: "BOOL",
-    tensor_pb2.DATA_TYPE_UINT8: "UINT8", tensor_pb2.DATA_TYPE_UINT16: "UINT16",
-    tensor_pb2.DATA_TYPE_UINT32: "UINT32", tensor_pb2.DATA_TYPE_UINT64: "UINT64",
-    tensor_pb2.DATA_TYPE_INT8: "INT8", tensor_pb2.DATA_TYPE_INT16: "INT16",
-    tensor_pb2.DATA_TYPE_INT32: "INT32", tensor_pb2.DATA_TYPE_INT64: "INT64",
-    tensor_pb2.DATA_TYPE_FLOAT16: "FP16", tensor_pb2.DATA_TYPE_FLOAT32: "FP32", tensor_pb2.DATA_TYPE_FLOAT64: "FP64",
+    tensor_pb2.DATA_TYPE_UINT8: "UINT8",
+    tensor_pb2.DATA_TYPE_UINT16: "UINT16",
+    tensor_pb2.DATA_TYPE_UINT32: "UINT32",
+    tensor_pb2.DATA_TYPE_UINT64: "UINT64",
+    tensor_pb2.DATA_TYPE_INT8: "INT8",
+    tensor_pb2.DATA_TYPE_INT16: "INT16",
+    tensor_pb2.DATA_TYPE_INT32: "INT32",
+    tensor_pb2.DATA_TYPE_INT64: "INT64",
+    tensor_pb2.DATA_TYPE_FLOAT16: "FP16",
+    tensor_pb2.DATA_TYPE_FLOAT32: "FP32",
+    tensor_pb2.DATA_TYPE_FLOAT64: "FP64",
     tensor_pb2.DATA_TYPE_STRING: "BYTES",
 }
 DATATYPES: Final[dict[str, np.dtype]] = {name: codec.NUMPY_DTYPES[code] for code, name in _V2_NAMES.items()}
@@ -41,9 +47,17 @@ MAX_BYTES = 2**62  # what a shape may ask for, zero dimensions counted as 1 (num
 # Where gRPC `InferTensorContents` carries each datatype (FP16 only travels raw).
 CONTENTS_FIELDS: Final[dict[str, str]] = {
     "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 _ALL_FIELDS = tuple(sorted(set(CONTENTS_FIELDS.values())))
 _LENGTH = struct.Struct("<I")
@@ -71,8 +85,9 @@ def element_count(tensor: str, datatype: str, shape: Any) -> tuple[np.dtype, tup
     # Checked before any product is printed or any array shaped: a zero-size tensor may not carry
     # dimensions numpy cannot represent, and huge JSON integers are not formatted.
     if any(d > MAX_BYTES for d in shape) or math.prod(max(d, 1) for d in shape) * dtype.itemsize > MAX_BYTES:
-        raise InvalidArgument(f"{tensor}: shape is too large: its {datatype} values would take more than "
-                              f"{MAX_BYTES} bytes")
+        raise InvalidArgument(
+            f"{tensor}: shape is too large: its {datatype} values would take more than {MAX_BYTES} bytes"
+        )
     dims = tuple(int(d) for d in shape)
     return dtype, dims, math.prod(dims)
 
@@ -96,7 +111,9 @@ def from_contents(tensor: str, datatype: str, shape: Any, contents: Any) -> np.n
         raise InvalidArgument(f"{tensor}: {datatype} values go in contents.{field}, not contents.{wrong[0]}")
     values = getattr(contents, field)
     if len(values) != count:
-        raise InvalidArgument(f"{tensor}: contents.{field} holds {len(values)} values but shape {list(dims)} needs {count}")
+        raise InvalidArgument(
+            f"{tensor}: contents.{field} holds {len(values)} values but shape {list(dims)} needs {count}"
+        )
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values)

@@ -1,1 +1,4 @@
-"""The server's own API (serving.v1): Predict, StreamPredict, Task and Upload. Its REST routes come from the protos' annotations (server/http)."""
+"""The server's own API (serving.v1): Predict, StreamPredict, Task and Upload.
+
+Its REST routes come from the protos' annotations (server/http).
+"""

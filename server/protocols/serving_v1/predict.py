@@ -12,13 +12,14 @@ from server.protocols.deadlines import deadline_of
 from server.tasks.predictions import PredictionTasks
 from serving.v1 import predict_pb2, predict_pb2_grpc
 
+
 def request_id_for(request_id: str, context: grpc.ServicerContext) -> str:
     """The request's own id, else `x-request-id` metadata, else a new one."""
     if request_id:
         return request_id
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
-            return value
+            return value.decode() if isinstance(value, bytes) else value
     return uuid.uuid4().hex
 
 
@@ -30,22 +31,30 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
         self.repository = repository
         self.tasks = tasks
 
-    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
         request.request_id = request_id_for(request.request_id, context)
         if self.tasks.wants_record(request):
             return await self.tasks.infer_recorded(request, deadline_of(context))
         return await self.predictor.infer(request, deadline_of(context))
 
-    def PredictAsync(self, request: predict_pb2.PredictAsyncRequest, context: grpc.ServicerContext) -> predict_pb2.PredictAsyncResponse:
+    def PredictAsync(
+        self, request: predict_pb2.PredictAsyncRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictAsyncResponse:
         request.request.request_id = request_id_for(request.request.request_id, context)
         return predict_pb2.PredictAsyncResponse(task=self.tasks.submit(request))
 
-    def GetModel(self, request: predict_pb2.GetModelRequest, context: grpc.ServicerContext) -> predict_pb2.GetModelResponse:
+    def GetModel(
+        self, request: predict_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.GetModelResponse:
         model = self.repository.get(request.model, request.version, request.version_label)
         served = [m.version for m in self.repository.served(model.name)]
         return predict_pb2.GetModelResponse(model=model.metadata(self.repository.versions_of(model), served))
 
-    def ListModels(self, request: predict_pb2.ListModelsRequest, context: grpc.ServicerContext) -> predict_pb2.ListModelsResponse:
+    def ListModels(
+        self, request: predict_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.ListModelsResponse:
         models = self.repository.models()
         served: dict[str, list[int]] = {}
         for model in models:  # newest first per model
@@ -54,10 +63,14 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
             models=[m.metadata(self.repository.versions_of(m), served[m.name]) for m in models]
         )
 
-    def LoadModel(self, request: predict_pb2.LoadModelRequest, context: grpc.ServicerContext) -> predict_pb2.LoadModelResponse:
+    def LoadModel(
+        self, request: predict_pb2.LoadModelRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.LoadModelResponse:
         loaded = self.repository.load(request.model)
         served = [m.version for m in loaded]
-        return predict_pb2.LoadModelResponse(models=[m.metadata(self.repository.versions_of(m), served) for m in loaded])
+        return predict_pb2.LoadModelResponse(
+            models=[m.metadata(self.repository.versions_of(m), served) for m in loaded]
+        )
 
     def UnloadModel(
         self, request: predict_pb2.UnloadModelRequest, context: grpc.ServicerContext

@@ -9,8 +9,8 @@ feed it messages.
 
 from __future__ import annotations
 
-import mimetypes
 import contextlib
+import mimetypes
 import re
 from collections.abc import Callable, Iterable, Iterator
 
@@ -30,8 +30,13 @@ class Uploads:
     `uploaded(nbytes)` (optional, e.g. the metrics) is called once per file stored successfully.
     """
 
-    def __init__(self, store: ObjectStore, tasks: TaskStore | None = None, tracer: trace.Tracer | None = None,
-                 uploaded: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        tasks: TaskStore | None = None,
+        tracer: trace.Tracer | None = None,
+        uploaded: Callable[[int], None] | None = None,
+    ) -> None:
         self.store = store
         self.uploaded = uploaded
         self.tasks = tasks
@@ -61,7 +66,10 @@ class Uploads:
         key = self.store.new_key(metadata.file_name, metadata.key_prefix)
         with self._span(key) as span:
             stored = self.store.put(
-                key, _chunks(stream, is_active), content_type=content_type, size=metadata.size or None,
+                key,
+                _chunks(stream, is_active),
+                content_type=content_type,
+                size=metadata.size or None,
                 sha256=sha256,
             )
             if not is_active():

@@ -31,30 +31,32 @@ import binascii
 import json
 import re
 import ssl
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Awaitable, Callable
+from typing import Any, cast
 
 import grpc
 import numpy as np
 from aiohttp import web
 from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
 from tensorflow.core.framework import types_pb2
 
 from server.dispatch import Dispatcher
-from server.errors import InvalidArgument, NotFound, ServingError, Unimplemented, http_status_of, status_of
+from server.errors import InvalidArgument, NotFound, Unimplemented
 from server.http.bodies import json_object, read_body
-from server.http.responses import error_body, with_error_body
 from server.http.calls import CallFailed, RpcCall
 from server.http.listener import LoopServer
+from server.http.responses import error_body, with_error_body
 from server.http.rpc import GET_MODEL_RPC, Admits, admit_all, context_for, in_pool
-from wire import codec
 from server.models.backend import TensorInfo
 from server.models.model import SIGNATURE, LoadedModel
-from server.protocols.tfserving.tensor_proto import tf_dtype_of
 from server.predictor import Predictor
 from server.protocols.deadlines import deadline_of
+from server.protocols.tfserving.tensor_proto import tf_dtype_of
 from serving.v1 import model_pb2, predict_pb2
+from wire import codec
 
 # Dispatched in process only (never served over gRPC): the JSON body in, the JSON answer out.
 REST_PREDICT_RPC = "/serving.v1.TFServingRest/Predict"
@@ -128,14 +130,15 @@ class TFServingRest(LoopServer):
             call = RpcCall(self.dispatcher, GET_MODEL_RPC, context)
             build = partial(predict_pb2.GetModelRequest, model=model, version=version, version_label=label)
         try:
-            reply = await in_pool(self.executor, call, call.invoke, build)
+            answered: Message = await in_pool(self.executor, call, call.invoke, build)
         except CallFailed as failed:
             return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
         if verb == ":predict":
-            answer = reply.value
+            answer = cast(wrappers_pb2.BytesValue, answered).value
         else:
-            named = version or (reply.model.version if label else 0)
-            answer = _dumps(metadata_json(reply.model) if verb == "/metadata" else status_json(reply.model, named))
+            model_reply = cast(predict_pb2.GetModelResponse, answered).model
+            named = version or (model_reply.version if label else 0)
+            answer = _dumps(metadata_json(model_reply) if verb == "/metadata" else status_json(model_reply, named))
         return web.Response(body=answer, content_type="application/json", headers=context.response_headers())
 
 
@@ -159,7 +162,9 @@ def input_arrays(model: LoadedModel, payload: dict[str, Any]) -> tuple[dict[str,
     """The input arrays of a TF Serving predict body, and whether it is columnar."""
     unknown = sorted(set(payload) - {"signature_name", "instances", "inputs"})
     if unknown:
-        raise InvalidArgument(f"request body: unknown field '{unknown[0]}'; expected signature_name, instances or inputs")
+        raise InvalidArgument(
+            f"request body: unknown field '{unknown[0]}'; expected signature_name, instances or inputs"
+        )
     signature = payload.get("signature_name")
     if signature not in (None, "", SIGNATURE):
         raise InvalidArgument(f"signature_name: model '{model.name}' serves signature '{SIGNATURE}', not {signature!r}")
@@ -209,7 +214,9 @@ def _named(value: Any) -> bool:
 
 def _only_input(specs: dict[str, TensorInfo], field: str) -> str:
     if len(specs) != 1:
-        raise InvalidArgument(f"{field}: the model takes several inputs ({_names(specs)}); key each value by input name")
+        raise InvalidArgument(
+            f"{field}: the model takes several inputs ({_names(specs)}); key each value by input name"
+        )
     return next(iter(specs))
 
 
@@ -235,8 +242,11 @@ def input_array(name: str, value: Any, spec: TensorInfo) -> np.ndarray:
             f"too deeply); expected {expected}"
         ) from None
     out_of_range = InvalidArgument(f"input '{name}': a value is outside the range of {expected}")
-    if array.size and array.dtype.kind == "O" and spec.dtype.kind in "iu" and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in array.flat
+    if (
+        array.size
+        and array.dtype.kind == "O"
+        and spec.dtype.kind in "iu"
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in array.flat)
     ):
         raise out_of_range  # integers too large for any numpy integer type
     if array.size and array.dtype.kind not in kinds:
@@ -258,7 +268,7 @@ def _strings(name: str, value: Any) -> Any:
             return base64.b64decode(value["b64"], validate=True)
         except binascii.Error:
             raise InvalidArgument(f"input '{name}': a b64 value is not valid base64") from None
-    raise InvalidArgument(f'input \'{name}\': expected strings or {{"b64": ...}} values, got {json.dumps(value)[:40]}')
+    raise InvalidArgument(f"input '{name}': expected strings or {{\"b64\": ...}} values, got {json.dumps(value)[:40]}")
 
 
 def predict_json(model: LoadedModel, outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:
@@ -270,12 +280,12 @@ def predict_json(model: LoadedModel, outputs: dict[str, np.ndarray], columnar: b
     batch = {name: outputs[name].shape[0] if outputs[name].ndim else None for name in names}
     if len(set(batch.values())) != 1 or None in batch.values():
         raise InvalidArgument(
-            f"outputs {batch} do not share a batch dimension, so they cannot be rows; send \"inputs\" "
+            f'outputs {batch} do not share a batch dimension, so they cannot be rows; send "inputs" '
             "(the columnar format) instead"
         )
     if len(names) == 1:
         return {"predictions": values[names[0]]}
-    rows = batch[names[0]]
+    rows = cast(int, batch[names[0]])  # None was refused above
     return {"predictions": [{name: values[name][row] for name in names} for row in range(rows)]}
 
 
@@ -346,7 +356,7 @@ def _json(body: Any, status: int) -> web.Response:
 
 
 def _tf_dtype_name(dtype: int) -> str:
-    """"DT_FLOAT" for DATA_TYPE_FLOAT32, and so on."""
+    """ "DT_FLOAT" for DATA_TYPE_FLOAT32, and so on."""
     numpy_dtype = codec.NUMPY_DTYPES.get(dtype)
     return "DT_INVALID" if numpy_dtype is None else types_pb2.DataType.Name(tf_dtype_of(numpy_dtype))
 

@@ -31,10 +31,10 @@ from tensorflow_serving.apis import (
 from server.errors import InvalidArgument, Unimplemented
 from server.models.backend import TensorInfo
 from server.models.model import SIGNATURE, LoadedModel
-from server.protocols.tfserving.tensor_proto import tensor_array, tf_dtype_of
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
 from server.protocols.deadlines import deadline_of
+from server.protocols.tfserving.tensor_proto import tensor_array, tf_dtype_of
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 # The package's *_pb2_grpc modules do not import the files that define the services; reflection
@@ -50,7 +50,9 @@ class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceS
         self.repository = repository
         self.max_tensor_bytes = max_tensor_bytes  # a TensorProto may not expand past this (MAX_MESSAGE_BYTES)
 
-    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
         model = self.repository.get(*model_of(request.model_spec, self.repository))
         unknown = sorted(set(request.inputs) - set(model.inputs))
         if unknown:  # before anything is decoded
@@ -80,7 +82,9 @@ class TFServingPredictionServicer(prediction_service_pb2_grpc.PredictionServiceS
         for key, spec in model.outputs.items():
             signature.outputs[key].CopyFrom(tensor_info(spec))
         response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=spec_of(model))
-        response.metadata["signature_def"].Pack(get_model_metadata_pb2.SignatureDefMap(signature_def={SIGNATURE: signature}))
+        response.metadata["signature_def"].Pack(
+            get_model_metadata_pb2.SignatureDefMap(signature_def={SIGNATURE: signature})
+        )
         return response
 
     def Classify(self, request: object, context: grpc.ServicerContext) -> None:
@@ -100,8 +104,9 @@ class TFServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self.repository = repository
 
     def HandleReloadConfigRequest(self, request: object, context: grpc.ServicerContext) -> None:
-        raise Unimplemented("model config reloads are not supported; versions under MODEL_DIR are picked up "
-                            "with MODEL_POLL_SECONDS")
+        raise Unimplemented(
+            "model config reloads are not supported; versions under MODEL_DIR are picked up with MODEL_POLL_SECONDS"
+        )
 
     def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext

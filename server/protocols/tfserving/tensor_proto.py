@@ -16,18 +16,28 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from server.errors import InvalidArgument
 from wire import codec
 
+
 def tf_dtype_of(dtype: np.dtype) -> int:
     """TensorFlow's `DataType` for one of the API's numpy dtypes (object: DT_STRING)."""
-    return (tf.string if dtype.kind == "O" else tf.as_dtype(dtype)).as_datatype_enum
+    code: int = (tf.string if dtype.kind == "O" else tf.as_dtype(dtype)).as_datatype_enum
+    return code
 
 
 # The TensorFlow dtypes a TensorProto may carry: the API's own (codec.NUMPY_DTYPES), and where typed values go.
 TF_NUMPY_DTYPES = {tf_dtype_of(dtype): dtype for dtype in codec.NUMPY_DTYPES.values()}
 VALUE_FIELDS = {
-    types_pb2.DT_HALF: "half_val", types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
-    types_pb2.DT_INT8: "int_val", types_pb2.DT_INT16: "int_val", types_pb2.DT_INT32: "int_val",
-    types_pb2.DT_UINT8: "int_val", types_pb2.DT_UINT16: "int_val", types_pb2.DT_INT64: "int64_val",
-    types_pb2.DT_UINT32: "uint32_val", types_pb2.DT_UINT64: "uint64_val", types_pb2.DT_BOOL: "bool_val",
+    types_pb2.DT_HALF: "half_val",
+    types_pb2.DT_FLOAT: "float_val",
+    types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_INT8: "int_val",
+    types_pb2.DT_INT16: "int_val",
+    types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_UINT8: "int_val",
+    types_pb2.DT_UINT16: "int_val",
+    types_pb2.DT_INT64: "int64_val",
+    types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val",
+    types_pb2.DT_BOOL: "bool_val",
     types_pb2.DT_STRING: "string_val",
 }
 
@@ -62,7 +72,7 @@ def tensor_array(
                 f"{count} (or fewer, the last repeated)"
             )
     try:
-        array = tf.make_ndarray(tensor)
+        array: np.ndarray = tf.make_ndarray(tensor)
     except Exception as exc:  # anything the checks above did not foresee
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise InvalidArgument(f"input '{name}': not a valid TensorProto: {first_line}") from None
@@ -73,6 +83,7 @@ def tensor_array(
 
 def _dtype_name(dtype: int) -> str:
     try:
-        return types_pb2.DataType.Name(dtype)
+        name: str = types_pb2.DataType.Name(dtype)
+        return name
     except ValueError:
         return f"<unknown dtype {dtype}>"

@@ -11,9 +11,10 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,10 +24,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from inference import open_inference_pb2 as pb
 from inference import open_inference_pb2_grpc
-from wire import codec
 from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.conftest import digits_rows
 from tests.support.servers import MODEL_DIR, ROOT, wait_for
+from wire import codec
 
 pytestmark = pytest.mark.integration
 
@@ -71,9 +72,15 @@ def v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     root = tmp_path_factory.mktemp("inference-v2")
     settings = Settings(
-        _env_file=None, grpc_server_address="127.0.0.1:0", http_server_address="127.0.0.1:0", metrics_address="",
-        model_dir=MODEL_DIR, upload_dir=root / "uploads", access_log_path=str(root / "access.log"),
-        api_keys=f"v2:{KEY}", max_http_body_bytes=1_000_000,
+        _env_file=None,
+        grpc_server_address="127.0.0.1:0",
+        http_server_address="127.0.0.1:0",
+        metrics_address="",
+        model_dir=MODEL_DIR,
+        upload_dir=root / "uploads",
+        access_log_path=str(root / "access.log"),
+        api_keys=f"v2:{KEY}",
+        max_http_body_bytes=1_000_000,
     )
     app = App(settings)
     try:
@@ -85,7 +92,7 @@ def v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         app.stop(grace=1)
 
 
-def infer_request(model: str, rows: np.ndarray, *, raw: bool = True, **fields: object) -> pb.ModelInferRequest:
+def infer_request(model: str, rows: np.ndarray, *, raw: bool = True, **fields: Any) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model, **fields)
     tensor = request.inputs.add(name="image", datatype="FP32", shape=rows.shape)
     if raw:
@@ -158,13 +165,18 @@ def test_grpc_stream_answers_each_message_by_id(v2: Served) -> None:
     for index, x in enumerate(rows):
         answer = by_id[f"s{index}"]
         assert (answer.error_message, answer.infer_response.model_name, answer.infer_response.model_version) == (
-            "", "digits", "1"
+            "",
+            "digits",
+            "1",
         )
         # Batched with the stream's other messages: equal up to float32 rounding of other batch sizes.
         want = v2.own_api("digits", {"image": x})["probabilities"]
         np.testing.assert_allclose(raw_output(answer.infer_response), want, rtol=1e-5, atol=1e-6)
     assert by_id["bad-model"].error_message.startswith("model 'nope' not found")
-    assert (by_id["bad-model"].infer_response.model_name, by_id["bad-model"].infer_response.model_version) == ("nope", "1")
+    assert (by_id["bad-model"].infer_response.model_name, by_id["bad-model"].infer_response.model_version) == (
+        "nope",
+        "1",
+    )
     assert by_id["bad-type"].error_message == (
         "input 'image': datatype FP64 does not match model 'digits', which expects FP32"
     )
@@ -174,10 +186,15 @@ def test_grpc_probes_and_metadata(v2: Served) -> None:
     assert v2.stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live is True  # no key needed
     assert v2.stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready is True
     assert v2.stub.ModelReady(pb.ModelReadyRequest(name="digits"), timeout=10, metadata=AUTH).ready is True
-    assert v2.stub.ModelReady(pb.ModelReadyRequest(name="digits", version="2"), timeout=10, metadata=AUTH).ready is False
+    assert (
+        v2.stub.ModelReady(pb.ModelReadyRequest(name="digits", version="2"), timeout=10, metadata=AUTH).ready is False
+    )
     assert v2.stub.ModelReady(pb.ModelReadyRequest(name="nope"), timeout=10, metadata=AUTH).ready is False
     server = v2.stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10, metadata=AUTH)
-    assert (server.name, list(server.extensions)) == ("tf-grpc-serving", ["classification", "binary_tensor_data", "model_repository"])
+    assert (server.name, list(server.extensions)) == (
+        "tf-grpc-serving",
+        ["classification", "binary_tensor_data", "model_repository"],
+    )
     meta = v2.stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=10, metadata=AUTH)
     assert (meta.name, list(meta.versions), meta.platform) == ("digits", ["1"], "tensorflow_savedmodel")
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("image", "FP32", [-1, 8, 8, 1])]
@@ -222,14 +239,17 @@ def test_repository_index_lists_every_version_found_and_its_state(make_app, tmp_
     assert len(requests.post(url, timeout=10).json()) == 2  # no body: everything
     bad = requests.post(url, json={"ready": "yes"}, timeout=10)
     assert (bad.status_code, bad.json()["error"]) == (
-        400, 'request body: "repository_name" is a string and "ready" true or false'
+        400,
+        'request body: "repository_name" is a string and "ready" true or false',
     )
     assert requests.get(url, timeout=10).status_code == 405
 
     # A newer version copied in later (MODEL_POLL_SECONDS=0), then a broken version_policy.
     shutil.copytree(MODEL_DIR / "digits" / "1", models / "digits" / "3")
     assert requests.post(url, json={"ready": None}, timeout=10).json()[-1] == {
-        "name": "digits", "version": "3", "state": "UNAVAILABLE",
+        "name": "digits",
+        "version": "3",
+        "state": "UNAVAILABLE",
         "reason": "found after start-up; with MODEL_POLL_SECONDS=0 new versions are not loaded",
     }
     (models / "digits" / "serving.json").write_text(json.dumps({"version_policy": {"latest": 0}}))
@@ -262,14 +282,21 @@ def test_version_labels_name_versions_in_every_api(make_app, tmp_path: Path) -> 
         with pytest.raises(grpc.RpcError) as raised:
             own.GetModel(predict_pb2.GetModelRequest(model="digits", version=1, version_label="canary"), timeout=30)
         assert (raised.value.code(), raised.value.details()) == (
-            grpc.StatusCode.INVALID_ARGUMENT, "give a version (1) or a version label ('canary'), not both"
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "give a version (1) or a version label ('canary'), not both",
         )
     base = f"http://{app.http_address}"
     body = {"inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": x.ravel().tolist()}]}
-    assert requests.post(f"{base}/v2/models/digits/versions/canary/infer", json=body, timeout=30).json()[
-        "model_version"] == "2"
-    assert requests.post(f"{base}/v2/models/digits/infer", json={**body, "model_version": "stable"}, timeout=30).json()[
-        "model_version"] == "1"
+    assert (
+        requests.post(f"{base}/v2/models/digits/versions/canary/infer", json=body, timeout=30).json()["model_version"]
+        == "2"
+    )
+    assert (
+        requests.post(f"{base}/v2/models/digits/infer", json={**body, "model_version": "stable"}, timeout=30).json()[
+            "model_version"
+        ]
+        == "1"
+    )
     assert requests.get(f"{base}/v1/models/digits?versionLabel=canary", timeout=30).json()["model"]["version"] == "2"
 
     from client import Client  # the client library and CLI take a label where they take a version
@@ -278,14 +305,19 @@ def test_version_labels_name_versions_in_every_api(make_app, tmp_path: Path) -> 
         assert client.predict("digits", {"image": x}, version="canary").version == 2
         assert client.get_model("digits", "stable").version == 1
         assert [r.result.version for r in client.stream_predict("digits", [{"image": x}], version="canary")] == [2]
-    cli = subprocess.run([sys.executable, "-m", "client", "--target", app.address, "model", "digits", "--version",
-                          "canary"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "client", "--target", app.address, "model", "digits", "--version", "canary"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0 and json.loads(cli.stdout)["version"] == "2", cli.stderr
 
 
 def test_reflection_lists_the_service(v2: Served) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(v2.channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
     names = [s.name for reply in replies for s in reply.list_services_response.service]
     assert "inference.GRPCInferenceService" in names
 
@@ -327,38 +359,88 @@ def _text_classification(request: pb.ModelInferRequest) -> None:
 GRPC_ERRORS = [
     (lambda r: setattr(r, "model_name", "nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
     (lambda r: setattr(r, "model_name", ""), grpc.StatusCode.INVALID_ARGUMENT, "model_name: required"),
-    (lambda r: setattr(r, "model_version", "one"), grpc.StatusCode.NOT_FOUND,
-     "model 'digits' has no version label 'one'; its labels: none (set version_labels in its serving.json)"),
-    (lambda r: setattr(r, "model_version", "1.0"), grpc.StatusCode.INVALID_ARGUMENT,
-     "model_version: expected a version number such as '1' or a version label such as 'stable', got '1.0'"),
-    (lambda r: setattr(r, "model_version", "9"), grpc.StatusCode.NOT_FOUND, "version 9 of model 'digits' is not served"),
-    (lambda r: setattr(r.inputs[0], "datatype", "FP64"), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': datatype FP64 does not match model 'digits', which expects FP32"),
-    (lambda r: setattr(r.inputs[0], "datatype", "FLOAT"), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': datatype FLOAT does not match model 'digits', which expects FP32"),
-    (lambda r: setattr(r.inputs[0], "name", "pixels"), grpc.StatusCode.INVALID_ARGUMENT,
-     "inputs: unknown input 'pixels'; model 'digits' takes 'image'"),
-    (lambda r: r.inputs[0].shape.__setitem__(0, 2), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': raw contents hold 256 bytes but shape [2, 8, 8, 1] of FP32 needs 512"),
-    (lambda r: r.inputs[0].shape.__setitem__(0, -1), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': shape [-1, 8, 8, 1] has a negative dimension"),
-    (lambda r: r.raw_input_contents.__setitem__(0, bytes(255)), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': raw contents hold 255 bytes but shape [1, 8, 8, 1] of FP32 needs 256"),
-    (lambda r: (r.inputs[0].shape.__delitem__(slice(None)), r.inputs[0].shape.extend([1, 64])),
-     grpc.StatusCode.INVALID_ARGUMENT, "input 'image': shape [1, 64] does not match the model's FLOAT32 [-1, 8, 8, 1]"),
-    (lambda r: r.raw_input_contents.append(b"x"), grpc.StatusCode.INVALID_ARGUMENT,
-     "raw_input_contents: 2 entries for 1 inputs; give one per input, in order"),
+    (
+        lambda r: setattr(r, "model_version", "one"),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'digits' has no version label 'one'; its labels: none (set version_labels in its serving.json)",
+    ),
+    (
+        lambda r: setattr(r, "model_version", "1.0"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "model_version: expected a version number such as '1' or a version label such as 'stable', got '1.0'",
+    ),
+    (
+        lambda r: setattr(r, "model_version", "9"),
+        grpc.StatusCode.NOT_FOUND,
+        "version 9 of model 'digits' is not served",
+    ),
+    (
+        lambda r: setattr(r.inputs[0], "datatype", "FP64"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': datatype FP64 does not match model 'digits', which expects FP32",
+    ),
+    (
+        lambda r: setattr(r.inputs[0], "datatype", "FLOAT"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': datatype FLOAT does not match model 'digits', which expects FP32",
+    ),
+    (
+        lambda r: setattr(r.inputs[0], "name", "pixels"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs: unknown input 'pixels'; model 'digits' takes 'image'",
+    ),
+    (
+        lambda r: r.inputs[0].shape.__setitem__(0, 2),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': raw contents hold 256 bytes but shape [2, 8, 8, 1] of FP32 needs 512",
+    ),
+    (
+        lambda r: r.inputs[0].shape.__setitem__(0, -1),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': shape [-1, 8, 8, 1] has a negative dimension",
+    ),
+    (
+        lambda r: r.raw_input_contents.__setitem__(0, bytes(255)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': raw contents hold 255 bytes but shape [1, 8, 8, 1] of FP32 needs 256",
+    ),
+    (
+        lambda r: (r.inputs[0].shape.__delitem__(slice(None)), r.inputs[0].shape.extend([1, 64])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': shape [1, 64] does not match the model's FLOAT32 [-1, 8, 8, 1]",
+    ),
+    (
+        lambda r: r.raw_input_contents.append(b"x"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "raw_input_contents: 2 entries for 1 inputs; give one per input, in order",
+    ),
     (_both, grpc.StatusCode.INVALID_ARGUMENT, "input 'image': set raw_input_contents or contents, not both"),
-    (_wrong_field, grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': FP32 values go in contents.fp32_contents, not contents.fp64_contents"),
-    (_short_contents, grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': contents.fp32_contents holds 63 values but shape [1, 8, 8, 1] needs 64"),
+    (
+        _wrong_field,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': FP32 values go in contents.fp32_contents, not contents.fp64_contents",
+    ),
+    (
+        _short_contents,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': contents.fp32_contents holds 63 values but shape [1, 8, 8, 1] needs 64",
+    ),
     (_second_input, grpc.StatusCode.INVALID_ARGUMENT, "input 'image': given twice"),
-    (lambda r: (r.inputs.pop(), r.raw_input_contents.pop()), grpc.StatusCode.INVALID_ARGUMENT,
-     "inputs: none given; model 'digits' takes 'image' (FP32 [-1, 8, 8, 1])"),
-    (lambda r: r.outputs.add(name="logits"), grpc.StatusCode.INVALID_ARGUMENT,
-     "outputs: unknown output 'logits'; model 'digits' returns 'probabilities'"),
-    (_text_classification, grpc.StatusCode.INVALID_ARGUMENT, "output 'probabilities': the classification parameter must be an integer"),
+    (
+        lambda r: (r.inputs.pop(), r.raw_input_contents.pop()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs: none given; model 'digits' takes 'image' (FP32 [-1, 8, 8, 1])",
+    ),
+    (
+        lambda r: r.outputs.add(name="logits"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outputs: unknown output 'logits'; model 'digits' returns 'probabilities'",
+    ),
+    (
+        _text_classification,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "output 'probabilities': the classification parameter must be an integer",
+    ),
 ]
 
 
@@ -376,7 +458,9 @@ def test_grpc_contents_must_be_the_datatypes_field(v2: Served) -> None:
     tensor.contents.int64_contents.append(2**40)
     with pytest.raises(grpc.RpcError) as raised:
         v2.stub.ModelInfer(request, timeout=30, metadata=AUTH)
-    assert raised.value.details() == "input 'digit': INT32 values go in contents.int_contents, not contents.int64_contents"
+    assert (
+        raised.value.details() == "input 'digit': INT32 values go in contents.int_contents, not contents.int64_contents"
+    )
 
 
 # -- REST ------------------------------------------------------------------------------------
@@ -384,15 +468,19 @@ def test_grpc_contents_must_be_the_datatypes_field(v2: Served) -> None:
 
 def test_rest_probes_and_metadata(v2: Served) -> None:
     assert (v2.get("/v2/health/live", key=None).status_code, v2.get("/v2/health/live", key=None).json()) == (
-        200, {"live": True}
+        200,
+        {"live": True},
     )
     assert v2.get("/v2/health/ready", key=None).json() == {"ready": True}
     assert v2.get("/v2").json() == {
-        "name": "tf-grpc-serving", "version": metadata.version("tf-grpc-serving"),
+        "name": "tf-grpc-serving",
+        "version": metadata.version("tf-grpc-serving"),
         "extensions": ["classification", "binary_tensor_data", "model_repository"],
     }
     assert v2.get("/v2/models/digits").json() == {
-        "name": "digits", "versions": ["1"], "platform": "tensorflow_savedmodel",
+        "name": "digits",
+        "versions": ["1"],
+        "platform": "tensorflow_savedmodel",
         "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 8, 8, 1]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
     }
@@ -412,7 +500,9 @@ def test_rest_infer_json_nested_and_flat_data(v2: Served) -> None:
         assert response.status_code == 200, response.text
         answer = response.json()
         assert {k: answer[k] for k in ("model_name", "model_version", "id")} == {
-            "model_name": "digits", "model_version": "1", "id": "rest-1"
+            "model_name": "digits",
+            "model_version": "1",
+            "id": "rest-1",
         }
         (output,) = answer["outputs"]
         assert (output["name"], output["datatype"], output["shape"]) == ("probabilities", "FP32", [3, 10])
@@ -422,24 +512,36 @@ def test_rest_infer_json_nested_and_flat_data(v2: Served) -> None:
 def test_rest_infer_binary_tensor_data(v2: Served) -> None:
     rows = digits_rows(2, seed=44)
     want = v2.own_api("digits", {"image": rows})["probabilities"]
-    header = json.dumps({
-        "inputs": [{"name": "image", "shape": [2, 8, 8, 1], "datatype": "FP32",
-                    "parameters": {"binary_data_size": rows.nbytes}}],
-        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-    }).encode()
-    response = v2.post("/v2/models/digits/versions/1/infer", header + rows.tobytes(),
-                       headers={"Inference-Header-Content-Length": str(len(header))})
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2, 8, 8, 1],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    response = v2.post(
+        "/v2/models/digits/versions/1/infer",
+        header + rows.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "application/octet-stream"
     length = int(response.headers["Inference-Header-Content-Length"])
     answer = json.loads(response.content[:length])
-    assert answer["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [2, 10],
-                                  "parameters": {"binary_data_size": 80}}]
+    assert answer["outputs"] == [
+        {"name": "probabilities", "datatype": "FP32", "shape": [2, 10], "parameters": {"binary_data_size": 80}}
+    ]
     np.testing.assert_array_equal(np.frombuffer(response.content[length:], "<f4").reshape(2, 10), want)
 
 
 def test_rest_classification_and_integer_inputs(v2: Served) -> None:
-    body = {"inputs": [{"name": "digit", "shape": [2], "datatype": "INT32", "data": [3, 7]}]}
+    body: dict[str, Any] = {"inputs": [{"name": "digit", "shape": [2], "datatype": "INT32", "data": [3, 7]}]}
     answer = v2.post("/v2/models/digits_decoder/infer", body).json()
     want = v2.own_api("digits_decoder", {"digit": np.array([3, 7], np.int32)})["image"]
     np.testing.assert_array_equal(np.asarray(answer["outputs"][0]["data"], np.float32).reshape(want.shape), want)
@@ -447,11 +549,17 @@ def test_rest_classification_and_integer_inputs(v2: Served) -> None:
     rows = digits_rows(1, seed=45)
     scores = v2.own_api("digits", {"image": rows})["probabilities"][0]
     best = int(np.argmax(scores))
-    body = {"inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": rows.ravel().tolist()}],
-            "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]}
+    body = {
+        "inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": rows.ravel().tolist()}],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
+    }
     (output,) = v2.post("/v2/models/digits/infer", body).json()["outputs"]
-    assert output == {"name": "probabilities", "datatype": "BYTES", "shape": [1, 1],
-                      "data": [f"{scores[best]:.6f}:{best}:{best}"]}
+    assert output == {
+        "name": "probabilities",
+        "datatype": "BYTES",
+        "shape": [1, 1],
+        "data": [f"{scores[best]:.6f}:{best}:{best}"],
+    }
 
 
 ONE_ROW = {"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": [0.5] * 64}
@@ -459,67 +567,185 @@ REST_ERRORS = [
     ("POST", "/v2/models/digits/infer", "{not json", 400, "request body: not JSON"),
     ("POST", "/v2/models/digits/infer", [1], 400, 'request body: expected a JSON object with "inputs"'),
     ("POST", "/v2/models/digits/infer", {"inputs": []}, 400, "inputs: expected a non-empty list"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "extra": 1}, 400,
-     "request body: unknown field 'extra'; expected id, parameters, inputs, outputs"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "data": [0.5] * 63}]}, 400,
-     "input 'image': data holds 63 values but shape [1, 8, 8, 1] needs 64"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "data": ["a"] * 64}]}, 400,
-     "input 'image': FP32 data must be numbers"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "data": [1e39] * 64}]}, 400,
-     "input 'image': a value is outside the range of FP32"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": "1,8,8,1"}]}, 400,
-     "input 'image': shape must be a list of integers"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{k: v for k, v in ONE_ROW.items() if k != "datatype"}]}, 400,
-     'input \'image\': datatype is required (e.g. "FP32")'),
-    ("POST", "/v2/models/digits_decoder/infer",
-     {"inputs": [{"name": "digit", "shape": [1], "datatype": "INT32", "data": [2**31]}]}, 400,
-     "input 'digit': a value is outside the range of INT32"),
-    ("POST", "/v2/models/digits_decoder/infer",
-     {"inputs": [{"name": "digit", "shape": [1], "datatype": "INT32", "data": [1.5]}]}, 400,
-     "input 'digit': INT32 data must be integers"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "outputs": [{"name": "logits"}]}, 400,
-     "outputs: unknown output 'logits'; model 'digits' returns 'probabilities'"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "id": 7}, 400,
-     "id: expected a string"),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [ONE_ROW], "extra": 1},
+        400,
+        "request body: unknown field 'extra'; expected id, parameters, inputs, outputs",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**ONE_ROW, "data": [0.5] * 63}]},
+        400,
+        "input 'image': data holds 63 values but shape [1, 8, 8, 1] needs 64",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**ONE_ROW, "data": ["a"] * 64}]},
+        400,
+        "input 'image': FP32 data must be numbers",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**ONE_ROW, "data": [1e39] * 64}]},
+        400,
+        "input 'image': a value is outside the range of FP32",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**ONE_ROW, "shape": "1,8,8,1"}]},
+        400,
+        "input 'image': shape must be a list of integers",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{k: v for k, v in ONE_ROW.items() if k != "datatype"}]},
+        400,
+        "input 'image': datatype is required (e.g. \"FP32\")",
+    ),
+    (
+        "POST",
+        "/v2/models/digits_decoder/infer",
+        {"inputs": [{"name": "digit", "shape": [1], "datatype": "INT32", "data": [2**31]}]},
+        400,
+        "input 'digit': a value is outside the range of INT32",
+    ),
+    (
+        "POST",
+        "/v2/models/digits_decoder/infer",
+        {"inputs": [{"name": "digit", "shape": [1], "datatype": "INT32", "data": [1.5]}]},
+        400,
+        "input 'digit': INT32 data must be integers",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [ONE_ROW], "outputs": [{"name": "logits"}]},
+        400,
+        "outputs: unknown output 'logits'; model 'digits' returns 'probabilities'",
+    ),
+    ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "id": 7}, 400, "id: expected a string"),
     ("POST", "/v2/models/nope/infer", {"inputs": [ONE_ROW]}, 404, "model 'nope' not found"),
-    ("POST", "/v2/models/digits/versions/9/infer", {"inputs": [ONE_ROW]}, 404,
-     "version 9 of model 'digits' is not served"),
-    ("POST", "/v2/models/digits/versions/x/infer", {"inputs": [ONE_ROW]}, 404,
-     "model 'digits' has no version label 'x'; its labels: none (set version_labels in its serving.json)"),
-    ("POST", "/v2/models/digits/versions/-1/infer", {"inputs": [ONE_ROW]}, 400,
-     "version: expected a version number such as '1' or a version label such as 'stable', got '-1'"),
-    ("GET", "/v2/models/digits/infer", None, 405, "method GET is not allowed for /v2/models/digits/infer; allowed: POST"),
+    (
+        "POST",
+        "/v2/models/digits/versions/9/infer",
+        {"inputs": [ONE_ROW]},
+        404,
+        "version 9 of model 'digits' is not served",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/versions/x/infer",
+        {"inputs": [ONE_ROW]},
+        404,
+        "model 'digits' has no version label 'x'; its labels: none (set version_labels in its serving.json)",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/versions/-1/infer",
+        {"inputs": [ONE_ROW]},
+        400,
+        "version: expected a version number such as '1' or a version label such as 'stable', got '-1'",
+    ),
+    (
+        "GET",
+        "/v2/models/digits/infer",
+        None,
+        405,
+        "method GET is not allowed for /v2/models/digits/infer; allowed: POST",
+    ),
     ("POST", "/v2/models/digits", {}, 405, "method POST is not allowed for /v2/models/digits; allowed: GET"),
-    ("POST", "/v2/repository/models/digits/load", {}, 400, "model control is off (MODEL_CONTROL_MODE=none serves the models found at start): set MODEL_CONTROL_MODE=explicit or poll to load models by API"),
-    ("GET", "/v2/repository/models/digits/unload", None, 405, "method GET is not allowed for /v2/repository/models/digits/unload; allowed: POST"),
+    (
+        "POST",
+        "/v2/repository/models/digits/load",
+        {},
+        400,
+        "model control is off (MODEL_CONTROL_MODE=none serves the models found at start): "
+        "set MODEL_CONTROL_MODE=explicit or poll to load models by API",
+    ),
+    (
+        "GET",
+        "/v2/repository/models/digits/unload",
+        None,
+        405,
+        "method GET is not allowed for /v2/repository/models/digits/unload; allowed: POST",
+    ),
     ("GET", "/v2/models/nope", None, 404, "model 'nope' not found"),
-    ("GET", "/v2/models/digits/versions/%C2%B2", None, 400,
-     "version: expected a version number such as '1' or a version label such as 'stable', got '²'"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "model_name": "other"}, 400,
-     "model_name: the body names model 'other' but the path 'digits'"),
-    ("POST", "/v2/models/digits/versions/1/infer", {"inputs": [ONE_ROW], "model_version": "2"}, 400,
-     "model_version: the body names version 2 but the path 1"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [ONE_ROW], "outputs": [{"name": "probabilities"}] * 2}, 400,
-     "output 'probabilities': requested twice"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [1] * 65, "data": [0.5]}]}, 400,
-     "input 'image': shape has 65 dimensions; at most 32 are taken"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [0, 2**62, 2**62], "data": []}]}, 400,
-     "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [0, 2**62], "data": []}]}, 400,
-     "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [10**1000] * 5}]}, 400,
-     "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes"),
-    ("POST", "/v2/models/digits/infer", {"inputs": [{**ONE_ROW, "shape": [1, 8, 8]}]}, 400,
-     "input 'image': shape [1, 8, 8] does not match the model's FLOAT32 [-1, 8, 8, 1]"),
+    (
+        "GET",
+        "/v2/models/digits/versions/%C2%B2",
+        None,
+        400,
+        "version: expected a version number such as '1' or a version label such as 'stable', got '²'",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [ONE_ROW], "model_name": "other"},
+        400,
+        "model_name: the body names model 'other' but the path 'digits'",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/versions/1/infer",
+        {"inputs": [ONE_ROW], "model_version": "2"},
+        400,
+        "model_version: the body names version 2 but the path 1",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [ONE_ROW], "outputs": [{"name": "probabilities"}] * 2},
+        400,
+        "output 'probabilities': requested twice",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**ONE_ROW, "shape": [1] * 65, "data": [0.5]}]},
+        400,
+        "input 'image': shape has 65 dimensions; at most 32 are taken",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**ONE_ROW, "shape": [0, 2**62, 2**62], "data": []}]},
+        400,
+        "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**ONE_ROW, "shape": [0, 2**62], "data": []}]},
+        400,
+        "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**ONE_ROW, "shape": [10**1000] * 5}]},
+        400,
+        "input 'image': shape is too large: its FP32 values would take more than 4611686018427387904 bytes",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"inputs": [{**ONE_ROW, "shape": [1, 8, 8]}]},
+        400,
+        "input 'image': shape [1, 8, 8] does not match the model's FLOAT32 [-1, 8, 8, 1]",
+    ),
 ]
 
 
 @pytest.mark.parametrize("method, path, body, status, message", REST_ERRORS)
 def test_rest_errors_name_what_is_wrong(v2: Served, method, path, body, status, message) -> None:
-    if method == "GET":
-        response = v2.get(path)
-    else:
-        response = v2.post(path, body)
+    response = v2.get(path) if method == "GET" else v2.post(path, body)
     assert response.status_code == status, response.text
     assert response.json()["error"].startswith(message), response.json()
     if status == 405:  # RFC 9110: the methods the path takes
@@ -530,9 +756,22 @@ def test_rest_takes_kserve_style_bodies(v2: Served) -> None:
     """KServe's client names the model in the body, and nulls stand for fields not given."""
     rows = digits_rows(1, seed=47)
     want = v2.own_api("digits", {"image": rows})["probabilities"]
-    body = {"model_name": "digits", "model_version": "1", "id": None, "parameters": None, "outputs": None,
-            "inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "parameters": None,
-                        "data": rows.ravel().tolist()}]}
+    body = {
+        "model_name": "digits",
+        "model_version": "1",
+        "id": None,
+        "parameters": None,
+        "outputs": None,
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1, 8, 8, 1],
+                "datatype": "FP32",
+                "parameters": None,
+                "data": rows.ravel().tolist(),
+            }
+        ],
+    }
     response = v2.post("/v2/models/digits/infer", body)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -543,8 +782,10 @@ def test_rest_takes_kserve_style_bodies(v2: Served) -> None:
 def test_rest_binary_data_output_for_every_output(v2: Served) -> None:
     rows = digits_rows(1, seed=48)
     want = v2.own_api("digits", {"image": rows})["probabilities"]
-    body = {"parameters": {"binary_data_output": True},
-            "inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": rows.ravel().tolist()}]}
+    body = {
+        "parameters": {"binary_data_output": True},
+        "inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": rows.ravel().tolist()}],
+    }
     response = v2.post("/v2/models/digits/infer", body)
     length = int(response.headers["Inference-Header-Content-Length"])
     assert json.loads(response.content[:length])["outputs"][0]["parameters"] == {"binary_data_size": 40}
@@ -553,10 +794,14 @@ def test_rest_binary_data_output_for_every_output(v2: Served) -> None:
 
 @pytest.mark.parametrize("value", ["²", "9" * 5000, "-1", "1e3"])
 def test_rest_header_length_must_be_a_byte_count(v2: Served, value: str) -> None:
-    response = v2.post("/v2/models/digits/infer", {"inputs": [ONE_ROW]},
-                       headers={"Inference-Header-Content-Length": value.encode().decode("latin-1")})
+    response = v2.post(
+        "/v2/models/digits/infer",
+        {"inputs": [ONE_ROW]},
+        headers={"Inference-Header-Content-Length": value.encode().decode("latin-1")},
+    )
     assert (response.status_code, response.json()["error"]) == (
-        400, "header Inference-Header-Content-Length: expected the JSON part's length in bytes"
+        400,
+        "header Inference-Header-Content-Length: expected the JSON part's length in bytes",
     )
 
 
@@ -582,16 +827,30 @@ def test_grpc_shapes_numpy_cannot_take_are_refused(v2: Served) -> None:
 
 def test_rest_binary_parts_must_add_up(v2: Served) -> None:
     def send(size: int, extra: bytes = b""):
-        header = json.dumps({"inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32",
-                                         "parameters": {"binary_data_size": size}}]}).encode()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1, 8, 8, 1],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": size},
+                    }
+                ]
+            }
+        ).encode()
         body = header + bytes(256) + extra
-        return v2.post("/v2/models/digits/infer", body,
-                       headers={"Inference-Header-Content-Length": str(len(header))})
+        return v2.post("/v2/models/digits/infer", body, headers={"Inference-Header-Content-Length": str(len(header))})
 
     assert send(256).status_code == 200
-    assert send(300).json()["error"] == "input 'image': binary_data_size 300 runs past the end of the body's binary part"
+    assert (
+        send(300).json()["error"] == "input 'image': binary_data_size 300 runs past the end of the body's binary part"
+    )
     assert send(256, b"xx").json()["error"] == "request body: 2 bytes of binary data belong to no input"
-    assert send(252).json()["error"] == "input 'image': raw contents hold 252 bytes but shape [1, 8, 8, 1] of FP32 needs 256"
+    assert (
+        send(252).json()["error"]
+        == "input 'image': raw contents hold 252 bytes but shape [1, 8, 8, 1] of FP32 needs 256"
+    )
     too_long = v2.post("/v2/models/digits/infer", b"{}", headers={"Inference-Header-Content-Length": "50"})
     assert too_long.json()["error"] == "header Inference-Header-Content-Length: 50 is longer than the 2-byte body"
 
@@ -600,7 +859,8 @@ def test_rest_needs_a_key_and_reads_no_body_without_one(v2: Served) -> None:
     oversized = b"x" * 1_000_001  # over max_http_body_bytes
     without = v2.post("/v2/models/digits/infer", oversized, key=None)
     assert (without.status_code, without.json()["error"]) == (
-        401, "missing API key: send the metadata 'authorization: Bearer <key>'"
+        401,
+        "missing API key: send the metadata 'authorization: Bearer <key>'",
     )
     assert v2.post("/v2/models/digits/infer", oversized).status_code == 413
     assert v2.get("/v2/models/digits", key=None).status_code == 401
@@ -615,8 +875,11 @@ def test_rest_and_grpc_calls_are_logged(v2: Served) -> None:
 
     def logged() -> list[tuple[str, str, str, str]]:
         lines = [json.loads(line) for line in v2.access_log.read_text().splitlines()] if v2.access_log.exists() else []
-        found = [(e["request_id"], e["method"], e["status"], e["model"]) for e in lines
-                 if e["request_id"] in ("v2-log-1", "v2-log-2")]
+        found = [
+            (e["request_id"], e["method"], e["status"], e["model"])
+            for e in lines
+            if e["request_id"] in ("v2-log-1", "v2-log-2")
+        ]
         return sorted(found) if len(found) == 2 else []
 
     wait_for(logged, 10, "the access-log lines")
@@ -660,9 +923,19 @@ def test_triton_clients_work_unchanged(make_app, tmp_path: Path) -> None:
     np.save(tmp_path / "rows.npy", rows)
     np.save(tmp_path / "digits.npy", digits)
     run = subprocess.run(
-        [sys.executable, "-m", "tests.support.triton_clients", app.address, app.http_address,
-         str(tmp_path / "rows.npy"), str(tmp_path / "digits.npy")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tests.support.triton_clients",
+            app.address,
+            app.http_address,
+            str(tmp_path / "rows.npy"),
+            str(tmp_path / "digits.npy"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout)
@@ -679,15 +952,24 @@ def test_triton_clients_work_unchanged(make_app, tmp_path: Path) -> None:
         np.testing.assert_allclose(np.asarray(stream[f"stream-{index}"], np.float32), want, rtol=1e-5, atol=1e-6)
     assert stream["error"].startswith("model 'nope' not found")
     assert (grpc_seen["live"], grpc_seen["ready"], grpc_seen["model_ready"], grpc_seen["unknown_model_ready"]) == (
-        True, True, True, False
+        True,
+        True,
+        True,
+        False,
     )
-    assert grpc_seen["server"] == {"name": "tf-grpc-serving", "version": metadata.version("tf-grpc-serving"),
-                                   "extensions": ["classification", "binary_tensor_data", "model_repository"]}
+    assert grpc_seen["server"] == {
+        "name": "tf-grpc-serving",
+        "version": metadata.version("tf-grpc-serving"),
+        "extensions": ["classification", "binary_tensor_data", "model_repository"],
+    }
     assert grpc_seen["metadata"]["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "8", "8", "1"]}]
-    assert grpc_seen["index"] == {"models": [
-        {"name": "digits", "version": "1", "state": "READY"}, {"name": "digits_decoder", "version": "1", "state": "READY"},
-        {"name": "digits_keras", "version": "1", "state": "READY"},
-    ]}
+    assert grpc_seen["index"] == {
+        "models": [
+            {"name": "digits", "version": "1", "state": "READY"},
+            {"name": "digits_decoder", "version": "1", "state": "READY"},
+            {"name": "digits_keras", "version": "1", "state": "READY"},
+        ]
+    }
     assert http_seen["index"] == [
         {"name": "digits", "version": "1", "state": "READY", "reason": ""},
         {"name": "digits_decoder", "version": "1", "state": "READY", "reason": ""},

@@ -9,10 +9,10 @@ import grpc
 import numpy as np
 import pytest
 
-from wire.codec import from_numpy, to_numpy
 from serving.v1 import model_pb2, predict_pb2, predict_pb2_grpc, tensor_pb2
 from tests.conftest import digits_rows
 from tests.support.servers import MODEL_DIR
+from wire.codec import from_numpy, to_numpy
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,9 @@ SAMPLES = MODEL_DIR / "digits" / "samples"
 
 
 def tensor_request(x: np.ndarray, **fields) -> predict_pb2.PredictRequest:
-    return predict_pb2.PredictRequest(model="digits", inputs={"image": tensor_pb2.Input(tensor=from_numpy(x))}, **fields)
+    return predict_pb2.PredictRequest(
+        model="digits", inputs={"image": tensor_pb2.Input(tensor=from_numpy(x))}, **fields
+    )
 
 
 def assert_same_rows(got: np.ndarray, want: np.ndarray) -> None:
@@ -50,7 +52,7 @@ def test_top_k_classifications_follow_the_scores(stub):
     reply = stub.Predict(tensor_request(x, top_k=2), timeout=10)
     scores = to_numpy(reply.outputs["probabilities"])
     assert len(reply.classifications) == 4
-    for row, classification in zip(scores, reply.classifications):
+    for row, classification in zip(scores, reply.classifications, strict=True):
         best = np.argsort(-row)[:2]
         assert [c.index for c in classification.classes] == list(best)
         assert [c.label for c in classification.classes] == [str(i) for i in best]

@@ -10,12 +10,18 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+
+from client import Client, ClientError
+from client.cli import main
+from server.app import App
+from serving.v1 import task_pb2, task_pb2_grpc, upload_pb2, upload_pb2_grpc
 from tests.support.s3_servers import (
-    MiB,
     PART,
+    MiB,
     MotoServer,
     app_settings,
     chunks_of,
@@ -24,11 +30,6 @@ from tests.support.s3_servers import (
     object_keys,
     s3_settings,
 )
-
-from client import Client, ClientError
-from client.cli import main
-from server.app import App
-from serving.v1 import task_pb2, task_pb2_grpc, upload_pb2, upload_pb2_grpc
 from tests.support.servers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.integration
 StartApp = Callable[..., App]
 
 
-def metadata(**fields: object) -> upload_pb2.UploadRequest:
+def metadata(**fields: Any) -> upload_pb2.UploadRequest:
     return upload_pb2.UploadRequest(metadata=upload_pb2.UploadMetadata(**fields))
 
 
@@ -67,8 +68,12 @@ def local_app(start_app: StartApp, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_local_folder_default_end_to_end(local_app: App, tmp_path: Path) -> None:
     data = os.urandom(2 * MiB + 3)
-    reply = upload(local_app, messages(data, 256 * 1024, file_name="../../photo.png", size=len(data),
-                                       sha256=hashlib.sha256(data).hexdigest()))
+    reply = upload(
+        local_app,
+        messages(
+            data, 256 * 1024, file_name="../../photo.png", size=len(data), sha256=hashlib.sha256(data).hexdigest()
+        ),
+    )
     root = tmp_path / "data" / "uploads"
     assert reply.key.endswith("-photo.png") and "/" not in reply.key
     assert reply.uri == (root / reply.key).as_uri()
@@ -123,7 +128,8 @@ def test_files_sent_with_a_task_id_join_the_task(local_app: App) -> None:
         tasks = task_pb2_grpc.TaskServiceStub(channel)
         task = tasks.CreateTask(task_pb2.CreateTaskRequest(task=task_pb2.Task(model="external")), timeout=10).task
         reply = upload_pb2_grpc.UploadServiceStub(channel).Upload(
-            messages(b"result", file_name="out.csv", task_id=task.id), timeout=10)
+            messages(b"result", file_name="out.csv", task_id=task.id), timeout=10
+        )
         files = tasks.GetTask(task_pb2.GetTaskRequest(id=task.id), timeout=10).task.files
     assert [(f.name, f.uri, f.url, f.content_type, f.size) for f in files] == [
         ("out.csv", reply.uri, reply.url, "text/csv", 6)
@@ -161,8 +167,12 @@ def test_s3_uploads_round_trip(moto: MotoServer, s3_bucket: str, start_app: Star
     small = os.urandom(1000)
     large = os.urandom(2 * PART + 123)
     for data, parts in ((small, 0), (large, 3)):
-        reply = upload(app, messages(data, file_name="..\\..\\x\u0000y.bin", key_prefix="../../in",
-                                     sha256=hashlib.sha256(data).hexdigest()))
+        reply = upload(
+            app,
+            messages(
+                data, file_name="..\\..\\x\u0000y.bin", key_prefix="../../in", sha256=hashlib.sha256(data).hexdigest()
+            ),
+        )
         assert reply.key.startswith("srv/in/") and reply.key.endswith("-xy.bin")
         assert reply.uri == f"s3://{s3_bucket}/{reply.key}"
         assert reply.url == f"{moto.endpoint_url}/{s3_bucket}/{reply.key}"
@@ -190,11 +200,17 @@ def test_a_cancelled_call_aborts_the_multipart_upload(
     with grpc.insecure_channel(app.address) as channel:
         call = upload_pb2_grpc.UploadServiceStub(channel).Upload.future(requests(), timeout=60)
         try:
-            wait_for(lambda: [u for u in in_progress_uploads(moto, s3_bucket) if u["Key"].startswith("cancel/")],
-                     30, "the multipart upload to start")
+            wait_for(
+                lambda: [u for u in in_progress_uploads(moto, s3_bucket) if u["Key"].startswith("cancel/")],
+                30,
+                "the multipart upload to start",
+            )
             call.cancel()
-            wait_for(lambda: not [u for u in in_progress_uploads(moto, s3_bucket) if u["Key"].startswith("cancel/")],
-                     30, "the multipart upload to be aborted")
+            wait_for(
+                lambda: not [u for u in in_progress_uploads(moto, s3_bucket) if u["Key"].startswith("cancel/")],
+                30,
+                "the multipart upload to be aborted",
+            )
             wait_for(lambda: cancelled._value.get() == 1, 30, "the call to be counted as CANCELLED")
         finally:
             release.set()
@@ -211,8 +227,11 @@ def test_s3_server_stopped_mid_upload(start_app: StartApp, tmp_path: Path, aws_e
         def requests() -> Iterator[upload_pb2.UploadRequest]:
             yield from messages(os.urandom(PART + MiB), file_name="v.bin")
             upload_id = wait_for(lambda: in_progress_uploads(victim, "victim"), 30, "the upload")[0]["UploadId"]
-            wait_for(lambda: victim.client.list_parts(Bucket="victim", Key=_key(victim), UploadId=upload_id)
-                     .get("Parts"), 30, "part 1 to be stored")
+            wait_for(
+                lambda: victim.client.list_parts(Bucket="victim", Key=_key(victim), UploadId=upload_id).get("Parts"),
+                30,
+                "part 1 to be stored",
+            )
             victim.kill()
             yield from (upload_pb2.UploadRequest(chunk=c) for c in chunks_of(os.urandom(2 * PART)))
 

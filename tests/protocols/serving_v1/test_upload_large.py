@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.s3_servers import MiB, MotoServer, new_bucket
 
 from client import Client
+from tests.support.s3_servers import MiB, MotoServer, new_bucket
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -52,10 +52,15 @@ class PeakRss:
 @pytest.mark.slow
 def test_256_mib_round_trip_with_bounded_server_memory(moto: MotoServer, tmp_path: Path) -> None:
     bucket = new_bucket(moto)
-    server = ServerProcess(tmp_path / "server.log", env={
-        "AWS_BUCKET": bucket, "AWS_REGION": "us-east-1", "S3_ENDPOINT_URL": moto.endpoint_url,
-        "ACCESS_LOG_PATH": "",
-    })
+    server = ServerProcess(
+        tmp_path / "server.log",
+        env={
+            "AWS_BUCKET": bucket,
+            "AWS_REGION": "us-east-1",
+            "S3_ENDPOINT_URL": moto.endpoint_url,
+            "ACCESS_LOG_PATH": "",
+        },
+    )
     try:
         server.wait_serving()
         pid = server.process.pid
@@ -77,8 +82,10 @@ def test_256_mib_round_trip_with_bounded_server_memory(moto: MotoServer, tmp_pat
             sampled_peak = sampler.stop()
             hwm_peak = proc_status(pid, "VmHWM")
         growth = max(sampled_peak, hwm_peak) - baseline
-        print(f"server RSS {baseline / MiB:.0f} MiB before, peak growth {growth / MiB:.1f} MiB "
-              f"(sampled {(sampled_peak - baseline) / MiB:.1f}, VmHWM {(hwm_peak - baseline) / MiB:.1f})")
+        print(
+            f"server RSS {baseline / MiB:.0f} MiB before, peak growth {growth / MiB:.1f} MiB "
+            f"(sampled {(sampled_peak - baseline) / MiB:.1f}, VmHWM {(hwm_peak - baseline) / MiB:.1f})"
+        )
         assert growth < MAX_GROWTH
         assert reply.size == SIZE and reply.sha256 == sent.hexdigest()
         head = moto.client.head_object(Bucket=bucket, Key=reply.key)

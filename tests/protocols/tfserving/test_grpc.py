@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -27,11 +28,11 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from wire import codec
 from serving.v1 import predict_pb2 as serving_predict_pb2
 from serving.v1 import predict_pb2_grpc as serving_predict_pb2_grpc
 from tests.conftest import digits_rows
 from tests.support.servers import MODEL_DIR, wait_for
+from wire import codec
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,13 @@ def channel(access_log: Path) -> Iterator[grpc.Channel]:
     from server.config import Settings
 
     settings = Settings(
-        _env_file=None, grpc_server_address="127.0.0.1:0", http_server_address="", metrics_address="",
-        model_dir=MODEL_DIR, upload_dir=access_log.parent / "uploads", access_log_path=str(access_log),
+        _env_file=None,
+        grpc_server_address="127.0.0.1:0",
+        http_server_address="",
+        metrics_address="",
+        model_dir=MODEL_DIR,
+        upload_dir=access_log.parent / "uploads",
+        access_log_path=str(access_log),
     )
     app = App(settings)
     try:
@@ -64,7 +70,7 @@ def tfs_request(model: str, inputs: dict[str, object], **spec: object) -> predic
     request.model_spec.name = model
     for key, value in spec.items():
         if key == "version":
-            request.model_spec.version.value = value  # type: ignore[assignment]
+            request.model_spec.version.value = value
         else:
             setattr(request.model_spec, key, value)
     for name, value in inputs.items():
@@ -87,11 +93,15 @@ def test_predict_answers_what_the_own_api_answers(channel: grpc.Channel, access_
     x = digits_rows(4, seed=21)
     response = stub.Predict(tfs_request("digits", {"image": x}), timeout=30, metadata=[("x-request-id", "tfs-grpc-1")])
     assert (response.model_spec.name, response.model_spec.version.value, response.model_spec.signature_name) == (
-        "digits", 1, "serving_default"
+        "digits",
+        1,
+        "serving_default",
     )
     assert list(response.outputs) == ["probabilities"]
     assert response.outputs["probabilities"].dtype == types_pb2.DT_FLOAT
-    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["probabilities"]), own_api(channel, "digits", {"image": x})["probabilities"])
+    np.testing.assert_array_equal(
+        tf.make_ndarray(response.outputs["probabilities"]), own_api(channel, "digits", {"image": x})["probabilities"]
+    )
 
     def logged() -> list[dict]:
         lines = [json.loads(line) for line in access_log.read_text().splitlines()] if access_log.exists() else []
@@ -108,7 +118,9 @@ def test_typed_value_tensors_versions_filters_and_integer_models(channel: grpc.C
     x = digits_rows(1, seed=22)
     typed = tensor_pb2.TensorProto(
         dtype=types_pb2.DT_FLOAT,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in x.shape]),
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in x.shape]
+        ),
         float_val=x.ravel().tolist(),
     )
     request = tfs_request("digits", {"image": typed}, version=1, signature_name="serving_default")
@@ -162,41 +174,83 @@ def _bad_content() -> tensor_pb2.TensorProto:
 
 ZEROS = np.zeros((1, 8, 8, 1), np.float32)
 PREDICT_ERRORS = [
-    (tfs_request("nope", {"image": ZEROS}), grpc.StatusCode.NOT_FOUND,
-     "model 'nope' not found; available models: 'digits', 'digits_decoder', 'digits_keras'"),
-    (tfs_request("digits", {"image": ZEROS}, version=4), grpc.StatusCode.NOT_FOUND,
-     "version 4 of model 'digits' is not served; served version: 1"),
-    (tfs_request("digits", {"image": np.zeros((1, 8, 8, 1))}), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': dtype FLOAT64 does not match the model's FLOAT32 [-1, 8, 8, 1]"),
-    (tfs_request("digits", {"image": np.zeros((1, 8, 8), np.float32)}), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': shape [1, 8, 8] does not match the model's FLOAT32 [-1, 8, 8, 1]"),
-    (tfs_request("digits", {"image": _bad_content()}), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': tensor_content has 252 bytes; shape [1, 8, 8, 1] of DT_FLOAT needs 256"),
-    (tfs_request("digits", {"image": _proto(types_pb2.DT_BFLOAT16, [1, 8, 8, 1], half_val=[16256])}),
-     grpc.StatusCode.INVALID_ARGUMENT, "input 'image': dtype DT_BFLOAT16 is not supported"),
-    (tfs_request("digits", {"image": _proto(types_pb2.DT_COMPLEX64, [1, 8, 8, 1], scomplex_val=[1.0, 0.0])}),
-     grpc.StatusCode.INVALID_ARGUMENT, "input 'image': dtype DT_COMPLEX64 is not supported"),
-    (tfs_request("digits", {"image": _proto(types_pb2.DT_FLOAT, [8_000_000, 8, 8, 1], float_val=[0.5])}),
-     grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': shape [8000000, 8, 8, 1] holds 512000000 values, more than the 67108864 bytes allowed "
-     "(MAX_MESSAGE_BYTES)"),
-    (tfs_request("digits", {"image": _proto(types_pb2.DT_FLOAT, [1, 8, 8, 1], float_val=[0.5] * 65)}),
-     grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': float_val has 65 values; shape [1, 8, 8, 1] needs 64 (or fewer, the last repeated)"),
-    (tfs_request("digits", {"image": _proto(types_pb2.DT_FLOAT, [1, -1, 8, 1], float_val=[0.5])}),
-     grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'image': tensor_shape [1, -1, 8, 1] must be fully known (no unknown rank, no -1)"),
-    (tfs_request("digits", {}), grpc.StatusCode.INVALID_ARGUMENT,
-     "inputs: none given; model 'digits' takes 'image' (FLOAT32 [-1, 8, 8, 1])"),
-    (tfs_request("digits", {"img": ZEROS}), grpc.StatusCode.INVALID_ARGUMENT,
-     "inputs: unknown input 'img'; model 'digits' takes 'image'"),
+    (
+        tfs_request("nope", {"image": ZEROS}),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'nope' not found; available models: 'digits', 'digits_decoder', 'digits_keras'",
+    ),
+    (
+        tfs_request("digits", {"image": ZEROS}, version=4),
+        grpc.StatusCode.NOT_FOUND,
+        "version 4 of model 'digits' is not served; served version: 1",
+    ),
+    (
+        tfs_request("digits", {"image": np.zeros((1, 8, 8, 1))}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': dtype FLOAT64 does not match the model's FLOAT32 [-1, 8, 8, 1]",
+    ),
+    (
+        tfs_request("digits", {"image": np.zeros((1, 8, 8), np.float32)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': shape [1, 8, 8] does not match the model's FLOAT32 [-1, 8, 8, 1]",
+    ),
+    (
+        tfs_request("digits", {"image": _bad_content()}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': tensor_content has 252 bytes; shape [1, 8, 8, 1] of DT_FLOAT needs 256",
+    ),
+    (
+        tfs_request("digits", {"image": _proto(types_pb2.DT_BFLOAT16, [1, 8, 8, 1], half_val=[16256])}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': dtype DT_BFLOAT16 is not supported",
+    ),
+    (
+        tfs_request("digits", {"image": _proto(types_pb2.DT_COMPLEX64, [1, 8, 8, 1], scomplex_val=[1.0, 0.0])}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': dtype DT_COMPLEX64 is not supported",
+    ),
+    (
+        tfs_request("digits", {"image": _proto(types_pb2.DT_FLOAT, [8_000_000, 8, 8, 1], float_val=[0.5])}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': shape [8000000, 8, 8, 1] holds 512000000 values, more than the 67108864 bytes allowed "
+        "(MAX_MESSAGE_BYTES)",
+    ),
+    (
+        tfs_request("digits", {"image": _proto(types_pb2.DT_FLOAT, [1, 8, 8, 1], float_val=[0.5] * 65)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': float_val has 65 values; shape [1, 8, 8, 1] needs 64 (or fewer, the last repeated)",
+    ),
+    (
+        tfs_request("digits", {"image": _proto(types_pb2.DT_FLOAT, [1, -1, 8, 1], float_val=[0.5])}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'image': tensor_shape [1, -1, 8, 1] must be fully known (no unknown rank, no -1)",
+    ),
+    (
+        tfs_request("digits", {}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs: none given; model 'digits' takes 'image' (FLOAT32 [-1, 8, 8, 1])",
+    ),
+    (
+        tfs_request("digits", {"img": ZEROS}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs: unknown input 'img'; model 'digits' takes 'image'",
+    ),
     # refused before anything is decoded: the unknown input would expand to 64 MB
-    (tfs_request("digits", {"image": ZEROS, "junk": _proto(types_pb2.DT_FLOAT, [16_000_000], float_val=[1.0])}),
-     grpc.StatusCode.INVALID_ARGUMENT, "inputs: unknown input 'junk'; model 'digits' takes 'image'"),
-    (tfs_request("digits", {"image": ZEROS}, signature_name="predict"), grpc.StatusCode.INVALID_ARGUMENT,
-     "model_spec.signature_name: only 'serving_default' is served, not 'predict'"),
-    (tfs_request("digits", {"image": ZEROS}, version_label="stable"), grpc.StatusCode.NOT_FOUND,
-     "model 'digits' has no version label 'stable'; its labels: none (set version_labels in its serving.json)"),
+    (
+        tfs_request("digits", {"image": ZEROS, "junk": _proto(types_pb2.DT_FLOAT, [16_000_000], float_val=[1.0])}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs: unknown input 'junk'; model 'digits' takes 'image'",
+    ),
+    (
+        tfs_request("digits", {"image": ZEROS}, signature_name="predict"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "model_spec.signature_name: only 'serving_default' is served, not 'predict'",
+    ),
+    (
+        tfs_request("digits", {"image": ZEROS}, version_label="stable"),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'digits' has no version label 'stable'; its labels: none (set version_labels in its serving.json)",
+    ),
     (tfs_request("", {"image": ZEROS}), grpc.StatusCode.INVALID_ARGUMENT, "model_spec.name: required"),
 ]
 
@@ -232,7 +286,8 @@ def test_version_labels_name_versions(make_app, tmp_path: Path) -> None:
     assert predicted.status_code == 200 and len(predicted.json()["predictions"]) == 1
     missing = requests.get(f"{rest}/beta", timeout=30)
     assert (missing.status_code, missing.json()["error"]) == (
-        404, "model 'digits' has no version label 'beta'; its labels: 'canary', 'retired', 'stable'"
+        404,
+        "model 'digits' has no version label 'beta'; its labels: 'canary', 'retired', 'stable'",
     )
 
 
@@ -251,19 +306,36 @@ def test_output_filter_metadata_field_and_unserved_methods(channel: grpc.Channel
     metadata.model_spec.name = "digits"
     model_service = model_service_pb2_grpc.ModelServiceStub(channel)
     cases = [
-        (lambda: stub.Predict(request, timeout=30), grpc.StatusCode.INVALID_ARGUMENT,
-         "output_filter: unknown output 'logits'; model 'digits' returns 'probabilities'"),
-        (lambda: stub.GetModelMetadata(metadata, timeout=30), grpc.StatusCode.INVALID_ARGUMENT,
-         "metadata_field: only 'signature_def' is served; got none"),
-        (lambda: stub.Classify(classification_pb2.ClassificationRequest(), timeout=30), grpc.StatusCode.UNIMPLEMENTED,
-         "Classify is not supported; use Predict"),
-        (lambda: stub.Regress(regression_pb2.RegressionRequest(), timeout=30), grpc.StatusCode.UNIMPLEMENTED,
-         "Regress is not supported; use Predict"),
-        (lambda: stub.MultiInference(inference_pb2.MultiInferenceRequest(), timeout=30), grpc.StatusCode.UNIMPLEMENTED,
-         "MultiInference is not supported; use Predict"),
-        (lambda: model_service.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30),
-         grpc.StatusCode.UNIMPLEMENTED,
-         "model config reloads are not supported; versions under MODEL_DIR are picked up with MODEL_POLL_SECONDS"),
+        (
+            lambda: stub.Predict(request, timeout=30),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "output_filter: unknown output 'logits'; model 'digits' returns 'probabilities'",
+        ),
+        (
+            lambda: stub.GetModelMetadata(metadata, timeout=30),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "metadata_field: only 'signature_def' is served; got none",
+        ),
+        (
+            lambda: stub.Classify(classification_pb2.ClassificationRequest(), timeout=30),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Classify is not supported; use Predict",
+        ),
+        (
+            lambda: stub.Regress(regression_pb2.RegressionRequest(), timeout=30),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Regress is not supported; use Predict",
+        ),
+        (
+            lambda: stub.MultiInference(inference_pb2.MultiInferenceRequest(), timeout=30),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "MultiInference is not supported; use Predict",
+        ),
+        (
+            lambda: model_service.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "model config reloads are not supported; versions under MODEL_DIR are picked up with MODEL_POLL_SECONDS",
+        ),
     ]
     for call, code, message in cases:
         with pytest.raises(grpc.RpcError) as info:
@@ -274,7 +346,9 @@ def test_output_filter_metadata_field_and_unserved_methods(channel: grpc.Channel
 def test_the_rest_listeners_in_process_method_is_not_served_over_grpc(channel: grpc.Channel) -> None:
     from google.protobuf import wrappers_pb2
 
-    call = channel.unary_unary("/serving.v1.TFServingRest/Predict", request_serializer=lambda m: m.SerializeToString())
+    call: Any = channel.unary_unary(
+        "/serving.v1.TFServingRest/Predict", request_serializer=lambda m: m.SerializeToString()
+    )
     with pytest.raises(grpc.RpcError) as info:
         call(wrappers_pb2.BytesValue(value=b"{}"), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -282,21 +356,30 @@ def test_the_rest_listeners_in_process_method_is_not_served_over_grpc(channel: g
 
 def test_reflection_lists_the_tensorflow_serving_services(channel: grpc.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+    replies = list(
+        stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
+    )
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"} <= names
-    for service, file in (("tensorflow.serving.PredictionService", "tensorflow_serving/apis/prediction_service.proto"),
-                          ("tensorflow.serving.ModelService", "tensorflow_serving/apis/model_service.proto")):
+    for service, file in (
+        ("tensorflow.serving.PredictionService", "tensorflow_serving/apis/prediction_service.proto"),
+        ("tensorflow.serving.ModelService", "tensorflow_serving/apis/model_service.proto"),
+    ):
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
-        reply = list(stub.ServerReflectionInfo(iter([request]), timeout=10))[0]
+        replies = stub.ServerReflectionInfo(iter([request]), timeout=10)  # type: ignore[operator]  # types-grpcio-reflection types this method as binascii.Incomplete
+        reply = list(replies)[0]  # noqa: RUF015 (reads the stream to its end)
         assert reply.WhichOneof("message_response") == "file_descriptor_response", reply
-        files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in reply.file_descriptor_response.file_descriptor_proto]
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(b)
+            for b in reply.file_descriptor_response.file_descriptor_proto
+        ]
         assert file in [f.name for f in files]
 
 
 def test_the_tensorflow_serving_api_can_be_turned_off(make_app, tmp_path: Path) -> None:
     app = make_app(listen_only=True, tfserving_grpc=False)
-    with grpc.insecure_channel(app.address) as off:
-        with pytest.raises(grpc.RpcError) as info:
-            prediction_service_pb2_grpc.PredictionServiceStub(off).Predict(tfs_request("digits", {"image": ZEROS}), timeout=10)
+    with grpc.insecure_channel(app.address) as off, pytest.raises(grpc.RpcError) as info:
+        prediction_service_pb2_grpc.PredictionServiceStub(off).Predict(
+            tfs_request("digits", {"image": ZEROS}), timeout=10
+        )
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import requests
 
-from wire import codec
 from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.conftest import digits_rows
 from tests.support.servers import MODEL_DIR, wait_for
+from wire import codec
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +82,11 @@ def test_row_format_answers_the_same_numbers_as_grpc(tfs: Served, digits_referen
     want = grpc_outputs(tfs, "digits", {"image": x})["probabilities"]
 
     plain = post(tfs, "/v1/models/digits:predict", {"instances": x.tolist()})
-    named = post(tfs, "/v1/models/digits/versions/1:predict",
-                 {"signature_name": "serving_default", "instances": [{"image": row} for row in x.tolist()]})
+    named = post(
+        tfs,
+        "/v1/models/digits/versions/1:predict",
+        {"signature_name": "serving_default", "instances": [{"image": row} for row in x.tolist()]},
+    )
 
     for reply in (plain, named):
         assert reply.status_code == 200, reply.text
@@ -129,70 +133,190 @@ def test_model_status_and_metadata(tfs: Served) -> None:
     assert reply.status_code == 200, reply.text
     assert reply.json() == {
         "model_spec": {"name": "digits", "signature_name": "", "version": "1"},
-        "metadata": {"signature_def": {"signature_def": {"serving_default": {
-            "inputs": {"image": {"dtype": "DT_FLOAT", "tensor_shape": dims(-1, 8, 8, 1)}},
-            "outputs": {"probabilities": {"dtype": "DT_FLOAT", "tensor_shape": dims(-1, 10)}},
-            "method_name": "tensorflow/serving/predict",
-        }}}},
+        "metadata": {
+            "signature_def": {
+                "signature_def": {
+                    "serving_default": {
+                        "inputs": {"image": {"dtype": "DT_FLOAT", "tensor_shape": dims(-1, 8, 8, 1)}},
+                        "outputs": {"probabilities": {"dtype": "DT_FLOAT", "tensor_shape": dims(-1, 10)}},
+                        "method_name": "tensorflow/serving/predict",
+                    }
+                }
+            }
+        },
     }
 
 
 ROW = np.zeros((8, 8, 1)).tolist()
 ERRORS = [
     # (method, path, body, HTTP status, the whole error message)
-    ("POST", "/v1/models/nope:predict", {"instances": [ROW]}, 404,
-     "model 'nope' not found; available models: 'digits', 'digits_decoder', 'digits_keras'"),
-    ("GET", "/v1/models/digits/versions/4", None, 404,
-     "version 4 of model 'digits' is not served; served version: 1"),
-    ("POST", "/v1/models/digits:predict", {"instances": [[1, 2]]}, 400,
-     "input 'image': shape [1, 2] does not match the model's FLOAT32 [-1, 8, 8, 1]"),
-    ("POST", "/v1/models/digits:predict", {"instances": [[["a"]]]}, 400,
-     "input 'image': expected numbers for FLOAT32 [-1, 8, 8, 1]"),
-    ("POST", "/v1/models/digits:predict", {"instances": [ROW, ROW[:7]]}, 400,
-     "input 'image': the values do not form a regular array (rows of different lengths, or nested too deeply); "
-     "expected FLOAT32 [-1, 8, 8, 1]"),
-    ("POST", "/v1/models/digits:predict", {"instances": [ROW], "inputs": [ROW]}, 400,
-     'request body: give exactly one of "instances" (rows) and "inputs" (columns)'),
-    ("POST", "/v1/models/digits:predict", {}, 400,
-     'request body: give exactly one of "instances" (rows) and "inputs" (columns)'),
-    ("POST", "/v1/models/digits:predict", {"instances": []}, 400,
-     "instances: expected a non-empty list with one entry per row"),
+    (
+        "POST",
+        "/v1/models/nope:predict",
+        {"instances": [ROW]},
+        404,
+        "model 'nope' not found; available models: 'digits', 'digits_decoder', 'digits_keras'",
+    ),
+    ("GET", "/v1/models/digits/versions/4", None, 404, "version 4 of model 'digits' is not served; served version: 1"),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": [[1, 2]]},
+        400,
+        "input 'image': shape [1, 2] does not match the model's FLOAT32 [-1, 8, 8, 1]",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": [[["a"]]]},
+        400,
+        "input 'image': expected numbers for FLOAT32 [-1, 8, 8, 1]",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": [ROW, ROW[:7]]},
+        400,
+        "input 'image': the values do not form a regular array (rows of different lengths, or nested too deeply); "
+        "expected FLOAT32 [-1, 8, 8, 1]",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": [ROW], "inputs": [ROW]},
+        400,
+        'request body: give exactly one of "instances" (rows) and "inputs" (columns)',
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {},
+        400,
+        'request body: give exactly one of "instances" (rows) and "inputs" (columns)',
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": []},
+        400,
+        "instances: expected a non-empty list with one entry per row",
+    ),
     ("POST", "/v1/models/digits:predict", "{not json", 400, None),
-    ("POST", "/v1/models/digits:predict", [ROW], 400,
-     'request body: expected a JSON object with "instances" or "inputs"'),
-    ("POST", "/v1/models/digits:predict", {"instances": [ROW], "extra": 1}, 400,
-     "request body: unknown field 'extra'; expected signature_name, instances or inputs"),
-    ("POST", "/v1/models/digits:predict", {"signature_name": "other", "instances": [ROW]}, 400,
-     "signature_name: model 'digits' serves signature 'serving_default', not 'other'"),
-    ("POST", "/v1/models/digits:predict", {"instances": [{"img": ROW}]}, 400,
-     "input 'img': model 'digits' has no such input; it takes 'image'"),
-    ("POST", "/v1/models/digits:predict", {"instances": [{"image": ROW}, ROW]}, 400,
-     "instances[1]: expected an object with the same inputs as instances[0] (image)"),
-    ("POST", "/v1/models/digits_decoder:predict", {"instances": [1.5]}, 400,
-     "input 'digit': expected integers for INT32 [-1]"),
-    ("POST", "/v1/models/digits_decoder:predict", {"instances": [2**70]}, 400,
-     "input 'digit': a value is outside the range of INT32 [-1]"),
-    ("POST", "/v1/models/digits:predict", {"instances": (np.full((1, 8, 8, 1), 1e300)).tolist()}, 400,
-     "input 'image': a value is outside the range of FLOAT32 [-1, 8, 8, 1]"),
-    ("POST", "/v1/models/digits_decoder:predict", {"instances": [2**40]}, 400,
-     "input 'digit': a value is outside the range of INT32 [-1]"),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        [ROW],
+        400,
+        'request body: expected a JSON object with "instances" or "inputs"',
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": [ROW], "extra": 1},
+        400,
+        "request body: unknown field 'extra'; expected signature_name, instances or inputs",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"signature_name": "other", "instances": [ROW]},
+        400,
+        "signature_name: model 'digits' serves signature 'serving_default', not 'other'",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": [{"img": ROW}]},
+        400,
+        "input 'img': model 'digits' has no such input; it takes 'image'",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": [{"image": ROW}, ROW]},
+        400,
+        "instances[1]: expected an object with the same inputs as instances[0] (image)",
+    ),
+    (
+        "POST",
+        "/v1/models/digits_decoder:predict",
+        {"instances": [1.5]},
+        400,
+        "input 'digit': expected integers for INT32 [-1]",
+    ),
+    (
+        "POST",
+        "/v1/models/digits_decoder:predict",
+        {"instances": [2**70]},
+        400,
+        "input 'digit': a value is outside the range of INT32 [-1]",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": (np.full((1, 8, 8, 1), 1e300)).tolist()},
+        400,
+        "input 'image': a value is outside the range of FLOAT32 [-1, 8, 8, 1]",
+    ),
+    (
+        "POST",
+        "/v1/models/digits_decoder:predict",
+        {"instances": [2**40]},
+        400,
+        "input 'digit': a value is outside the range of INT32 [-1]",
+    ),
     ("POST", "/v1/models/digits:classify", {"examples": []}, 501, "classify is not supported; use :predict"),
-    ("GET", "/v1/models/digits/labels/stable", None, 404,
-     "model 'digits' has no version label 'stable'; its labels: none (set version_labels in its serving.json)"),
-    ("GET", "/v1/models/digits:predict", None, 405,
-     "method GET is not allowed for /v1/models/digits:predict; use POST"),
+    (
+        "GET",
+        "/v1/models/digits/labels/stable",
+        None,
+        404,
+        "model 'digits' has no version label 'stable'; its labels: none (set version_labels in its serving.json)",
+    ),
+    (
+        "GET",
+        "/v1/models/digits:predict",
+        None,
+        405,
+        "method GET is not allowed for /v1/models/digits:predict; use POST",
+    ),
     ("POST", "/v1/models/digits", {}, 405, "method POST is not allowed for /v1/models/digits; use GET"),
-    ("GET", "/v2/models/digits", None, 404,
-     "no such path: /v2/models/digits; the TensorFlow Serving API is under /v1/models/"),
-    ("GET", "/v1/models/digits/versions/0", None, 404,
-     "no such path: /v1/models/digits/versions/0; the TensorFlow Serving API is under /v1/models/"),
-    ("POST", "/v1/models/digits:predict", '{"instances": ' + "[" * 100_000 + "]" * 100_000 + "}", 400,
-     "request body: nested too deeply"),
-    ("POST", "/v1/models/digits:predict", {"instances": json.loads("[" * 70 + "1" + "]" * 70)}, 400,
-     "input 'image': the values do not form a regular array (rows of different lengths, or nested too deeply); "
-     "expected FLOAT32 [-1, 8, 8, 1]"),
-    ("POST", "/v1/models/digits:predict", {"instances": [[]]}, 400,
-     "input 'image': shape [1, 0] does not match the model's FLOAT32 [-1, 8, 8, 1]"),
+    (
+        "GET",
+        "/v2/models/digits",
+        None,
+        404,
+        "no such path: /v2/models/digits; the TensorFlow Serving API is under /v1/models/",
+    ),
+    (
+        "GET",
+        "/v1/models/digits/versions/0",
+        None,
+        404,
+        "no such path: /v1/models/digits/versions/0; the TensorFlow Serving API is under /v1/models/",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        '{"instances": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        400,
+        "request body: nested too deeply",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": json.loads("[" * 70 + "1" + "]" * 70)},
+        400,
+        "input 'image': the values do not form a regular array (rows of different lengths, or nested too deeply); "
+        "expected FLOAT32 [-1, 8, 8, 1]",
+    ),
+    (
+        "POST",
+        "/v1/models/digits:predict",
+        {"instances": [[]]},
+        400,
+        "input 'image': shape [1, 0] does not match the model's FLOAT32 [-1, 8, 8, 1]",
+    ),
 ]
 
 
@@ -211,13 +335,15 @@ def test_errors_name_what_is_wrong(tfs: Served, method, path, body, status, mess
 
 def test_api_keys_apply_before_anything_else(tfs: Served) -> None:
     for key in (None, "wrong"):
-        for reply in (post(tfs, "/v1/models/digits:predict", {"instances": [ROW]}, key=key),
-                      post(tfs, "/v1/models/nope:predict", {"instances": [ROW]}, key=key),
-                      post(tfs, "/v1/models/digits:predict", "{not json", key=key),
-                      post(tfs, "/v1/models/digits:predict", {"instances": [[1, 2]]}, key=key),
-                      get(tfs, "/v1/models/nope/metadata", key=key),
-                      get(tfs, "/v1/models/digits/labels/beta", key=key),  # labels are resolved after the key
-                      post(tfs, "/v1/models/nope/labels/beta:predict", {"instances": [ROW]}, key=key)):
+        for reply in (
+            post(tfs, "/v1/models/digits:predict", {"instances": [ROW]}, key=key),
+            post(tfs, "/v1/models/nope:predict", {"instances": [ROW]}, key=key),
+            post(tfs, "/v1/models/digits:predict", "{not json", key=key),
+            post(tfs, "/v1/models/digits:predict", {"instances": [[1, 2]]}, key=key),
+            get(tfs, "/v1/models/nope/metadata", key=key),
+            get(tfs, "/v1/models/digits/labels/beta", key=key),  # labels are resolved after the key
+            post(tfs, "/v1/models/nope/labels/beta:predict", {"instances": [ROW]}, key=key),
+        ):
             assert reply.status_code == 401, reply.text
             assert reply.headers["WWW-Authenticate"] == "Bearer"
             assert list(reply.json()) == ["error"]
@@ -225,8 +351,10 @@ def test_api_keys_apply_before_anything_else(tfs: Served) -> None:
 
 def test_calls_are_logged_and_the_server_keeps_serving(tfs: Served) -> None:
     reply = requests.post(
-        f"{tfs.url}/v1/models/digits:predict", data=json.dumps({"instances": [ROW]}),
-        headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "tfs-req-1"}, timeout=30,
+        f"{tfs.url}/v1/models/digits:predict",
+        data=json.dumps({"instances": [ROW]}),
+        headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "tfs-req-1"},
+        timeout=30,
     )
     assert reply.status_code == 200, reply.text
 
@@ -243,8 +371,13 @@ def test_calls_are_logged_and_the_server_keeps_serving(tfs: Served) -> None:
 
 
 def test_rate_limited_calls_answer_429_with_retry_after(make_app) -> None:
-    app = make_app(tfserving_rest_address="127.0.0.1:0", http_server_address="", api_keys=f"tfs:{KEY}",
-                   rate_limit_per_second=0.5, rate_limit_burst=1)
+    app = make_app(
+        tfserving_rest_address="127.0.0.1:0",
+        http_server_address="",
+        api_keys=f"tfs:{KEY}",
+        rate_limit_per_second=0.5,
+        rate_limit_burst=1,
+    )
     url = f"http://{app.tfserving.address}/v1/models/digits:predict"
     headers = {"Authorization": f"Bearer {KEY}"}
     first = requests.post(url, data=json.dumps({"instances": [ROW]}), headers=headers, timeout=30)
@@ -261,7 +394,7 @@ def test_row_answers_need_outputs_with_one_batch_dimension() -> None:
     from server.errors import InvalidArgument
     from server.protocols.tfserving.rest import predict_json
 
-    model = SimpleNamespace(outputs={"scores": None, "ids": None})
+    model: Any = SimpleNamespace(outputs={"scores": None, "ids": None})  # what predict_json reads of a model
     both = {"scores": np.array([[0.5, 0.25]], np.float32), "ids": np.array([b"a", b"\xff"], dtype=object)}
     assert predict_json(model, {"scores": both["scores"], "ids": both["ids"][:1]}, columnar=False) == {
         "predictions": [{"scores": [0.5, 0.25], "ids": "a"}]
@@ -275,8 +408,8 @@ def test_row_answers_need_outputs_with_one_batch_dimension() -> None:
 
 def test_string_inputs_take_text_and_b64() -> None:
     from server.errors import InvalidArgument
-    from server.protocols.tfserving.rest import input_array
     from server.models.backend import TensorInfo
+    from server.protocols.tfserving.rest import input_array
 
     spec = TensorInfo("text", np.dtype(object), (-1,))
     array = input_array("text", ["hi", {"b64": "/w=="}], spec)

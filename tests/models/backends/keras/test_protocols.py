@@ -14,8 +14,8 @@ import pytest
 import requests
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2 as tfs_predict_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2 as tfs_predict_pb2
 
 from inference import open_inference_pb2 as v2_pb2
 from inference import open_inference_pb2_grpc as v2_grpc
@@ -43,9 +43,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     root = tmp_path_factory.mktemp("keras")
     settings = Settings(
-        _env_file=None, grpc_server_address="127.0.0.1:0", http_server_address="127.0.0.1:0",
-        tfserving_rest_address="127.0.0.1:0", metrics_address="", model_dir=MODEL_DIR,
-        upload_dir=root / "uploads", access_log_path=str(root / "access.log"),
+        _env_file=None,
+        grpc_server_address="127.0.0.1:0",
+        http_server_address="127.0.0.1:0",
+        tfserving_rest_address="127.0.0.1:0",
+        metrics_address="",
+        model_dir=MODEL_DIR,
+        upload_dir=root / "uploads",
+        access_log_path=str(root / "access.log"),
     )
     app = App(settings)
     try:
@@ -71,7 +76,10 @@ def test_it_is_served_as_a_keras_model_with_the_savedmodels_specs(served: Served
     for field in ("inputs", "outputs", "labels", "classification_output", "image_inputs", "signature_name"):
         assert getattr(keras, field) == getattr(saved, field), field
     assert [m.name for m in stub.ListModels(predict_pb2.ListModelsRequest(), timeout=30).models] == [
-        "digits", "digits_decoder", "digits_keras"]
+        "digits",
+        "digits_decoder",
+        "digits_keras",
+    ]
 
 
 def test_serving_v1_grpc_predict_with_top_k(served: Served) -> None:
@@ -83,8 +91,10 @@ def test_serving_v1_grpc_predict_with_top_k(served: Served) -> None:
         return stub.Predict(request, timeout=30)
 
     keras, saved = both(predict)
-    np.testing.assert_array_equal(codec.to_numpy(keras.outputs["probabilities"], "probabilities"),
-                                  codec.to_numpy(saved.outputs["probabilities"], "probabilities"))
+    np.testing.assert_array_equal(
+        codec.to_numpy(keras.outputs["probabilities"], "probabilities"),
+        codec.to_numpy(saved.outputs["probabilities"], "probabilities"),
+    )
     assert list(keras.classifications) == list(saved.classifications)
     assert len(keras.classifications) == 4 and len(keras.classifications[0].classes) == 3
 
@@ -93,8 +103,11 @@ def test_serving_v1_http_shim(served: Served) -> None:
     tensor = {"dtype": "DATA_TYPE_FLOAT32", "shape": list(ROWS.shape), "raw": base64.b64encode(ROWS.tobytes()).decode()}
 
     def predict(model: str) -> dict[str, Any]:
-        reply = requests.post(f"{served.shim}/v1/models/{model}:predict",
-                              json={"inputs": {"image": {"tensor": tensor}}, "topK": 2}, timeout=30)
+        reply = requests.post(
+            f"{served.shim}/v1/models/{model}:predict",
+            json={"inputs": {"image": {"tensor": tensor}}, "topK": 2},
+            timeout=30,
+        )
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body.pop("model") == {"name": model, "version": "1"}
@@ -130,8 +143,9 @@ def test_tfserving_grpc_predict_and_metadata(served: Served) -> None:
 
 def test_tfserving_rest_predict(served: Served) -> None:
     def predict(model: str) -> dict[str, Any]:
-        reply = requests.post(f"{served.tfs_rest}/v1/models/{model}:predict",
-                              json={"instances": ROWS.tolist()}, timeout=30)
+        reply = requests.post(
+            f"{served.tfs_rest}/v1/models/{model}:predict", json={"instances": ROWS.tolist()}, timeout=30
+        )
         assert reply.status_code == 200, reply.text
         return reply.json()
 
@@ -152,8 +166,9 @@ def test_open_inference_protocol_grpc_and_rest(served: Served) -> None:
         return np.frombuffer(response.raw_output_contents[0], "<f4")
 
     def rest(model: str) -> dict[str, Any]:
-        body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(ROWS.shape),
-                            "data": ROWS.ravel().tolist()}]}
+        body = {
+            "inputs": [{"name": "image", "datatype": "FP32", "shape": list(ROWS.shape), "data": ROWS.ravel().tolist()}]
+        }
         reply = requests.post(f"{served.shim}/v2/models/{model}/infer", json=body, timeout=30)
         assert reply.status_code == 200, reply.text
         answer = reply.json()

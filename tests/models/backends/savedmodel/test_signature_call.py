@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import tensorflow as tf
 
@@ -24,7 +26,7 @@ class FlatSignature:
     def __init__(self, flat) -> None:
         self._inference_function = self
         self._flat = flat
-        self.captured_inputs = []
+        self.captured_inputs: list[tf.Tensor] = []
         self.structured_outputs = {"y": tf.TensorSpec([None, 2], tf.float32)}
 
     def call_flat(self, *args: tf.Tensor) -> list[tf.Tensor]:
@@ -34,7 +36,7 @@ class FlatSignature:
 def test_the_digits_model_uses_the_flat_call_and_gives_the_signature_outputs(digits_reference) -> None:
     model = load_model("digits", 1, MODEL_DIR / "digits" / "1", "/CPU:0", BatchingConfig())
     try:
-        assert model.loaded.run_batch.call.__qualname__.startswith("flat_caller")
+        assert cast(Any, model.loaded.run_batch).call.__qualname__.startswith("flat_caller")
         rows = np.random.default_rng(3).random((5, 8, 8, 1), dtype=np.float32)
         np.testing.assert_array_equal(model.run_batch({"image": rows})["probabilities"], digits_reference(rows))
     finally:
