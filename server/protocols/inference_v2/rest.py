@@ -4,6 +4,7 @@
     GET  /v2/health/live | /v2/health/ready           200 {"live"|"ready": true}, else 400
     GET  /v2/models/{model}[/versions/{v}]            model metadata
     GET  /v2/models/{model}[/versions/{v}]/ready      200 {"name", "ready": true}, else 400
+    GET  /v2/models/{model}[/versions/{v}]/config     Triton's model configuration
     POST /v2/models/{model}[/versions/{v}]/infer      {"inputs": [...], "outputs": [...]}
     POST /v2/repository/index                         [{"name", "version", "state", "reason"}, ...]
     POST /v2/repository/models/{model}/load | /unload 200, empty (MODEL_CONTROL_MODE explicit or poll)
@@ -36,7 +37,7 @@ from typing import Any, cast
 import grpc
 import numpy as np
 from aiohttp import web
-from google.protobuf import wrappers_pb2
+from google.protobuf import json_format, wrappers_pb2
 from google.protobuf.message import Message
 
 from inference import open_inference_pb2 as pb
@@ -56,7 +57,9 @@ from server.protocols.inference_v2.servicer import SERVICE, check_input, infer, 
 REST_INFER_RPC = "/serving.v1.InferenceV2Rest/Infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH_VALUE = re.compile(r"[0-9]{1,15}")
-_MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer)?")
+_MODEL_PATH = re.compile(
+    r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer|/config)?"
+)
 _CONTROL_PATH = re.compile(r"/v2/repository/models/(?P<model>[^/]+)/(?P<verb>load|unload)")
 _PROBES = {
     "/v2/health/live": ("ServerLive", pb.ServerLiveRequest, "live"),
@@ -104,7 +107,7 @@ class InferenceV2Rest:
         if match is None:
             raise NotFound(
                 f"no such path: {request.path}; the Open Inference Protocol's paths are /v2, "
-                "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer], "
+                "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer|/config], "
                 "/v2/repository/index and /v2/repository/models/{model}/{load,unload}"
             )
         model, verb = match["model"], match["verb"] or ""
@@ -122,6 +125,13 @@ class InferenceV2Rest:
             if isinstance(reply, web.Response):
                 return reply
             return _json({"name": model, "ready": reply.ready}, 200 if reply.ready else 400)
+        if verb == "/config":
+            reply = await self._call(
+                request, "ModelConfig", partial(pb.ModelConfigRequest, name=model, version=version), route
+            )
+            if isinstance(reply, web.Response):
+                return reply
+            return _json(config_json(reply.config))
         reply = await self._call(
             request, "ModelMetadata", partial(pb.ModelMetadataRequest, name=model, version=version), route
         )
@@ -203,6 +213,20 @@ def metadata_json(reply: pb.ModelMetadataResponse) -> dict[str, Any]:
         "inputs": specs(reply.inputs),
         "outputs": specs(reply.outputs),
     }
+
+
+def config_json(config: pb.ModelConfig) -> dict[str, Any]:
+    """The configuration as Triton's REST API answers it: proto field names, 64-bit integers as numbers."""
+    answer = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    for tensor in (*answer.get("input", ()), *answer.get("output", ())):
+        tensor["dims"] = [int(d) for d in tensor.get("dims", ())]
+    policy = answer.get("version_policy", {})
+    if "specific" in policy:
+        policy["specific"]["versions"] = [int(v) for v in policy["specific"]["versions"]]
+    batching = answer.get("dynamic_batching", {})
+    if "max_queue_delay_microseconds" in batching:
+        batching["max_queue_delay_microseconds"] = int(batching["max_queue_delay_microseconds"])
+    return answer
 
 
 def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:

@@ -34,11 +34,12 @@ from server.models.repository import LABEL, ModelRepository
 from server.predictor import Predictor, best_classes
 from server.protocols.deadlines import deadline_of
 from server.protocols.inference_v2 import tensors
+from server.protocols.inference_v2.config import config_of
 from server.protocols.streaming import BatchedStream
 
 SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "tf-grpc-serving"
-EXTENSIONS = ("classification", "binary_tensor_data", "model_repository")  # index, load and unload
+EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration")
 REPOSITORY = "models"
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
@@ -292,6 +293,10 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
                 if state == "READY" or not request.ready
             ]
         )
+
+    def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.ServicerContext) -> pb.ModelConfigResponse:
+        model = self.repository.get(required("name", request.name), *version_of("version", request.version))
+        return pb.ModelConfigResponse(config=config_of(model))
 
     def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext
