@@ -1,6 +1,7 @@
 """The command line: `python -m client [--target HOST:PORT] COMMAND ...`.
 
-Commands: `models`, `model NAME`, `predict`, `health`, `bench` and `upload FILE`. Errors are
+Commands: `models`, `model NAME`, `load NAME`, `unload NAME`, `predict`, `health`, `bench` and
+`upload FILE`. Errors are
 printed as `error: CODE: message` and exit with status 1 (130 on Ctrl-C).
 """
 
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     model = _command(commands, "model", "print one model's metadata as JSON", _model)
     model.add_argument("name")
     model.add_argument("--version", type=version_arg, default=0, help=VERSION_HELP)
+
+    load = _command(commands, "load", "load a model of the server's model directory (model control)", _load)
+    load.add_argument("name")
+    unload = _command(commands, "unload", "stop serving every version of a model (model control)", _unload)
+    unload.add_argument("name")
 
     predict = _command(commands, "predict", "run a model on images or arrays", _predict)
     predict.add_argument("--model", required=True)
@@ -193,6 +199,21 @@ def _model(args: argparse.Namespace) -> int:
     """`model NAME`: one model's metadata as JSON."""
     with _client(args) as client:
         print(MessageToJson(client.get_model(args.name, args.version)))
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    """`load NAME`: the versions now served, as the models table."""
+    with _client(args) as client:
+        print(models_table(client.load_model(args.name)))
+    return 0
+
+
+def _unload(args: argparse.Namespace) -> int:
+    """`unload NAME`: which versions stopped serving."""
+    with _client(args) as client:
+        versions = client.unload_model(args.name)
+    print(f"unloaded {args.name} version{'s' if len(versions) > 1 else ''} {', '.join(map(str, versions))}")
     return 0
 
 

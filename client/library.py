@@ -189,6 +189,23 @@ class Client(Connection):
         response = self._call(self._predict.ListModels, predict_pb2.ListModelsRequest(), timeout)
         return list(response.models)
 
+    def load_model(self, model: str, *, timeout: float | None = None) -> list[model_pb2.ModelMetadata]:
+        """Load a model of the server's model directory (MODEL_CONTROL_MODE explicit or poll); the versions
+        it now serves, newest first."""
+        self._forget(model)
+        response = self._call(self._predict.LoadModel, predict_pb2.LoadModelRequest(model=model), timeout)
+        return list(response.models)
+
+    def unload_model(self, model: str, *, timeout: float | None = None) -> list[int]:
+        """Stop serving every version of a model; the versions unloaded."""
+        self._forget(model)
+        response = self._call(self._predict.UnloadModel, predict_pb2.UnloadModelRequest(model=model), timeout)
+        return list(response.unloaded_versions)
+
+    def _forget(self, model: str) -> None:
+        """Drop the cached metadata of a model whose versions are about to change."""
+        self._models = {key: value for key, value in self._models.items() if key[0] != model}
+
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The `grpc.health.v1` status of `service` ("" is the whole server).
 

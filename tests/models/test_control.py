@@ -224,3 +224,19 @@ def test_unloading_gives_the_memory_back(model: str) -> None:
         assert _rss_mib() - before < 8
     finally:
         repository.close()
+
+
+def test_the_client_library_and_cli_load_and_unload(make_app, repository: Path, capsys) -> None:
+    from client import Client
+    from client.cli import main
+
+    app = make_app(model_dir=repository, model_control_mode="explicit", grace_period_seconds=0.5)
+    assert main(["--target", app.address, "load", "digits"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["digits", "1"]
+    with Client(app.address, timeout=60) as client:
+        assert [(m.name, m.version) for m in client.load_model("digits_keras")] == [("digits_keras", 1)]
+        assert client.unload_model("digits_keras") == [1]
+    assert main(["--target", app.address, "unload", "digits"]) == 0
+    assert capsys.readouterr().out == "unloaded digits version 1\n"
+    assert main(["--target", app.address, "unload", "digits"]) == 1
+    assert capsys.readouterr().err.startswith("error: NOT_FOUND: model 'digits' is not loaded")
