@@ -81,8 +81,12 @@ def test_full_queue_rejections_are_counted_per_model(telemetry_app):
             with pytest.raises(grpc.RpcError) as info:
                 stub.Predict(request, timeout=10)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        parsed = samples(scrape(app))
-        assert value(parsed, "serving_requests_in_flight", transport="grpc") == 1
+        # A refused call's client can see its status before the server's interceptor has counted it out.
+        wait_for(
+            lambda: value(samples(scrape(app)), "serving_requests_in_flight", transport="grpc") == 1,
+            10,
+            "only the queued call in flight",
+        )
         held.result()
     parsed = samples(scrape(app))
     assert value(parsed, "serving_model_rejected_requests_total", model="digits") == 3
