@@ -98,7 +98,9 @@ class BatchingConfig:
 
 @dataclass
 class BatchStats:
-    """Counters for tests, metadata and metrics."""
+    """Counters for tests, metadata, metrics and model statistics (durations in ns, summed per request
+    for `queue_ns`, `succeeded_ns`, `failed_ns` and the `*_ns` of a request's batch; per batch size in
+    `batch_ns`). Written by the thread that runs the batches; read without a lock, a snapshot may lag."""
 
     batches: int = 0
     rows: int = 0
@@ -106,6 +108,16 @@ class BatchStats:
     expired: int = 0
     rejected: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+    succeeded: int = 0  # requests answered with outputs
+    succeeded_ns: int = 0  # queued -> answered
+    failed: int = 0  # requests the model failed (isolated, as one-request batches)
+    failed_ns: int = 0
+    queue_ns: int = 0  # queued -> their batch started
+    input_ns: int = 0  # merging and padding the batch's inputs
+    infer_ns: int = 0  # the model call
+    output_ns: int = 0  # splitting the outputs among the batch's requests
+    last_batch_at: float = 0.0  # time.time() when the last batch finished; 0: none yet
+    batch_ns: dict[int, list[int]] = field(default_factory=dict)  # rows -> [batches, input, infer, output ns]
 
 
 @dataclass
@@ -384,24 +396,27 @@ class Batcher:
         """Run one batch; each request's rows (or error) go to `outcomes`."""
         started = time.monotonic()
         try:
-            outputs, padded = self._call(batch)
+            outputs, padded, merged = self._call(batch)
         except Exception as exc:  # the model failed: isolate the request that caused it
             if len(batch) > 1:
                 for item in batch:
                     self._run([item], outcomes)
                 return
             outcomes.append((batch[0], _as_serving_error(exc, self.name)))
+            self.stats.failed += 1
+            self.stats.failed_ns += _ns(time.monotonic() - batch[0].enqueued)
             return
         finished = time.monotonic()
-        self._record(batch, padded)
         offset = 0
         for item in batch:
             outcomes.append((item, {k: v[offset : offset + item.rows] for k, v in outputs.items()}))
             offset += item.rows
+        self._record(batch, padded, (started, merged, finished, time.monotonic()))
         if self.config.observer is not None:
             self._observe(self.config.observer, batch, padded, started, finished)
 
-    def _call(self, batch: list[_Pending]) -> tuple[dict[str, np.ndarray], int]:
+    def _call(self, batch: list[_Pending]) -> tuple[dict[str, np.ndarray], int, float]:
+        """The batch's outputs, its padded rows and when its inputs were merged (monotonic)."""
         rows = sum(item.rows for item in batch)
         target = _padded_size(rows, self.config.allowed_batch_sizes)
         names = batch[0].inputs.keys()
@@ -411,6 +426,7 @@ class Batcher:
             if target > rows:
                 parts.append(np.repeat(parts[-1][-1:], target - rows, axis=0))
             merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        merged_at = time.monotonic()
         outputs = self._run_batch(merged)
         for out_name, value in outputs.items():
             if value.ndim == 0 or value.shape[0] != target:
@@ -418,15 +434,30 @@ class Batcher:
                     f"model '{self.name}' output '{out_name}' has shape {list(value.shape)}; "
                     f"expected {target} rows on axis 0"
                 )
-        return outputs, target - rows
+        return outputs, target - rows, merged_at
 
-    def _record(self, batch: list[_Pending], padded: int) -> None:
+    def _record(self, batch: list[_Pending], padded: int, times: tuple[float, float, float, float]) -> None:
+        """Count a batch that ran; `times`: started, inputs merged, model returned, outputs split."""
+        started, merged, ran, split = times
         rows = sum(item.rows for item in batch)
         stats = self.stats
         stats.batches += 1
         stats.rows += rows
         stats.padded_rows += padded
         stats.batch_sizes[rows] += 1
+        phases = (_ns(merged - started), _ns(ran - merged), _ns(split - ran))
+        requests = len(batch)
+        stats.succeeded += requests
+        stats.succeeded_ns += sum(_ns(split - item.enqueued) for item in batch)
+        stats.queue_ns += sum(_ns(started - item.enqueued) for item in batch)
+        stats.input_ns += phases[0] * requests
+        stats.infer_ns += phases[1] * requests
+        stats.output_ns += phases[2] * requests
+        per_size = stats.batch_ns.setdefault(rows, [0, 0, 0, 0])
+        per_size[0] += 1
+        for index, value in enumerate(phases, 1):
+            per_size[index] += value
+        stats.last_batch_at = time.time()
 
     def _refused(self, reason: str) -> None:
         observer = self.config.observer
@@ -445,6 +476,10 @@ class Batcher:
             observer.batch_done(BatchObservation(self.name, rows, padded, started, finished, requests))
         except Exception:
             log.exception("batch observer failed for model %s", self.name)
+
+
+def _ns(seconds: float) -> int:
+    return max(0, round(seconds * 1e9))
 
 
 def _rows_of(inputs: Arrays) -> int:

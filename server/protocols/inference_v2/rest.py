@@ -5,6 +5,7 @@
     GET  /v2/models/{model}[/versions/{v}]            model metadata
     GET  /v2/models/{model}[/versions/{v}]/ready      200 {"name", "ready": true}, else 400
     GET  /v2/models/{model}[/versions/{v}]/config     Triton's model configuration
+    GET  /v2/models[/{model}[/versions/{v}]]/stats    Triton's model statistics
     POST /v2/models/{model}[/versions/{v}]/infer      {"inputs": [...], "outputs": [...]}
     POST /v2/repository/index                         [{"name", "version", "state", "reason"}, ...]
     POST /v2/repository/models/{model}/load | /unload 200, empty (MODEL_CONTROL_MODE explicit or poll)
@@ -58,7 +59,7 @@ REST_INFER_RPC = "/serving.v1.InferenceV2Rest/Infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH_VALUE = re.compile(r"[0-9]{1,15}")
 _MODEL_PATH = re.compile(
-    r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer|/config)?"
+    r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer|/config|/stats)?"
 )
 _CONTROL_PATH = re.compile(r"/v2/repository/models/(?P<model>[^/]+)/(?P<verb>load|unload)")
 _PROBES = {
@@ -99,6 +100,9 @@ class InferenceV2Rest:
         if path == "/v2/repository/index":
             self._expect(request, "POST")
             return await self._index(request)
+        if path == "/v2/models/stats":
+            self._expect(request, "GET")
+            return await self._stats(request, "", "", "GET /v2/models/stats")
         control = _CONTROL_PATH.fullmatch(path)
         if control is not None:
             self._expect(request, "POST")
@@ -107,7 +111,8 @@ class InferenceV2Rest:
         if match is None:
             raise NotFound(
                 f"no such path: {request.path}; the Open Inference Protocol's paths are /v2, "
-                "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer|/config], "
+                "/v2/health/{live,ready}, /v2/models/{model}[/versions/{version}][/ready|/infer|/config|/stats], "
+                "/v2/models/stats, "
                 "/v2/repository/index and /v2/repository/models/{model}/{load,unload}"
             )
         model, verb = match["model"], match["verb"] or ""
@@ -125,6 +130,8 @@ class InferenceV2Rest:
             if isinstance(reply, web.Response):
                 return reply
             return _json({"name": model, "ready": reply.ready}, 200 if reply.ready else 400)
+        if verb == "/stats":
+            return await self._stats(request, model, version, route)
         if verb == "/config":
             reply = await self._call(
                 request, "ModelConfig", partial(pb.ModelConfigRequest, name=model, version=version), route
@@ -164,6 +171,19 @@ class InferenceV2Rest:
             return reply
         return _json(
             [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in reply.models]
+        )
+
+    async def _stats(self, request: web.Request, model: str, version: str, route: str) -> web.Response:
+        build = partial(pb.ModelStatisticsRequest, name=model, version=version)
+        reply = await self._call(request, "ModelStatistics", build, route)
+        if isinstance(reply, web.Response):
+            return reply
+        return _json(
+            _numbers(
+                json_format.MessageToDict(
+                    reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                )
+            )
         )
 
     async def _control(self, request: web.Request, model: str, verb: str) -> web.Response:
@@ -213,6 +233,18 @@ def metadata_json(reply: pb.ModelMetadataResponse) -> dict[str, Any]:
         "inputs": specs(reply.inputs),
         "outputs": specs(reply.outputs),
     }
+
+
+_COUNTS = {"count", "ns", "last_inference", "inference_count", "execution_count", "batch_size"}
+
+
+def _numbers(value: Any) -> Any:
+    """Protobuf JSON's 64-bit integers (strings) of the statistics as numbers, as Triton writes them."""
+    if isinstance(value, dict):
+        return {k: int(v) if k in _COUNTS and isinstance(v, str) else _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
 
 
 def config_json(config: pb.ModelConfig) -> dict[str, Any]:

@@ -35,11 +35,12 @@ from server.predictor import Predictor, best_classes
 from server.protocols.deadlines import deadline_of
 from server.protocols.inference_v2 import tensors
 from server.protocols.inference_v2.config import config_of
+from server.protocols.inference_v2.statistics import statistics_of
 from server.protocols.streaming import BatchedStream
 
 SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "tf-grpc-serving"
-EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration")
+EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration", "statistics")
 REPOSITORY = "models"
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
@@ -297,6 +298,19 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.ServicerContext) -> pb.ModelConfigResponse:
         model = self.repository.get(required("name", request.name), *version_of("version", request.version))
         return pb.ModelConfigResponse(config=config_of(model))
+
+    def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            number, label = version_of("version", request.version)
+            served = [self.repository.get(request.name, number, label)] if request.version else None
+            models = served or self.repository.served(request.name)
+        elif request.version:
+            raise InvalidArgument("version: give a model name with it")
+        else:
+            models = self.repository.models()
+        return pb.ModelStatisticsResponse(model_stats=[statistics_of(m) for m in models])
 
     def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext

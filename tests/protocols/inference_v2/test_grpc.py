@@ -193,7 +193,7 @@ def test_grpc_probes_and_metadata(v2: Served) -> None:
     server = v2.stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10, metadata=AUTH)
     assert (server.name, list(server.extensions)) == (
         "tf-grpc-serving",
-        ["classification", "binary_tensor_data", "model_repository", "model_configuration"],
+        ["classification", "binary_tensor_data", "model_repository", "model_configuration", "statistics"],
     )
     meta = v2.stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=10, metadata=AUTH)
     assert (meta.name, list(meta.versions), meta.platform) == ("digits", ["1"], "tensorflow_savedmodel")
@@ -475,7 +475,7 @@ def test_rest_probes_and_metadata(v2: Served) -> None:
     assert v2.get("/v2").json() == {
         "name": "tf-grpc-serving",
         "version": metadata.version("tf-grpc-serving"),
-        "extensions": ["classification", "binary_tensor_data", "model_repository", "model_configuration"],
+        "extensions": ["classification", "binary_tensor_data", "model_repository", "model_configuration", "statistics"],
     }
     assert v2.get("/v2/models/digits").json() == {
         "name": "digits",
@@ -960,7 +960,7 @@ def test_triton_clients_work_unchanged(make_app, tmp_path: Path) -> None:
     assert grpc_seen["server"] == {
         "name": "tf-grpc-serving",
         "version": metadata.version("tf-grpc-serving"),
-        "extensions": ["classification", "binary_tensor_data", "model_repository", "model_configuration"],
+        "extensions": ["classification", "binary_tensor_data", "model_repository", "model_configuration", "statistics"],
     }
     assert grpc_seen["metadata"]["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "8", "8", "1"]}]
     assert grpc_seen["index"] == {
