@@ -217,7 +217,7 @@ def test_probes_openapi_and_metrics(served: Served) -> None:
     document = requests.get(f"{served.url}/openapi.json", timeout=30).json()
     assert document["openapi"].startswith("3.")
     operations = {op["operationId"] for item in document["paths"].values() for op in item.values()}
-    assert len([o for o in operations if "_" in o]) == 18  # every annotated RPC of serving.v1
+    assert len([o for o in operations if "_" in o]) == 19  # every annotated RPC of serving.v1
     assert document["components"]["schemas"]["google.rpc.Status"]["properties"]["code"] == {
         "type": "integer",
         "format": "int32",

@@ -73,7 +73,7 @@ def test_every_method_of_the_api_is_annotated_and_routed() -> None:
         for service in f.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     ]
-    assert len(methods) == 18
+    assert len(methods) == 19
     for service, method in methods:
         assert http_rules(method), f"{method.full_name} has no google.api.http annotation"
         assert f"/{service}/{method.name}" in routed

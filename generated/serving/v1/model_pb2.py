@@ -22,24 +22,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from serving.v1 import tensor_pb2 as serving_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16serving/v1/model.proto\x12\nserving.v1\x1a\x17serving/v1/tensor.proto\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"w\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x1a\n\x12max_batch_delay_ms\x18\x02 \x01(\x01\x12\x1b\n\x13\x61llowed_batch_sizes\x18\x03 \x03(\x05\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\x05\"\xb8\x03\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\x03\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x16\n\x0esignature_name\x18\x05 \x01(\t\x12&\n\x06inputs\x18\x06 \x03(\x0b\x32\x16.serving.v1.TensorSpec\x12\'\n\x07outputs\x18\x07 \x03(\x0b\x32\x16.serving.v1.TensorSpec\x12\x0e\n\x06labels\x18\x08 \x03(\t\x12\x1d\n\x15\x63lassification_output\x18\t \x01(\t\x12\x14\n\x0cimage_inputs\x18\n \x03(\t\x12*\n\x08\x62\x61tching\x18\x0b \x01(\x0b\x32\x18.serving.v1.BatchingInfo\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12%\n\x05state\x18\r \x01(\x0e\x32\x16.serving.v1.ModelState\x12\x30\n\x0c\x66ile_outputs\x18\x0e \x03(\x0b\x32\x1a.serving.v1.FileOutputInfo\x12\x17\n\x0fserved_versions\x18\x0f \x03(\x03\"F\n\x0e\x46ileOutputInfo\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x03\x12\x16\n\x12MODEL_STATE_FAILED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16serving/v1/model.proto\x12\nserving.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17serving/v1/tensor.proto\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"w\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x1a\n\x12max_batch_delay_ms\x18\x02 \x01(\x01\x12\x1b\n\x13\x61llowed_batch_sizes\x18\x03 \x03(\x05\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\x05\"\xb8\x03\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\x03\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x16\n\x0esignature_name\x18\x05 \x01(\t\x12&\n\x06inputs\x18\x06 \x03(\x0b\x32\x16.serving.v1.TensorSpec\x12\'\n\x07outputs\x18\x07 \x03(\x0b\x32\x16.serving.v1.TensorSpec\x12\x0e\n\x06labels\x18\x08 \x03(\t\x12\x1d\n\x15\x63lassification_output\x18\t \x01(\t\x12\x14\n\x0cimage_inputs\x18\n \x03(\t\x12*\n\x08\x62\x61tching\x18\x0b \x01(\x0b\x32\x18.serving.v1.BatchingInfo\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12%\n\x05state\x18\r \x01(\x0e\x32\x16.serving.v1.ModelState\x12\x30\n\x0c\x66ile_outputs\x18\x0e \x03(\x0b\x32\x1a.serving.v1.FileOutputInfo\x12\x17\n\x0fserved_versions\x18\x0f \x03(\x03\"F\n\x0e\x46ileOutputInfo\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"4\n\x11StatisticDuration\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x10\n\x08total_ns\x18\x02 \x01(\x03\"\xf7\x03\n\x0fModelStatistics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x37\n\x13last_inference_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0finference_count\x18\x04 \x01(\x03\x12\x17\n\x0f\x65xecution_count\x18\x05 \x01(\x03\x12.\n\x07success\x18\x06 \x01(\x0b\x32\x1d.serving.v1.StatisticDuration\x12+\n\x04\x66\x61il\x18\x07 \x01(\x0b\x32\x1d.serving.v1.StatisticDuration\x12,\n\x05queue\x18\x08 \x01(\x0b\x32\x1d.serving.v1.StatisticDuration\x12\x34\n\rcompute_input\x18\t \x01(\x0b\x32\x1d.serving.v1.StatisticDuration\x12\x34\n\rcompute_infer\x18\n \x01(\x0b\x32\x1d.serving.v1.StatisticDuration\x12\x35\n\x0e\x63ompute_output\x18\x0b \x01(\x0b\x32\x1d.serving.v1.StatisticDuration\x12,\n\x07\x62\x61tches\x18\x0c \x03(\x0b\x32\x1b.serving.v1.BatchStatistics\"\x83\x01\n\x0f\x42\x61tchStatistics\x12\x12\n\nbatch_size\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompute_input_ns\x18\x03 \x01(\x03\x12\x18\n\x10\x63ompute_infer_ns\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompute_output_ns\x18\x05 \x01(\x03*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x03\x12\x16\n\x12MODEL_STATE_FAILED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'serving.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATE']._serialized_start=743
-  _globals['_MODELSTATE']._serialized_end=883
-  _globals['_MODELREF']._serialized_start=63
-  _globals['_MODELREF']._serialized_end=104
-  _globals['_BATCHINGINFO']._serialized_start=106
-  _globals['_BATCHINGINFO']._serialized_end=225
-  _globals['_MODELMETADATA']._serialized_start=228
-  _globals['_MODELMETADATA']._serialized_end=668
-  _globals['_FILEOUTPUTINFO']._serialized_start=670
-  _globals['_FILEOUTPUTINFO']._serialized_end=740
+  _globals['_MODELSTATE']._serialized_start=1470
+  _globals['_MODELSTATE']._serialized_end=1610
+  _globals['_MODELREF']._serialized_start=96
+  _globals['_MODELREF']._serialized_end=137
+  _globals['_BATCHINGINFO']._serialized_start=139
+  _globals['_BATCHINGINFO']._serialized_end=258
+  _globals['_MODELMETADATA']._serialized_start=261
+  _globals['_MODELMETADATA']._serialized_end=701
+  _globals['_FILEOUTPUTINFO']._serialized_start=703
+  _globals['_FILEOUTPUTINFO']._serialized_end=773
+  _globals['_STATISTICDURATION']._serialized_start=775
+  _globals['_STATISTICDURATION']._serialized_end=827
+  _globals['_MODELSTATISTICS']._serialized_start=830
+  _globals['_MODELSTATISTICS']._serialized_end=1333
+  _globals['_BATCHSTATISTICS']._serialized_start=1336
+  _globals['_BATCHSTATISTICS']._serialized_end=1467
 # @@protoc_insertion_point(module_scope)

@@ -199,3 +199,17 @@ class UnloadModelResponse(_message.Message):
     UNLOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     unloaded_versions: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, unloaded_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetModelStatisticsRequest(_message.Message):
+    __slots__ = ("model", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetModelStatisticsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_model_pb2.ModelStatistics]
+    def __init__(self, models: _Optional[_Iterable[_Union[_model_pb2.ModelStatistics, _Mapping]]] = ...) -> None: ...

@@ -60,6 +60,11 @@ class PredictServiceStub:
                 request_serializer=serving_dot_v1_dot_predict__pb2.LoadModelRequest.SerializeToString,
                 response_deserializer=serving_dot_v1_dot_predict__pb2.LoadModelResponse.FromString,
                 _registered_method=True)
+        self.GetModelStatistics = channel.unary_unary(
+                '/serving.v1.PredictService/GetModelStatistics',
+                request_serializer=serving_dot_v1_dot_predict__pb2.GetModelStatisticsRequest.SerializeToString,
+                response_deserializer=serving_dot_v1_dot_predict__pb2.GetModelStatisticsResponse.FromString,
+                _registered_method=True)
         self.UnloadModel = channel.unary_unary(
                 '/serving.v1.PredictService/UnloadModel',
                 request_serializer=serving_dot_v1_dot_predict__pb2.UnloadModelRequest.SerializeToString,
@@ -110,6 +115,14 @@ class PredictServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelStatistics(self, request, context):
+        """Counts and cumulative durations of a model's requests and model calls,
+        per served version, since it loaded (every model when `model` is empty).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UnloadModel(self, request, context):
         """Stops serving every version of a model. Calls that already hold a version
         finish first. Needs MODEL_CONTROL_MODE explicit or poll.
@@ -145,6 +158,11 @@ def add_PredictServiceServicer_to_server(servicer, server):
                     servicer.LoadModel,
                     request_deserializer=serving_dot_v1_dot_predict__pb2.LoadModelRequest.FromString,
                     response_serializer=serving_dot_v1_dot_predict__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'GetModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelStatistics,
+                    request_deserializer=serving_dot_v1_dot_predict__pb2.GetModelStatisticsRequest.FromString,
+                    response_serializer=serving_dot_v1_dot_predict__pb2.GetModelStatisticsResponse.SerializeToString,
             ),
             'UnloadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UnloadModel,
@@ -288,6 +306,33 @@ class PredictService:
             '/serving.v1.PredictService/LoadModel',
             serving_dot_v1_dot_predict__pb2.LoadModelRequest.SerializeToString,
             serving_dot_v1_dot_predict__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serving.v1.PredictService/GetModelStatistics',
+            serving_dot_v1_dot_predict__pb2.GetModelStatisticsRequest.SerializeToString,
+            serving_dot_v1_dot_predict__pb2.GetModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,9 +6,11 @@ import uuid
 
 import grpc
 
+from server.errors import InvalidArgument
 from server.models.repository import ModelRepository
 from server.predictor import Predictor
 from server.protocols.deadlines import deadline_of
+from server.protocols.serving_v1.statistics import statistics_of
 from server.tasks.predictions import PredictionTasks
 from serving.v1 import predict_pb2, predict_pb2_grpc
 
@@ -71,6 +73,18 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
         return predict_pb2.LoadModelResponse(
             models=[m.metadata(self.repository.versions_of(m), served) for m in loaded]
         )
+
+    def GetModelStatistics(
+        self, request: predict_pb2.GetModelStatisticsRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.GetModelStatisticsResponse:
+        if request.model:
+            models = [self.repository.get(request.model, request.version)] if request.version else None
+            models = models or self.repository.served(request.model)
+        elif request.version:
+            raise InvalidArgument("version: give a model with it")
+        else:
+            models = self.repository.models()
+        return predict_pb2.GetModelStatisticsResponse(models=[statistics_of(m) for m in models])
 
     def UnloadModel(
         self, request: predict_pb2.UnloadModelRequest, context: grpc.ServicerContext
