@@ -184,6 +184,7 @@ class ModelRepository:
         self._changing = threading.RLock()  # one load, unload or poll at a time
         self._loaded_by_call: set[str] = set()  # never unloaded by polling
         self._unloaded_by_call: set[str] = set()  # never loaded by polling
+        self._overrides: dict[str, tuple[object, object]] = {}  # name -> (version policy, labels) of a reload
 
     def load_all(self) -> None:
         """Load the versions each model's policy serves (the newest by default).
@@ -243,51 +244,87 @@ class ModelRepository:
     def load(self, name: str) -> list[LoadedModel]:
         """Serve a model of the directory (a caller's LoadModel): load the versions its policy wants that
         are not served, retire the others; the served versions, newest first. Polling will not unload it."""
-        self._check_control("load")
+        self.check_control("load")
         versions = find_versions(self.model_dir).get(_folder_name(name))
         if not versions:
-            raise NotFound(
-                f"model '{name}' not found in {self.model_dir}: expected {self.model_dir}/{name}/<version>/ "
-                f"holding {known_formats()}"
-            )
+            raise self._not_in_directory(name)
         with self._changing:
-            self.versions = {**self.versions, name: versions}
-            wanted, problem = self._policy(name, versions, take_labels=True)
-            if problem:
-                raise FailedPrecondition(f"model '{name}': {problem}")
-            for version in wanted:
-                if version not in self._models.get(name, {}):
-                    self._failed.pop((name, version), None)  # a caller asks again: try again now
-                    self._load_version(name, version)
-                    failure = self._failed.get((name, version))
-                    if failure is not None:
-                        raise FailedPrecondition(f"model '{name}': version {version} failed to load: {failure.reason}")
-            self._loaded_by_call.add(name)
-            self._unloaded_by_call.discard(name)
-            self._retire_unwanted(name, wanted)
+            self._load_locked(name, versions)
         return self.served(name)
+
+    def reconfigure(self, wanted: dict[str, tuple[object, object]]) -> None:
+        """Serve exactly these models (TF Serving's ReloadConfig), each with the given version policy and
+        labels (serving.json's forms) in place of its serving.json's: the listed ones load first, then the
+        others are unloaded. A listed model that fails to load stops it there (FailedPrecondition)."""
+        self.check_control("reconfigure")
+        found = find_versions(self.model_dir)
+        for name, (policy, labels) in wanted.items():
+            if name not in found:
+                raise self._not_in_directory(_folder_name(name))
+            try:
+                serves = version_policy(policy, f"model '{name}'")(found[name])
+                named = version_labels(labels, f"model '{name}'")
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
+            for label, version in named.items():  # as TF Serving: a label names a version that will serve
+                if version not in serves:
+                    raise InvalidArgument(
+                        f"model '{name}': version label '{label}' names version {version}, which "
+                        f"its version policy does not serve (it serves {_versions(serves)})"
+                    )
+        with self._changing:
+            self._overrides = dict(wanted)
+            for name in wanted:
+                self._load_locked(name, found[name])
+            for name in [n for n in self._models if n not in wanted]:
+                self._unload_locked(name)
+
+    def _load_locked(self, name: str, versions: list[int]) -> None:
+        self.versions = {**self.versions, name: versions}
+        wanted, problem = self._policy(name, versions, take_labels=True)
+        if problem:
+            raise FailedPrecondition(f"model '{name}': {problem}")
+        for version in wanted:
+            if version not in self._models.get(name, {}):
+                self._failed.pop((name, version), None)  # a caller asks again: try again now
+                self._load_version(name, version)
+                failure = self._failed.get((name, version))
+                if failure is not None:
+                    raise FailedPrecondition(f"model '{name}': version {version} failed to load: {failure.reason}")
+        self._loaded_by_call.add(name)
+        self._unloaded_by_call.discard(name)
+        self._retire_unwanted(name, wanted)
+
+    def _not_in_directory(self, name: str) -> NotFound:
+        return NotFound(
+            f"model '{name}' not found in {self.model_dir}: expected {self.model_dir}/{name}/<version>/ "
+            f"holding {known_formats()}"
+        )
 
     def unload(self, name: str) -> list[int]:
         """Stop serving every version of a model (a caller's UnloadModel); the versions unloaded. Calls
         that already hold a version finish first (it is closed `retire_seconds` later)."""
-        self._check_control("unload")
+        self.check_control("unload")
         with self._changing:
-            with self._lock:
-                gone = self._models.get(name)
-                if not gone:
-                    raise NotFound(
-                        f"model '{name}' is not loaded; loaded models: "
-                        f"{', '.join(repr(n) for n in sorted(self._models)) or 'none'}"
-                    )
-                self._models = {n: m for n, m in self._models.items() if n != name}
-            self._loaded_by_call.discard(name)
-            self._unloaded_by_call.add(name)
+            return self._unload_locked(name)
+
+    def _unload_locked(self, name: str) -> list[int]:
+        with self._lock:
+            gone = self._models.get(name)
+            if not gone:
+                loaded = ", ".join(repr(n) for n in sorted(self._models)) or "none"
+                raise NotFound(f"model '{name}' is not loaded; loaded models: {loaded}")
+            self._models = {n: m for n, m in self._models.items() if n != name}
+        self._loaded_by_call.discard(name)
+        self._unloaded_by_call.add(name)
         log.info("model %s: unloaded %s by a call", name, _versions(gone))
         for model in gone.values():
             self._retire(model)
         return sorted(gone, reverse=True)
 
-    def _check_control(self, what: str) -> None:
+    def check_control(self, what: str) -> None:
+        """FailedPrecondition unless model control (MODEL_CONTROL_MODE explicit or poll) is on; Unavailable
+        while the start-up models load."""
         if self.control == "none":
             raise FailedPrecondition(
                 f"model control is off (MODEL_CONTROL_MODE=none serves the models found at start): set "
@@ -301,9 +338,16 @@ class ModelRepository:
         serving.json, which also gives its version labels (kept when `take_labels`); ValueError if either
         is invalid."""
         model_root = self.model_dir / name
-        config, where = serving_config(model_root), str(model_root / "serving.json")
-        policy = version_policy(config.get("version_policy"), where)
-        labels = version_labels(config.get("version_labels"), where)
+        if name in self._overrides:  # set by a reload config, in place of serving.json's
+            raw_policy, raw_labels = self._overrides[name]
+            policy, labels = (
+                version_policy(raw_policy, f"model '{name}'"),
+                version_labels(raw_labels, f"model '{name}'"),
+            )
+        else:
+            config, where = serving_config(model_root), str(model_root / "serving.json")
+            policy = version_policy(config.get("version_policy"), where)
+            labels = version_labels(config.get("version_labels"), where)
         if take_labels:
             self._labels = {**self._labels, name: labels}
         return policy(versions)

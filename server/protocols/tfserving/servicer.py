@@ -7,11 +7,15 @@ messages are the `tensorflow-serving-api` package's; tensors are TensorFlow's
 `tf.make_tensor_proto` (`tensor_content` bytes for numbers). A Predict runs
 through the same Predictor and Batcher as `serving.v1.PredictService/Predict`,
 with the same interceptors and error table. A `version_label` is resolved
-through the model's serving.json "version_labels". Classify, Regress,
-MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED.
+through the model's serving.json "version_labels". HandleReloadConfigRequest
+replaces the set of served models (`ModelRepository.reconfigure`; needs
+MODEL_CONTROL_MODE explicit or poll). Classify, Regress and MultiInference
+answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import grpc
 import tensorflow as tf
@@ -20,13 +24,16 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
+    status_pb2,
 )
+from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
 from server.errors import InvalidArgument, Unimplemented
 from server.models.backend import TensorInfo
@@ -103,10 +110,12 @@ class TFServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
 
-    def HandleReloadConfigRequest(self, request: object, context: grpc.ServicerContext) -> None:
-        raise Unimplemented(
-            "model config reloads are not supported; versions under MODEL_DIR are picked up with MODEL_POLL_SECONDS"
-        )
+    def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        self.repository.check_control("reconfigure")
+        self.repository.reconfigure(reload_config(request.config, self.repository.model_dir))
+        return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(error_code=0))
 
     def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
@@ -119,6 +128,47 @@ class TFServingModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 version=model.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
             )
         return response
+
+
+def reload_config(
+    config: model_server_config_pb2.ModelServerConfig, model_dir: Path
+) -> dict[str, tuple[object, object]]:
+    """name -> (version policy, labels) in serving.json's forms, from a ModelServerConfig's model_config_list.
+
+    Models load from MODEL_DIR: a base_path must be MODEL_DIR/<name> (or empty), as TF Serving's
+    layout has it; the platform "tensorflow" (or empty)."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise InvalidArgument("config: only model_config_list is supported (not custom_model_config)")
+    wanted: dict[str, tuple[object, object]] = {}
+    for index, entry in enumerate(config.model_config_list.config):
+        where = f"config.model_config_list.config[{index}]"
+        if not entry.name:
+            raise InvalidArgument(f"{where}.name: required")
+        if entry.name in wanted:
+            raise InvalidArgument(f"{where}.name: model '{entry.name}' is listed twice")
+        if entry.base_path and Path(entry.base_path).resolve() != (model_dir / entry.name).resolve():
+            raise InvalidArgument(
+                f"{where}.base_path: models load from MODEL_DIR: expected {model_dir / entry.name} or empty, "
+                f"not {entry.base_path!r}"
+            )
+        if entry.model_platform not in ("", "tensorflow"):
+            raise InvalidArgument(f"{where}.model_platform: expected 'tensorflow', not {entry.model_platform!r}")
+        wanted[entry.name] = (_policy_of(entry.model_version_policy), dict(entry.version_labels))
+    return wanted
+
+
+def _policy_of(
+    policy: file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy,
+) -> object:
+    """TF Serving's ServableVersionPolicy as serving.json's "version_policy" (unset: the newest one)."""
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return "all"
+    if kind == "specific":
+        return {"specific": list(policy.specific.versions)}
+    if kind == "latest" and policy.latest.num_versions > 1:
+        return {"latest": policy.latest.num_versions}
+    return None
 
 
 def model_of(spec: model_pb2.ModelSpec, repository: ModelRepository) -> tuple[str, int]:

@@ -333,8 +333,9 @@ def test_output_filter_metadata_field_and_unserved_methods(channel: grpc.Channel
         ),
         (
             lambda: model_service.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30),
-            grpc.StatusCode.UNIMPLEMENTED,
-            "model config reloads are not supported; versions under MODEL_DIR are picked up with MODEL_POLL_SECONDS",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "model control is off (MODEL_CONTROL_MODE=none serves the models found at start): set "
+            "MODEL_CONTROL_MODE=explicit or poll to reconfigure models by API",
         ),
     ]
     for call, code, message in cases:
