@@ -182,6 +182,10 @@ class Settings(BaseSettings):
             self.model_control_mode = "poll" if self.model_poll_seconds > 0 else "none"
         if self.model_control_mode == "poll" and self.model_poll_seconds == 0:
             self.model_poll_seconds = DEFAULT_POLL_SECONDS
+        if self.model_poll_seconds > 0 and self.model_control_mode != "poll":
+            raise ValueError(
+                f"model_poll_seconds is for model_control_mode=poll; {self.model_control_mode} does not poll MODEL_DIR"
+            )
         if self.startup_models and self.model_control_mode != "explicit":
             raise ValueError("startup_models is for model_control_mode=explicit; in the other modes every model loads")
         return self

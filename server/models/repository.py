@@ -185,6 +185,7 @@ class ModelRepository:
         self._loaded_by_call: set[str] = set()  # never unloaded by polling
         self._unloaded_by_call: set[str] = set()  # never loaded by polling
         self._overrides: dict[str, tuple[object, object]] = {}  # name -> (version policy, labels) of a reload
+        self._policies: dict[str, object] = {}  # name -> the version policy in effect (serving.json's form)
 
     def load_all(self) -> None:
         """Load the versions each model's policy serves (the newest by default).
@@ -250,7 +251,7 @@ class ModelRepository:
             raise self._not_in_directory(name)
         with self._changing:
             self._load_locked(name, versions)
-        return self.served(name)
+            return self.served(name)
 
     def reconfigure(self, wanted: dict[str, tuple[object, object]]) -> None:
         """Serve exactly these models (TF Serving's ReloadConfig), each with the given version policy and
@@ -284,16 +285,30 @@ class ModelRepository:
         wanted, problem = self._policy(name, versions, take_labels=True)
         if problem:
             raise FailedPrecondition(f"model '{name}': {problem}")
+        loaded: list[int] = []
         for version in wanted:
             if version not in self._models.get(name, {}):
                 self._failed.pop((name, version), None)  # a caller asks again: try again now
                 self._load_version(name, version)
                 failure = self._failed.get((name, version))
                 if failure is not None:
+                    self._take_back(name, loaded)
                     raise FailedPrecondition(f"model '{name}': version {version} failed to load: {failure.reason}")
+                loaded.append(version)
         self._loaded_by_call.add(name)
         self._unloaded_by_call.discard(name)
         self._retire_unwanted(name, wanted)
+
+    def _take_back(self, name: str, versions: list[int]) -> None:
+        """Stop serving the versions a failed load had loaded: a load serves all it asks for, or none of it."""
+        served = self._models.get(name, {})
+        with self._lock:
+            kept = {v: m for v, m in served.items() if v not in versions}
+            self._models = (
+                {**self._models, name: kept} if kept else {n: m for n, m in self._models.items() if n != name}
+            )
+        for version in versions:
+            self._retire(served[version])
 
     def _not_in_directory(self, name: str) -> NotFound:
         return NotFound(
@@ -306,7 +321,7 @@ class ModelRepository:
         that already hold a version finish first (it is closed `retire_seconds` later)."""
         self.check_control("unload")
         with self._changing:
-            return self._unload_locked(name)
+            return self._unload_locked(_folder_name(name))
 
     def _unload_locked(self, name: str) -> list[int]:
         with self._lock:
@@ -332,6 +347,8 @@ class ModelRepository:
             )
         if not self.ready.is_set():
             raise Unavailable("models are still loading; try again when the server is ready")
+        if self._stop.is_set():
+            raise Unavailable("the server is shutting down")
 
     def _wanted(self, name: str, versions: list[int], take_labels: bool = False) -> list[int]:
         """The versions (newest first) the model's policy serves out of `versions`, from one read of its
@@ -340,17 +357,19 @@ class ModelRepository:
         model_root = self.model_dir / name
         if name in self._overrides:  # set by a reload config, in place of serving.json's
             raw_policy, raw_labels = self._overrides[name]
-            policy, labels = (
-                version_policy(raw_policy, f"model '{name}'"),
-                version_labels(raw_labels, f"model '{name}'"),
-            )
+            where = f"model '{name}'"
         else:
             config, where = serving_config(model_root), str(model_root / "serving.json")
-            policy = version_policy(config.get("version_policy"), where)
-            labels = version_labels(config.get("version_labels"), where)
+            raw_policy, raw_labels = config.get("version_policy"), config.get("version_labels")
+        policy, labels = version_policy(raw_policy, where), version_labels(raw_labels, where)
         if take_labels:
             self._labels = {**self._labels, name: labels}
+            self._policies = {**self._policies, name: raw_policy}
         return policy(versions)
+
+    def policy_of(self, name: str) -> object:
+        """The version policy a served model follows, in serving.json's form (None: the default, the newest)."""
+        return self._policies.get(name)
 
     def version_of_label(self, name: str, label: str) -> int:
         """The version a label names (serving.json "version_labels"); NotFound for an unknown label or a
@@ -481,7 +500,8 @@ class ModelRepository:
             self._poll()
 
     def _poll(self) -> None:
-        found = {n: v for n, v in find_versions(self.model_dir).items() if n not in self._unloaded_by_call}
+        everything = find_versions(self.model_dir)
+        found = {n: v for n, v in everything.items() if n not in self._unloaded_by_call}
         if not found:  # an unmounted or half-replaced volume: keep serving what is loaded
             log.warning("no models in %s at this poll; keeping the loaded ones", self.model_dir)
             return
@@ -503,9 +523,12 @@ class ModelRepository:
             for model in gone.values():
                 self._retire(model)
         with self._lock:  # replaced whole: `get` reads it without the lock
-            self.versions = {
-                name: found.get(name, self.versions.get(name, sorted(served, reverse=True)))
-                for name, served in self._models.items()
+            self.versions = {  # what is found (loaded or not: NotFound and the index say why), and what serves
+                **everything,
+                **{
+                    name: everything.get(name, self.versions.get(name, sorted(served, reverse=True)))
+                    for name, served in self._models.items()
+                },
             }
 
     def _follow_policy(self, name: str, versions: list[int]) -> None:
@@ -566,11 +589,15 @@ class ModelRepository:
 
     def _retire(self, model: LoadedModel) -> None:
         """Unload a model no longer served, after calls that already hold it had time to finish."""
+        key = id(model)
 
         def unload() -> None:
-            model.close()
             with self._lock:
-                self._retiring.pop(id(model), None)  # let its memory go
+                entry = self._retiring.pop(key, None)
+            if entry is None:  # closed by close() meanwhile
+                return
+            entry[1].close()
+            del entry  # the timer keeps this function, not the model: its memory can go now
             # TensorFlow's functions and graphs hold reference cycles: collect them now, not at the
             # collector's next threshold, and hand the freed heap back (20 loads and unloads of a demo
             # model: 16 MiB of growth without this, 2.5-3.3 MiB with it).
@@ -580,7 +607,7 @@ class ModelRepository:
         timer = threading.Timer(self.retire_seconds, unload)
         timer.daemon = True
         with self._lock:
-            self._retiring[id(model)] = (timer, model)
+            self._retiring[key] = (timer, model)
         timer.start()
 
     def close(self, drain: bool = True) -> None:
@@ -588,6 +615,9 @@ class ModelRepository:
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=60)  # a load in progress finishes first
+        changing = self._changing.acquire(timeout=60)  # and so does a caller's load, unload or reload
+        if changing:
+            self._changing.release()
         with self._lock:
             retiring = list(self._retiring.values())
             self._retiring.clear()

@@ -240,3 +240,18 @@ def test_the_client_library_and_cli_load_and_unload(make_app, repository: Path, 
     assert capsys.readouterr().out == "unloaded digits version 1\n"
     assert main(["--target", app.address, "unload", "digits"]) == 1
     assert capsys.readouterr().err.startswith("error: NOT_FOUND: model 'digits' is not loaded")
+
+
+def test_a_load_serves_every_version_it_asks_for_or_none(make_app, repository: Path) -> None:
+    add_version(repository, "digits", 3)
+    broken = repository / "digits" / "2"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    (repository / "digits" / "serving.json").write_text('{"version_policy": {"latest": 2}}')
+    app = make_app(model_dir=repository, model_control_mode="explicit", grace_period_seconds=0.5)
+    error = failure(stub(app).LoadModel, predict_pb2.LoadModelRequest(model="digits"))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details().startswith("model 'digits': version 2 failed to load: "), error.details()
+    assert app.repository.models() == []  # version 3 loaded first, and was taken back
+    error = failure(stub(app).UnloadModel, predict_pb2.UnloadModelRequest(model=""))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -3,7 +3,8 @@
 The model is called on the TensorFlow backend inside one `tf.function` whose
 input signature has a free batch dimension, so every batch size runs the same
 traced graph, as a SavedModel's signature does. Inputs are the model's
-`keras.Input`s by name. Outputs are named as the model returns them: the keys
+`keras.Input`s by name (the keys, for a model built on a dict of inputs).
+Outputs are named as the model returns them: the keys
 of a dict output, else `output_0`, `output_1`, ... (the names Keras gives a
 SavedModel export). A model without declared inputs (a subclassed model that
 was never built on `keras.Input`s) cannot be described before a call, so it
@@ -49,10 +50,13 @@ class KerasBackend(ModelBackend):
                 f"{version_dir / MODEL_FILE}: the model declares no inputs (a subclassed model "
                 "not built on keras.Input); save a functional or Sequential model"
             )
-        inputs = {spec.name: spec for spec in (_info(t.name, t.dtype, t.shape) for t in declared)}
-        if len(inputs) != len(declared):
-            raise ValueError(f"{version_dir / MODEL_FILE}: two inputs share a name: {[t.name for t in declared]}")
-        single = declared[0].name if len(declared) == 1 else None
+        structure = getattr(model, "input", None)
+        # A model built on a dict of inputs is called with that dict: its keys name the inputs.
+        named = list(structure.items()) if isinstance(structure, dict) else [(t.name, t) for t in declared]
+        inputs = {name: _info(name, t.dtype, t.shape) for name, t in named}
+        if len(inputs) != len(named):
+            raise ValueError(f"{version_dir / MODEL_FILE}: two inputs share a name: {[n for n, _ in named]}")
+        single = named[0][0] if len(named) == 1 and not isinstance(structure, dict) else None
         signature = {name: tf.TensorSpec(_tf_shape(spec), _tf_dtype(spec), name) for name, spec in inputs.items()}
 
         @tf.function(input_signature=[signature], reduce_retracing=True)

@@ -12,19 +12,20 @@ from typing import Any
 
 from inference import open_inference_pb2 as pb
 from server.models.backend import TensorInfo
-from server.models.model import LABELS_FILE, LoadedModel, serving_config
+from server.models.model import LABELS_FILE, LoadedModel
 from server.protocols.inference_v2 import tensors
 
 BACKEND = "tensorflow"  # what runs both formats (Triton names a SavedModel's backend so too)
 
 
-def config_of(model: LoadedModel) -> pb.ModelConfig:
+def config_of(model: LoadedModel, policy: Any) -> pb.ModelConfig:
+    """`policy`: the version policy the repository follows for it (serving.json's form)."""
     batching = model.batching
     return pb.ModelConfig(
         name=model.name,
         platform=model.loaded.platform,
         backend=BACKEND,
-        version_policy=version_policy_of(serving_config(model.path.parent).get("version_policy")),
+        version_policy=version_policy_of(policy),
         max_batch_size=batching.max_batch_size,
         input=[pb.ModelInput(name=i.name, data_type=data_type_of(i), dims=i.shape[1:]) for i in model.inputs.values()],
         output=[

@@ -4,8 +4,9 @@
 ModelReady, ServerMetadata, ModelMetadata, ModelInfer, Triton's streaming
 ModelStreamInfer (server/protocols/streaming.py: each message batched as it comes,
 answered in completion order, a failed one with its `error_message`) and
-Triton's RepositoryIndex (models are loaded from MODEL_DIR, not through the
-API: load and unload are not served). A ModelInfer runs
+Triton's extensions for the model repository (RepositoryIndex, and
+RepositoryModelLoad/Unload with MODEL_CONTROL_MODE explicit or poll), model
+configuration (ModelConfig) and statistics (ModelStatistics). A ModelInfer runs
 through the same interceptors, Predictor and Batcher as
 `serving.v1.PredictService/Predict`, with the same error table. Outputs are
 answered as raw contents, as Triton does. A requested output may carry the
@@ -297,7 +298,7 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.ServicerContext) -> pb.ModelConfigResponse:
         model = self.repository.get(required("name", request.name), *version_of("version", request.version))
-        return pb.ModelConfigResponse(config=config_of(model))
+        return pb.ModelConfigResponse(config=config_of(model, self.repository.policy_of(model.name)))
 
     def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.ServicerContext
