@@ -22,6 +22,7 @@ from server.storage.store import DEFAULT_CONTENT_TYPE, ObjectStore, StoredObject
 
 INCOMING = ".incoming"
 FILES_PATH = "/files/"
+MAX_NAME_BYTES = 255  # a file name on Linux file systems (NAME_MAX)
 
 
 class LocalObjectStore(ObjectStore):
@@ -43,7 +44,13 @@ class LocalObjectStore(ObjectStore):
 
     def path_of(self, key: str) -> Path:
         """The file of a key, guaranteed to be inside `root`."""
-        path = (self.root / check_key(key)).resolve()
+        longest = max(len(segment.encode()) for segment in check_key(key).split("/"))
+        if longest > MAX_NAME_BYTES:
+            raise InvalidArgument(
+                f"object key: a path segment of {longest} bytes; the local folder store takes at most "
+                f"{MAX_NAME_BYTES} (a file name)"
+            )
+        path = (self.root / key).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
             raise InvalidArgument(f"object key {key!r}: outside the store")
         return path

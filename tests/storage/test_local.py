@@ -95,6 +95,17 @@ def test_symlinks_cannot_lead_outside(store: LocalObjectStore, tmp_path: Path) -
     assert message == "object key 'link/x': outside the store"
 
 
+def test_a_key_segment_longer_than_a_file_name_is_refused_by_name(store: LocalObjectStore) -> None:
+    """S3 takes such keys; a folder cannot (the fuzzer's ImportTasks uri was once INTERNAL: ENAMETOOLONG)."""
+    key = "up/" + "x" * 256
+    for call in (lambda: store.put(key, [b"x"]), lambda: store.get(key), lambda: store.exists(key)):
+        message = _expect(grpc.StatusCode.INVALID_ARGUMENT, call)
+        assert (
+            message == "object key: a path segment of 256 bytes; the local folder store takes at most 255 (a file name)"
+        )
+    assert store.put("up/" + "x" * 255, [b"x"]).size == 1
+
+
 def test_missing_objects(store: LocalObjectStore) -> None:
     message = _expect(grpc.StatusCode.NOT_FOUND, lambda: store.get("up/none"))
     assert message == f"object 'up/none' not found in {store.root}"
