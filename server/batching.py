@@ -392,15 +392,18 @@ class Batcher:
             if not self._busy and self._queue:
                 self._schedule_dispatch(loop)
 
-    def _run(self, batch: list[_Pending], outcomes: list[tuple[_Pending, object]]) -> None:
-        """Run one batch; each request's rows (or error) go to `outcomes`."""
+    def _run(
+        self, batch: list[_Pending], outcomes: list[tuple[_Pending, object]], dequeued: float | None = None
+    ) -> None:
+        """Run one batch; each request's rows (or error) go to `outcomes`. `dequeued`: when a failed
+        batch these requests were in started (its time is not time in the queue)."""
         started = time.monotonic()
         try:
             outputs, padded, merged = self._call(batch)
         except Exception as exc:  # the model failed: isolate the request that caused it
             if len(batch) > 1:
                 for item in batch:
-                    self._run([item], outcomes)
+                    self._run([item], outcomes, dequeued or started)
                 return
             outcomes.append((batch[0], _as_serving_error(exc, self.name)))
             self.stats.failed += 1
@@ -411,7 +414,7 @@ class Batcher:
         for item in batch:
             outcomes.append((item, {k: v[offset : offset + item.rows] for k, v in outputs.items()}))
             offset += item.rows
-        self._record(batch, padded, (started, merged, finished, time.monotonic()))
+        self._record(batch, padded, (started, merged, finished, time.monotonic()), dequeued or started)
         if self.config.observer is not None:
             self._observe(self.config.observer, batch, padded, started, finished)
 
@@ -436,8 +439,11 @@ class Batcher:
                 )
         return outputs, target - rows, merged_at
 
-    def _record(self, batch: list[_Pending], padded: int, times: tuple[float, float, float, float]) -> None:
-        """Count a batch that ran; `times`: started, inputs merged, model returned, outputs split."""
+    def _record(
+        self, batch: list[_Pending], padded: int, times: tuple[float, float, float, float], dequeued: float
+    ) -> None:
+        """Count a batch that ran; `times`: started, inputs merged, model returned, outputs split;
+        `dequeued`: when its requests left the queue (earlier than `started` after a failed batch)."""
         started, merged, ran, split = times
         rows = sum(item.rows for item in batch)
         stats = self.stats
@@ -449,7 +455,7 @@ class Batcher:
         requests = len(batch)
         stats.succeeded += requests
         stats.succeeded_ns += sum(_ns(split - item.enqueued) for item in batch)
-        stats.queue_ns += sum(_ns(started - item.enqueued) for item in batch)
+        stats.queue_ns += sum(_ns(dequeued - item.enqueued) for item in batch)
         stats.input_ns += phases[0] * requests
         stats.infer_ns += phases[1] * requests
         stats.output_ns += phases[2] * requests

@@ -323,6 +323,9 @@ def test_failing_request_fails_alone(make_batcher: MakeBatcher) -> None:
     # The merged batch failed, then each of its requests ran alone.
     assert model.batch_rows == [1, 6, 1, 2, 3]
     assert batcher.stats.batch_sizes == collections.Counter({1: 2, 3: 1})
+    stats = batcher.stats  # what the model statistics report: the failed merged call is no execution
+    assert (stats.succeeded, stats.failed, stats.rows, stats.batches) == (3, 1, 5, 3)
+    assert stats.failed_ns > 0 and sorted(stats.batch_ns) == [1, 3] and stats.batch_ns[1][0] == 2
 
 
 def test_single_failing_request_gets_internal(make_batcher: MakeBatcher) -> None:
