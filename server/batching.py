@@ -119,6 +119,23 @@ class BatchStats:
     last_batch_at: float = 0.0  # time.time() when the last batch finished; 0: none yet
     batch_ns: dict[int, list[int]] = field(default_factory=dict)  # rows -> [batches, input, infer, output ns]
 
+    def durations(self) -> dict[str, tuple[int, int]]:
+        """(count, summed ns) by what the model statistics call them (Triton's names). A failure whose
+        deadline passed in the queue counts without a duration; the phases count once per request."""
+        done = self.succeeded
+        return {
+            "success": (done, self.succeeded_ns),
+            "fail": (self.failed + self.expired, self.failed_ns),
+            "queue": (done, self.queue_ns),
+            "compute_input": (done, self.input_ns),
+            "compute_infer": (done, self.infer_ns),
+            "compute_output": (done, self.output_ns),
+        }
+
+    def per_batch_size(self) -> list[tuple[int, int, int, int, int]]:
+        """(rows, model calls, input ns, infer ns, output ns) per batch size, smallest first."""
+        return [(size, p[0], p[1], p[2], p[3]) for size, p in sorted(dict(self.batch_ns).items())]
+
 
 @dataclass
 class _Pending:

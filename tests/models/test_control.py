@@ -3,10 +3,7 @@ the shim, Triton's repository load/unload through its own clients, and what poll
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -20,7 +17,8 @@ from server.app import App
 from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.conftest import digits_rows
 from tests.models.test_reload import add_version
-from tests.support.servers import MODEL_DIR, ROOT, health_status, wait_for
+from tests.support import triton
+from tests.support.servers import MODEL_DIR, health_status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -155,33 +153,10 @@ def test_the_shim_serves_load_and_unload(make_app, repository: Path) -> None:
     )
 
 
-TRITON_CLIENTS = """
-import json, sys
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
-seen = {}
-for kind, client in (("grpc", grpcclient.InferenceServerClient(sys.argv[1])),
-                     ("http", httpclient.InferenceServerClient(sys.argv[2]))):
-    before = client.is_model_ready("digits")
-    client.load_model("digits")
-    loaded = client.is_model_ready("digits")
-    client.unload_model("digits")
-    seen[kind] = [before, loaded, client.is_model_ready("digits")]
-print(json.dumps(seen))
-"""
-
-
 def test_tritons_own_clients_load_and_unload(make_app, repository: Path) -> None:
     app = make_app(model_dir=repository, model_control_mode="explicit", grace_period_seconds=0.5)
-    done = subprocess.run(
-        [sys.executable, "-c", TRITON_CLIENTS, app.address, app.http_address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == {"grpc": [False, True, False], "http": [False, True, False]}
+    seen = triton.run("load-unload", app.address, app.http_address, "digits")
+    assert seen == {"grpc": [False, True, False], "http": [False, True, False]}
 
 
 def test_polling_leaves_a_callers_load_and_unload_alone(make_app, repository: Path) -> None:

@@ -1,11 +1,12 @@
 """Triton's own Python clients (tritonclient.grpc and tritonclient.http) against a running server.
 
-    python -m tests.support.triton_clients GRPC_TARGET HTTP_HOST:PORT ROWS.npy DIGITS.npy
+    python -m tests.support.triton_clients infer GRPC_TARGET HTTP_HOST:PORT ROWS.npy DIGITS.npy
+    python -m tests.support.triton_clients load-unload|config|stats GRPC_TARGET HTTP_HOST:PORT MODEL
 
 Run as a separate process, as a client is: tritonclient's generated messages
 define the same `inference.*` protobuf names as the server's stubs, and one
 process's descriptor pool cannot hold both. Prints one JSON object with what
-each client saw, for tests/protocols/inference_v2/test_grpc.py to check.
+each client saw, for the tests to check (`tests.support.triton.run` runs it).
 """
 
 from __future__ import annotations
@@ -108,10 +109,35 @@ def with_http(url: str, rows: np.ndarray, digits: np.ndarray) -> dict[str, Any]:
     return results
 
 
+def load_unload(client: Any, model: str) -> list[bool]:
+    before = client.is_model_ready(model)
+    client.load_model(model)
+    loaded = client.is_model_ready(model)
+    client.unload_model(model)
+    return [before, loaded, client.is_model_ready(model)]
+
+
 def main() -> None:
-    target, http_address, rows_path, digits_path = sys.argv[1:5]
-    rows, digits = np.load(rows_path), np.load(digits_path)
-    print(json.dumps({"grpc": with_grpc(target, rows, digits), "http": with_http(http_address, rows, digits)}))
+    command, target, http_address, *rest = sys.argv[1:]
+    grpc_client, http_client = grpcclient.InferenceServerClient(target), httpclient.InferenceServerClient(http_address)
+    if command == "infer":
+        rows, digits = np.load(rest[0]), np.load(rest[1])
+        seen: dict[str, Any] = {"grpc": with_grpc(target, rows, digits), "http": with_http(http_address, rows, digits)}
+    elif command == "load-unload":
+        seen = {"grpc": load_unload(grpc_client, rest[0]), "http": load_unload(http_client, rest[0])}
+    elif command == "config":
+        seen = {
+            "grpc": grpc_client.get_model_config(rest[0], as_json=True)["config"],
+            "http": http_client.get_model_config(rest[0]),
+        }
+    elif command == "stats":
+        seen = {
+            "grpc": grpc_client.get_inference_statistics(rest[0], as_json=True),
+            "http": http_client.get_inference_statistics(rest[0]),
+        }
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+    print(json.dumps(seen))
 
 
 if __name__ == "__main__":

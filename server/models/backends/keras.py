@@ -21,7 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from server.models.backend import BackendModel, ModelBackend, TensorInfo
+from server.models.backend import BackendModel, ModelBackend
+from server.models.backends.tf_specs import tensor_info, tensor_spec
 
 MODEL_FILE = "model.keras"
 PLATFORM = "keras"
@@ -53,18 +54,18 @@ class KerasBackend(ModelBackend):
         structure = getattr(model, "input", None)
         # A model built on a dict of inputs is called with that dict: its keys name the inputs.
         named = list(structure.items()) if isinstance(structure, dict) else [(t.name, t) for t in declared]
-        inputs = {name: _info(name, t.dtype, t.shape) for name, t in named}
+        inputs = {name: tensor_info(name, t.dtype, t.shape) for name, t in named}
         if len(inputs) != len(named):
             raise ValueError(f"{version_dir / MODEL_FILE}: two inputs share a name: {[n for n, _ in named]}")
         single = named[0][0] if len(named) == 1 and not isinstance(structure, dict) else None
-        signature = {name: tf.TensorSpec(_tf_shape(spec), _tf_dtype(spec), name) for name, spec in inputs.items()}
+        signature = {name: tensor_spec(spec) for name, spec in inputs.items()}
 
         @tf.function(input_signature=[signature], reduce_retracing=True)
         def serve(tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             return _named(model(tensors[single] if single else tensors, training=False))
 
         outputs = {
-            name: _info(name, spec.dtype, spec.shape)
+            name: tensor_info(name, spec.dtype, spec.shape)
             for name, spec in sorted(serve.get_concrete_function().structured_outputs.items())
         }
 
@@ -89,18 +90,3 @@ def _named(result: Any) -> dict[str, tf.Tensor]:
     if isinstance(result, Sequence) and not isinstance(result, (str, bytes)):
         return {f"output_{i}": v for i, v in enumerate(result)}
     return {"output_0": result}
-
-
-def _info(name: str, dtype: Any, shape: Any) -> TensorInfo:
-    tf_dtype = tf.as_dtype(dtype)
-    numpy_dtype = np.dtype(object) if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype)
-    dims = shape.as_list() if isinstance(shape, tf.TensorShape) else list(shape)
-    return TensorInfo(name, numpy_dtype, tuple(-1 if d is None else int(d) for d in dims))
-
-
-def _tf_shape(spec: TensorInfo) -> list[int | None]:
-    return [None if d == -1 else d for d in spec.shape]
-
-
-def _tf_dtype(spec: TensorInfo) -> tf.DType:
-    return tf.string if spec.dtype == object else tf.as_dtype(spec.dtype)

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from server.models.backend import BackendModel, ModelBackend, TensorInfo
+from server.models.backends.tf_specs import tensor_info
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ class SavedModelBackend(ModelBackend):
             raise ValueError(f"{version_dir}: no '{SIGNATURE}' signature (found {sorted(loaded.signatures)})")
         signature = loaded.signatures[SIGNATURE]
         _, input_specs = signature.structured_input_signature
-        inputs = {k: tensor_info(k, s) for k, s in sorted(input_specs.items())}
-        outputs = {k: tensor_info(k, s) for k, s in sorted(signature.structured_outputs.items())}
+        inputs = {k: tensor_info(k, s.dtype, s.shape) for k, s in sorted(input_specs.items())}
+        outputs = {k: tensor_info(k, s.dtype, s.shape) for k, s in sorted(signature.structured_outputs.items())}
         run_batch = SignatureRunner(flat_caller(signature, inputs, lambda tensors: signature(**tensors)), device)
         return BackendModel(inputs, outputs, run_batch, PLATFORM, f"TensorFlow {tf.__version__}", handle=loaded)
 
@@ -99,9 +100,3 @@ def _random_rows(rng: np.random.Generator, spec: TensorInfo, rows: int) -> np.nd
     if spec.dtype.kind == "b":
         return rng.random(shape) < 0.5
     return np.full(shape, b"", dtype=object)
-
-
-def tensor_info(name: str, spec: tf.TensorSpec) -> TensorInfo:
-    shape = tuple(-1 if d is None else int(d) for d in spec.shape.as_list())
-    dtype = np.dtype(object) if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype)
-    return TensorInfo(name, dtype, shape)

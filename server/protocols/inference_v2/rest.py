@@ -162,10 +162,14 @@ class InferenceV2Rest:
         except CallFailed as failed:
             return error_body(failed.code, failed.message, failed.http_status, context.response_headers())
 
+    async def _body(self, request: web.Request, method: str) -> bytes:
+        """The request's body, read only once the interceptors will admit `method` (else empty: they
+        answer 401 without it being read)."""
+        admitted = self.admits(f"/{SERVICE}/{method}", metadata_from_headers(request.headers))
+        return await read_body(request, self.max_body_bytes) if admitted else b""
+
     async def _index(self, request: web.Request) -> web.Response:
-        method = f"/{SERVICE}/RepositoryIndex"
-        admitted = self.admits(method, metadata_from_headers(request.headers))
-        body = await read_body(request, self.max_body_bytes) if admitted else b""
+        body = await self._body(request, "RepositoryIndex")
         reply = await self._call(request, "RepositoryIndex", partial(_index_request, body), "POST /v2/repository/index")
         if isinstance(reply, web.Response):
             return reply
@@ -189,8 +193,7 @@ class InferenceV2Rest:
     async def _control(self, request: web.Request, model: str, verb: str) -> web.Response:
         method = "RepositoryModelLoad" if verb == "load" else "RepositoryModelUnload"
         message = pb.RepositoryModelLoadRequest if verb == "load" else pb.RepositoryModelUnloadRequest
-        admitted = self.admits(f"/{SERVICE}/{method}", metadata_from_headers(request.headers))
-        body = await read_body(request, self.max_body_bytes) if admitted else b""
+        body = await self._body(request, method)
         reply = await self._call(
             request,
             method,
@@ -235,30 +238,36 @@ def metadata_json(reply: pb.ModelMetadataResponse) -> dict[str, Any]:
     }
 
 
-_COUNTS = {"count", "ns", "last_inference", "inference_count", "execution_count", "batch_size"}
+# The 64-bit integer fields of the configuration and statistics, which protobuf's JSON writes as strings.
+_INT64_FIELDS = {
+    "count",
+    "ns",
+    "last_inference",
+    "inference_count",
+    "execution_count",
+    "batch_size",
+    "dims",
+    "versions",
+    "max_queue_delay_microseconds",
+}
 
 
 def _numbers(value: Any) -> Any:
-    """Protobuf JSON's 64-bit integers (strings) of the statistics as numbers, as Triton writes them."""
+    """A message's JSON with its 64-bit integers as numbers, as Triton's REST API writes them."""
     if isinstance(value, dict):
-        return {k: int(v) if k in _COUNTS and isinstance(v, str) else _numbers(v) for k, v in value.items()}
+        return {k: _int64(v) if k in _INT64_FIELDS else _numbers(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_numbers(v) for v in value]
     return value
 
 
+def _int64(value: Any) -> Any:
+    return [int(v) for v in value] if isinstance(value, list) else int(value)
+
+
 def config_json(config: pb.ModelConfig) -> dict[str, Any]:
     """The configuration as Triton's REST API answers it: proto field names, 64-bit integers as numbers."""
-    answer = json_format.MessageToDict(config, preserving_proto_field_name=True)
-    for tensor in (*answer.get("input", ()), *answer.get("output", ())):
-        tensor["dims"] = [int(d) for d in tensor.get("dims", ())]
-    policy = answer.get("version_policy", {})
-    if "specific" in policy:
-        policy["specific"]["versions"] = [int(v) for v in policy["specific"]["versions"]]
-    batching = answer.get("dynamic_batching", {})
-    if "max_queue_delay_microseconds" in batching:
-        batching["max_queue_delay_microseconds"] = int(batching["max_queue_delay_microseconds"])
-    return answer
+    return cast(dict[str, Any], _numbers(json_format.MessageToDict(config, preserving_proto_field_name=True)))
 
 
 def rest_infer_handler(predictor: Predictor) -> grpc.RpcMethodHandler:

@@ -247,9 +247,9 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.ready())
 
     def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
-        if not request.name:
-            raise InvalidArgument("name: required")
-        return pb.ModelReadyResponse(ready=model_ready(self.repository, request.name, request.version))
+        return pb.ModelReadyResponse(
+            ready=model_ready(self.repository, required("name", request.name), request.version)
+        )
 
     def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
@@ -259,9 +259,7 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        if not request.name:
-            raise InvalidArgument("name: required")
-        model = self.repository.get(request.name, *version_of("version", request.version))
+        model = self.repository.get(required("name", request.name), *version_of("version", request.version))
         return metadata_of(self.repository, model)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
@@ -330,9 +328,9 @@ class InferenceV2Servicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     def _model_of(self, request: pb.ModelInferRequest) -> LoadedModel:
-        if not request.model_name:
-            raise InvalidArgument("model_name: required")
-        return self.repository.get(request.model_name, *version_of("model_version", request.model_version))
+        return self.repository.get(
+            required("model_name", request.model_name), *version_of("model_version", request.model_version)
+        )
 
 
 def response_of(model: LoadedModel, request_id: str, outputs: list[Output]) -> pb.ModelInferResponse:

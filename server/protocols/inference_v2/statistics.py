@@ -15,28 +15,21 @@ from server.models.model import LoadedModel
 
 def statistics_of(model: LoadedModel) -> pb.ModelStatistics:
     stats = model.batcher.stats
-    duration = pb.StatisticDuration
+    durations = {name: pb.StatisticDuration(count=count, ns=ns) for name, (count, ns) in stats.durations().items()}
     return pb.ModelStatistics(
         name=model.name,
         version=str(model.version),
         last_inference=round(stats.last_batch_at * 1000),
         inference_count=stats.rows,
         execution_count=stats.batches,
-        inference_stats=pb.InferStatistics(
-            success=duration(count=stats.succeeded, ns=stats.succeeded_ns),
-            fail=duration(count=stats.failed + stats.expired, ns=stats.failed_ns),
-            queue=duration(count=stats.succeeded, ns=stats.queue_ns),
-            compute_input=duration(count=stats.succeeded, ns=stats.input_ns),
-            compute_infer=duration(count=stats.succeeded, ns=stats.infer_ns),
-            compute_output=duration(count=stats.succeeded, ns=stats.output_ns),
-        ),
+        inference_stats=pb.InferStatistics(**durations),
         batch_stats=[
             pb.InferBatchStatistics(
                 batch_size=size,
-                compute_input=duration(count=count, ns=input_ns),
-                compute_infer=duration(count=count, ns=infer_ns),
-                compute_output=duration(count=count, ns=output_ns),
+                compute_input=pb.StatisticDuration(count=count, ns=input_ns),
+                compute_infer=pb.StatisticDuration(count=count, ns=infer_ns),
+                compute_output=pb.StatisticDuration(count=count, ns=output_ns),
             )
-            for size, (count, input_ns, infer_ns, output_ns) in sorted(dict(stats.batch_ns).items())
+            for size, count, input_ns, infer_ns, output_ns in stats.per_batch_size()
         ],
     )

@@ -11,23 +11,18 @@ from serving.v1 import model_pb2
 
 def statistics_of(model: LoadedModel) -> model_pb2.ModelStatistics:
     stats = model.batcher.stats
-    duration = model_pb2.StatisticDuration
     last = None
     if stats.last_batch_at:
         last = Timestamp()
         last.FromNanoseconds(round(stats.last_batch_at * 1e9))
+    durations = stats.durations()
     return model_pb2.ModelStatistics(
         name=model.name,
         version=model.version,
         last_inference_time=last,
         inference_count=stats.rows,
         execution_count=stats.batches,
-        success=duration(count=stats.succeeded, total_ns=stats.succeeded_ns),
-        fail=duration(count=stats.failed + stats.expired, total_ns=stats.failed_ns),
-        queue=duration(count=stats.succeeded, total_ns=stats.queue_ns),
-        compute_input=duration(count=stats.succeeded, total_ns=stats.input_ns),
-        compute_infer=duration(count=stats.succeeded, total_ns=stats.infer_ns),
-        compute_output=duration(count=stats.succeeded, total_ns=stats.output_ns),
+        **{name: model_pb2.StatisticDuration(count=count, total_ns=ns) for name, (count, ns) in durations.items()},
         batches=[
             model_pb2.BatchStatistics(
                 batch_size=size,
@@ -36,6 +31,6 @@ def statistics_of(model: LoadedModel) -> model_pb2.ModelStatistics:
                 compute_infer_ns=infer_ns,
                 compute_output_ns=output_ns,
             )
-            for size, (count, input_ns, infer_ns, output_ns) in sorted(dict(stats.batch_ns).items())
+            for size, count, input_ns, infer_ns, output_ns in stats.per_batch_size()
         ],
     )

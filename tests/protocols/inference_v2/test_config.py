@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -15,7 +13,8 @@ import pytest
 from inference import open_inference_pb2 as pb
 from inference import open_inference_pb2_grpc as pb_grpc
 from tests.models.test_reload import add_version
-from tests.support.servers import MODEL_DIR, ROOT
+from tests.support import triton
+from tests.support.servers import MODEL_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -30,26 +29,9 @@ DIGITS = {
     "dynamic_batching": {},
 }
 
-TRITON_CLIENTS = """
-import json, sys
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
-grpc_config = grpcclient.InferenceServerClient(sys.argv[1]).get_model_config(sys.argv[3], as_json=True)["config"]
-http_config = httpclient.InferenceServerClient(sys.argv[2]).get_model_config(sys.argv[3])
-print(json.dumps({"grpc": grpc_config, "http": http_config}))
-"""
-
 
 def triton_configs(app, model: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", TRITON_CLIENTS, app.address, app.http_address, model],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
+    return triton.run("config", app.address, app.http_address, model)
 
 
 def test_tritons_clients_read_the_configuration(make_app) -> None:

@@ -26,6 +26,7 @@ from inference import open_inference_pb2 as pb
 from inference import open_inference_pb2_grpc
 from serving.v1 import predict_pb2, predict_pb2_grpc
 from tests.conftest import digits_rows
+from tests.support import triton
 from tests.support.servers import MODEL_DIR, ROOT, wait_for
 from wire import codec
 
@@ -922,23 +923,7 @@ def test_triton_clients_work_unchanged(make_app, tmp_path: Path) -> None:
     digits = np.array([3, 7], np.int32)
     np.save(tmp_path / "rows.npy", rows)
     np.save(tmp_path / "digits.npy", digits)
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.triton_clients",
-            app.address,
-            app.http_address,
-            str(tmp_path / "rows.npy"),
-            str(tmp_path / "digits.npy"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
+    seen = triton.run("infer", app.address, app.http_address, str(tmp_path / "rows.npy"), str(tmp_path / "digits.npy"))
     with grpc.insecure_channel(app.address) as channel:
         want = own_api(channel, "digits", {"image": rows})["probabilities"]
         image = own_api(channel, "digits_decoder", {"digit": digits})["image"]

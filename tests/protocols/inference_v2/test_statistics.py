@@ -3,9 +3,6 @@ each version's Batcher, and read by Triton's own clients (in a subprocess, as in
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 
 import grpc
@@ -18,18 +15,9 @@ from inference import open_inference_pb2 as pb
 from inference import open_inference_pb2_grpc as pb_grpc
 from serving.v1 import predict_pb2_grpc
 from tests.conftest import digits_rows
-from tests.support.servers import ROOT
+from tests.support import triton
 
 pytestmark = pytest.mark.integration
-
-TRITON_CLIENTS = """
-import json, sys
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
-grpc_stats = grpcclient.InferenceServerClient(sys.argv[1]).get_inference_statistics(sys.argv[3], as_json=True)
-http_stats = httpclient.InferenceServerClient(sys.argv[2]).get_inference_statistics(sys.argv[3])
-print(json.dumps({"grpc": grpc_stats, "http": http_stats}))
-"""
 
 
 def test_requests_and_batches_are_counted_per_version(make_app) -> None:
@@ -69,14 +57,6 @@ def test_requests_and_batches_are_counted_per_version(make_app) -> None:
     every = requests.get(f"http://{app.http_address}/v2/models/stats", timeout=30).json()
     assert [s["name"] for s in every["model_stats"]] == ["digits", "digits_decoder", "digits_keras"]
 
-    done = subprocess.run(
-        [sys.executable, "-c", TRITON_CLIENTS, app.address, app.http_address, "digits"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    seen = json.loads(done.stdout)
+    seen = triton.run("stats", app.address, app.http_address, "digits")
     assert seen["http"]["model_stats"][0]["inference_count"] == 7
     assert seen["grpc"]["model_stats"][0]["inference_count"] == "7"  # protobuf JSON: 64-bit as strings
